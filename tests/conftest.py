@@ -1,0 +1,6 @@
+"""Shared test set-up. Service fixtures (Kafka, PostgreSQL, Spark, simulator) live in
+tests/fixtures/ as pytest plugin modules so each can be read on its own."""
+
+pytest_plugins = [
+    # one line per fixture module; keep sorted
+]
