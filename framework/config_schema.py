@@ -1,0 +1,199 @@
+"""The JSON Schema (2020-12) of streams.yaml: the core's sections plus every fragment that the
+installed plugins register (component option blocks and extra top-level sections).
+
+``schemas/streams.schema.json`` is this schema generated with the built-in plugins
+(``tickwire generate config-schema``); a test keeps the committed copy up to date.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from framework.plugins import PluginManager
+
+SYMBOL_PATTERN = "^[A-Z0-9]{2,20}$"
+SQL_IDENTIFIER = "^[a-z_][a-z0-9_]{0,62}$"
+KAFKA_TOPIC = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,249}$"
+COMPONENT_ID = "^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+DURATION = "^[0-9]+ (second|seconds|minute|minutes|hour|hours)$"
+
+_TOPIC = {
+    "type": "object",
+    "description": "Kafka topic of the stream (used by the kafka sink and the Spark job).",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": KAFKA_TOPIC, "description": "Topic name."},
+        "partitions": {"type": "integer", "minimum": 1, "default": 3, "description": "Partitions (records are keyed, so per-key order holds)."},
+        "replication_factor": {"type": "integer", "minimum": 1, "default": 1, "description": "Replication factor."},
+        "config": {
+            "type": "object",
+            "description": "Topic configs, e.g. retention.ms, cleanup.policy.",
+            "additionalProperties": {"type": ["string", "integer"]},
+        },
+    },
+}
+
+_TRANSFORM = {
+    "description": "A transform name, or a one-key mapping {name: {options}}.",
+    "oneOf": [
+        {"type": "string"},
+        {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": {"type": "object"}},
+    ],
+}
+
+BASE_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://tickwire.dev/schemas/streams.schema.json",
+    "title": "tickwire streams.yaml",
+    "description": "What to ingest: sources, symbols, streams, sinks and profiles.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "sources", "streams", "sinks", "profiles"],
+    "properties": {
+        "version": {"const": 1, "description": "Config format version."},
+        "default_profile": {"type": "string", "default": "local", "description": "Profile used when --profile is not given."},
+        "symbols": {
+            "type": "array",
+            "description": "Symbols every stream subscribes to, unless the stream lists its own.",
+            "items": {"type": "string", "pattern": SYMBOL_PATTERN},
+            "minItems": 1,
+            "uniqueItems": True,
+            "default": ["BTCUSDT", "ETHUSDT", "SOLUSDT"],
+        },
+        "sources": {
+            "type": "object",
+            "description": "Where payloads come from, by id. `type` names a source plugin.",
+            "minProperties": 1,
+            "propertyNames": {"pattern": COMPONENT_ID},
+            "additionalProperties": {"$ref": "#/$defs/source"},
+        },
+        "streams": {
+            "type": "object",
+            "description": "The streams to ingest, by name.",
+            "minProperties": 1,
+            "propertyNames": {"pattern": SQL_IDENTIFIER},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["channel", "schema", "table"],
+                "properties": {
+                    "source": {"type": "string", "description": "Source id; defaults to the only source."},
+                    "channel": {"type": "string", "pattern": "\\{symbol\\}", "description": "Channel template, e.g. '{symbol}@trade'."},
+                    "schema": {"type": "string", "description": "JSON Schema of the payload (relative to this file)."},
+                    "table": {"type": "string", "pattern": SQL_IDENTIFIER, "description": "Target table in SQLite and PostgreSQL."},
+                    "symbols": {
+                        "type": "array",
+                        "items": {"type": "string", "pattern": SYMBOL_PATTERN},
+                        "minItems": 1,
+                        "uniqueItems": True,
+                        "description": "Overrides the global symbol list for this stream.",
+                    },
+                    "topic": _TOPIC,
+                    "transforms": {
+                        "type": "array",
+                        "items": _TRANSFORM,
+                        "default": ["validate", "normalize"],
+                        "description": "Per-record transforms, in order.",
+                    },
+                },
+            },
+        },
+        "derived": {
+            "type": "object",
+            "description": "Streams computed from other streams by the Spark job (e.g. candles).",
+            "propertyNames": {"pattern": SQL_IDENTIFIER},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["kind", "from", "interval", "table"],
+                "properties": {
+                    "kind": {"enum": ["candles"], "description": "What to compute."},
+                    "from": {"type": "string", "description": "Name of the input stream (trades)."},
+                    "interval": {"type": "string", "pattern": DURATION, "description": "Window length, e.g. '1 minute'."},
+                    "watermark": {"type": "string", "pattern": DURATION, "default": "30 seconds", "description": "How late a trade may arrive and still correct its candle."},
+                    "table": {"type": "string", "pattern": SQL_IDENTIFIER, "description": "Target table in PostgreSQL."},
+                },
+            },
+        },
+        "sinks": {
+            "type": "object",
+            "description": "Where records go, by id. `type` names a sink plugin.",
+            "minProperties": 1,
+            "propertyNames": {"pattern": COMPONENT_ID},
+            "additionalProperties": {"$ref": "#/$defs/sink"},
+        },
+        "profiles": {
+            "type": "object",
+            "description": "Named selections of sinks; `tickwire run --profile NAME`.",
+            "minProperties": 1,
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["sinks"],
+                "properties": {
+                    "sinks": {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True, "description": "Sink ids every stream writes to."},
+                    "dead_letter": {"type": "string", "description": "Sink id receiving invalid records with their reason."},
+                    "streams": {"type": "array", "items": {"type": "string"}, "description": "Only these streams (default: all)."},
+                },
+            },
+        },
+        "engine": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Batching and buffering.",
+            "properties": {
+                "batch_size": {"type": "integer", "minimum": 1, "default": 1000, "description": "Records per sink batch."},
+                "linger_ms": {"type": "integer", "minimum": 0, "default": 200, "description": "Longest wait before a partial batch is written."},
+                "queue_batches": {"type": "integer", "minimum": 1, "default": 32, "description": "Batches buffered per sink before the source is slowed down (backpressure)."},
+            },
+        },
+        "metrics": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Prometheus /metrics endpoint of `tickwire run`.",
+            "properties": {
+                "host": {"type": "string", "default": "127.0.0.1", "description": "Bind address."},
+                "port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 9464, "description": "Port; 0 disables the endpoint."},
+            },
+        },
+        "plugins": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Plugin loading.",
+            "properties": {
+                "directories": {"type": "array", "items": {"type": "string"}, "description": "Folders of local plugin modules (*.py), relative to this file."},
+                "block": {"type": "array", "items": {"type": "string"}, "description": "Plugin names not to load (see `tickwire plugins`)."},
+            },
+        },
+    },
+    "$defs": {},
+}
+
+
+def _component_def(kind: str, specs: dict) -> dict:
+    """``type`` picks the plugin; its option schema then applies to the rest of the block."""
+    branches = []
+    for name, spec in sorted(specs.items()):
+        options = copy.deepcopy(spec.config_schema) or {"type": "object"}
+        properties = dict(options.get("properties", {}))
+        properties["type"] = {"const": name}
+        options["properties"] = properties
+        branches.append({"if": {"properties": {"type": {"const": name}}, "required": ["type"]}, "then": options})
+    return {
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"type": "string", "description": f"The {kind} plugin's component name.", "enum": sorted(specs)}},
+        "allOf": branches,
+    }
+
+
+def build_schema(manager: PluginManager) -> dict:
+    schema = copy.deepcopy(BASE_SCHEMA)
+    schema["$defs"]["source"] = _component_def("source", manager.sources)
+    schema["$defs"]["sink"] = _component_def("sink", manager.sinks)
+    for section, fragment in sorted(manager.config_sections.items()):
+        schema["properties"][section] = fragment
+    return schema

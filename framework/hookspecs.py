@@ -1,0 +1,91 @@
+"""The hooks tickwire plugins implement.
+
+Hooks *register* things: sources, transforms, sinks, code-generation targets, CLI commands and
+config-schema sections. They run once, at start-up. The per-record hot path is plain async code
+in the engine, never a hook call.
+
+Every hook is called with keyword arguments, so an implementation may accept only the
+arguments it uses, and adding an argument later never breaks an existing plugin.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from framework.components import (
+        CodegenSpec,
+        SinkSpec,
+        SourceSpec,
+        TransformSpec,
+    )
+
+PROJECT = "tickwire"
+ENTRY_POINT_GROUP = "tickwire"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def tickwire_register_sources(register: Callable[[SourceSpec], None]) -> None:
+    """Register source components (things that produce payloads, e.g. a WebSocket feed).
+
+    :param register: call it once per :class:`~framework.components.SourceSpec`. The spec's
+        ``name`` is what streams.yaml puts in ``sources.<id>.type``.
+
+    Called once when the plugin manager builds its registry.
+    """
+
+
+@hookspec
+def tickwire_register_transforms(register: Callable[[TransformSpec], None]) -> None:
+    """Register per-record transforms (``validate``, ``normalize``, …).
+
+    :param register: call it once per :class:`~framework.components.TransformSpec`. A
+        transform factory receives the stream it serves and returns a plain function
+        ``record -> record | None`` that raises :class:`~framework.components.InvalidRecord`
+        to send a record to the dead-letter destination.
+    """
+
+
+@hookspec
+def tickwire_register_sinks(register: Callable[[SinkSpec], None]) -> None:
+    """Register sink components (SQLite, Kafka, PostgreSQL, JSON lines, …).
+
+    :param register: call it once per :class:`~framework.components.SinkSpec`. The spec's
+        ``name`` is what streams.yaml puts in ``sinks.<id>.type``.
+    """
+
+
+@hookspec
+def tickwire_register_codegen_targets(register: Callable[[CodegenSpec], None]) -> None:
+    """Register code-generation targets for ``tickwire generate TARGET``.
+
+    :param register: call it once per :class:`~framework.components.CodegenSpec`. The
+        factory receives the loaded config and returns ``{relative file name: content}``;
+        the output must be deterministic.
+    """
+
+
+@hookspec
+def tickwire_register_commands(cli: click.Group) -> None:
+    """Add commands or command groups to the ``tickwire`` CLI.
+
+    :param cli: the root click group. Use ``cli.add_command`` or the ``@cli.command()``
+        decorator. Command names must be unique across plugins.
+    """
+
+
+@hookspec
+def tickwire_register_config(register: Callable[[str, dict], None]) -> None:
+    """Add a top-level section to the streams.yaml schema.
+
+    :param register: ``register(section, json_schema)``; the section becomes an allowed
+        top-level key of streams.yaml, validated with ``json_schema``. Component option
+        blocks do not need this: their schema comes with their spec.
+    """

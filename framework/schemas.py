@@ -1,0 +1,117 @@
+"""Stream schemas and their ``x-tickwire`` annotations, turned into :class:`StreamSpec`.
+
+One JSON Schema (2020-12) per payload says what Binance sends; its annotations say where each
+field goes (column, logical type, keys, event time). Everything downstream — tables, the Spark
+mapping, Kafka keys, the fast validator — is derived from the :class:`StreamSpec` built here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+ANNOTATION = "x-tickwire"
+LOGICAL_TYPES = ("decimal", "bigint", "integer", "text", "boolean", "timestamp_ms")
+META_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "x-tickwire.meta.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str  # column name in every store
+    field: str  # key in the source payload
+    logical: str  # one of LOGICAL_TYPES
+    nullable: bool
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int = 3
+    replication_factor: int = 1
+    config: dict = field(default_factory=dict)  # e.g. retention.ms, cleanup.policy
+
+
+@dataclass
+class StreamSpec:
+    """One declared stream, with everything the engine, sinks and codegen need about it."""
+
+    name: str
+    source: str
+    channel: str  # template, e.g. "{symbol}@trade"
+    symbols: list[str]
+    schema_path: Path
+    schema: dict
+    table: str
+    topic: TopicSpec | None
+    transforms: list[tuple[str, dict]]
+    sinks: list[str] = field(default_factory=list)  # sink ids of the active profile
+
+    @cached_property
+    def annotation(self) -> dict:
+        return self.schema.get(ANNOTATION, {})
+
+    @property
+    def schema_id(self) -> str:
+        return self.schema.get("$id", self.schema_path.name)
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.annotation.get("version", 1))
+
+    @property
+    def event_type(self) -> str | None:
+        return self.annotation.get("event_type")
+
+    @property
+    def primary_key(self) -> list[str]:
+        return list(self.annotation.get("primary_key", []))
+
+    @property
+    def kafka_key(self) -> str:
+        return self.annotation.get("kafka_key", "symbol")
+
+    @property
+    def event_time(self) -> str | None:
+        return self.annotation.get("event_time")
+
+    @cached_property
+    def columns(self) -> list[Column]:
+        return columns_of(self.schema)
+
+    def channels(self) -> dict[str, str]:
+        """Channel name (as Binance spells it: lowercase) → symbol (uppercase)."""
+        return {self.channel.format(symbol=s.lower()): s for s in self.symbols}
+
+
+def columns_of(schema: dict) -> list[Column]:
+    """The stored columns of a stream schema, in schema order, plus ``ingested_at``."""
+    required = set(schema.get("required", []))
+    columns = []
+    for field_name, prop in schema.get("properties", {}).items():
+        note = prop.get(ANNOTATION)
+        if not note or "column" not in note:
+            continue
+        columns.append(
+            Column(
+                name=note["column"],
+                field=field_name,
+                logical=note["type"],
+                nullable=field_name not in required,
+                description=prop.get("description", ""),
+            )
+        )
+    columns.append(Column("ingested_at", "", "timestamp_ms", False, "When tickwire received the event (UTC)."))
+    return columns
+
+
+def load_schema(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_meta_schema() -> dict[str, Any]:
+    return load_schema(META_SCHEMA_PATH)
