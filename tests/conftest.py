@@ -3,5 +3,6 @@ tests/fixtures/ as pytest plugin modules so each can be read on its own."""
 
 pytest_plugins = [
     # one line per fixture module; keep sorted
+    "tests.fixtures.kafka",
     "tests.fixtures.postgres",
 ]
