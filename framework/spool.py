@@ -1,0 +1,437 @@
+"""A local disk spool: an ordered, durable queue of byte records in append-only segment files.
+
+A sink that cannot reach its store (Kafka while the broker is down) writes batches here and
+replays them, in order, once the store is back. The spool is generic: a record is opaque bytes.
+
+On disk, in the spool directory::
+
+    00000000000000000001.seg   segment files, named by a growing sequence number
+    00000000000000000002.seg
+    acked                      "<segment> <offset>": everything before it is acknowledged
+
+Each record in a segment is ``length u32 | crc32 u32 | written_at_ms u64 | payload``, big
+endian; the CRC covers ``written_at_ms`` and the payload. A process killed with SIGKILL (or a
+power cut with ``fsync: never``) can leave a torn last record: :meth:`Spool.open` detects it by
+its length or checksum, truncates the segment there and logs how many bytes were dropped.
+
+Delivery is at least once: records replayed but not yet acknowledged when the process dies are
+replayed again on the next start. Fully acknowledged segments are deleted.
+
+``fsync`` policy: ``always`` syncs after every record, ``batch`` after every :meth:`append`
+call (one sink batch), ``never`` leaves it to the OS (survives a process crash, not a power cut).
+
+When the spool holds ``max_bytes``, ``on_full`` decides: ``block`` makes :meth:`append` raise
+:class:`SpoolFull` (the caller waits and retries, which pushes back on its producer);
+``drop_oldest`` deletes the oldest segments, unacknowledged records and all, and returns how
+many records were dropped so the caller can count them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADER = struct.Struct(">IIQ")  # length, crc32, written_at_ms
+SEGMENT_SUFFIX = ".seg"
+ACK_FILE = "acked"
+FSYNC_POLICIES = ("always", "batch", "never")
+ON_FULL_POLICIES = ("block", "drop_oldest")
+# A length beyond this cannot be a record we wrote: treat it as garbage from a torn write.
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+class SpoolError(Exception):
+    """The spool directory is unusable (permissions, a foreign file, a bad setting)."""
+
+
+class SpoolFull(SpoolError):
+    """``on_full: block`` and the spool holds ``max_bytes``: retry after some replay."""
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Position:
+    """A place in the spool: a segment's number and a byte offset inside it."""
+
+    segment: int
+    offset: int
+
+
+@dataclass(slots=True)
+class _Segment:
+    number: int
+    path: Path
+    size: int  # valid bytes
+    records: int
+
+
+class Spool:
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        max_bytes: int = 1024**3,
+        segment_bytes: int = 64 * 1024**2,
+        fsync: str = "batch",
+        on_full: str = "block",
+        log: logging.Logger | None = None,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise SpoolError(f"spool fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
+        if on_full not in ON_FULL_POLICIES:
+            raise SpoolError(f"spool on_full must be one of {', '.join(ON_FULL_POLICIES)}, not {on_full!r}")
+        if segment_bytes > max_bytes:
+            raise SpoolError(f"spool segment_bytes ({segment_bytes}) is larger than max_bytes ({max_bytes})")
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.on_full = on_full
+        self.log = log or logging.getLogger(__name__)
+        self._segments: list[_Segment] = []  # oldest first; the last one is written to
+        self._acked = Position(0, 0)
+        self._read = Position(0, 0)
+        self._pending = 0  # unacknowledged records
+        # (end position, records read since the ack position) of each read() not yet acked,
+        # so ack() knows how many records it covers without rescanning the segment.
+        self._outstanding: list[tuple[Position, int]] = []
+        self._write_fd: int | None = None
+        self._read_file = None
+        self._read_file_segment = -1
+        self._opened = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directory or recover what a previous process left, dropping a torn last
+        record. After this, :meth:`read` starts at the oldest unacknowledged record."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SpoolError(f"cannot create spool directory {self.directory}: {error}") from error
+        numbers = sorted(int(p.stem) for p in self.directory.glob(f"*{SEGMENT_SUFFIX}") if p.stem.isdigit())
+        self._acked = self._load_ack()
+        for number in numbers:
+            path = self._segment_path(number)
+            if number < self._acked.segment:
+                path.unlink()  # acknowledged before the crash, deletion did not happen
+                continue
+            size, records = self._recover_segment(path)
+            self._segments.append(_Segment(number, path, size, records))
+            if number == self._acked.segment and self._acked.offset > size:
+                # The ack was saved but the data behind it was lost (fsync: never + power cut).
+                self._acked = Position(number, size)
+        if self._segments and self._acked.segment < self._segments[0].number:
+            self._acked = Position(self._segments[0].number, 0)
+        self._read = self._acked
+        self._pending = sum(self._unacked_records_in(segment) for segment in self._segments)
+        self._opened = True
+        if self.pending_records():
+            self.log.info(
+                "spool %s recovered %d unacknowledged records (%d bytes)",
+                self.directory, self.pending_records(), self.pending_bytes(),
+            )
+
+    def close(self) -> None:
+        if self._write_fd is not None:
+            if self.fsync != "never":
+                os.fsync(self._write_fd)
+            os.close(self._write_fd)
+            self._write_fd = None
+        self._close_reader()
+        self._opened = False
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, payloads: list[bytes]) -> int:
+        """Append records durably (per the fsync policy), in order. Returns how many older
+        records were dropped to make room (``on_full: drop_oldest``), else 0."""
+        if not payloads:
+            return 0
+        now_ms = time.time_ns() // 1_000_000
+        frames = []
+        for payload in payloads:
+            stamp = now_ms.to_bytes(8, "big")
+            crc = zlib.crc32(payload, zlib.crc32(stamp))
+            frames.append(HEADER.pack(len(payload), crc, now_ms) + payload)
+        incoming = sum(len(frame) for frame in frames)
+        dropped = self._make_room(incoming)
+        # Keep each call's records together in as few writes as possible, rolling segments at
+        # record boundaries only.
+        pending: list[bytes] = []
+        pending_size = 0
+        for frame in frames:
+            segment = self._writable_segment()
+            if segment.size + pending_size + len(frame) > self.segment_bytes and (segment.size + pending_size) > 0:
+                self._write(pending, pending_size)
+                pending, pending_size = [], 0
+                self._roll_segment()
+            pending.append(frame)
+            pending_size += len(frame)
+            if self.fsync == "always":
+                self._write(pending, pending_size)
+                pending, pending_size = [], 0
+        self._write(pending, pending_size)
+        if self.fsync == "batch":
+            os.fsync(self._write_fd)
+        self._pending += len(frames)
+        return dropped
+
+    def _write(self, frames: list[bytes], size: int) -> None:
+        if not frames:
+            return
+        segment = self._segments[-1]
+        data = b"".join(frames)
+        written = 0
+        while written < len(data):
+            written += os.write(self._write_fd, data[written:])
+        segment.size += size
+        segment.records += len(frames)
+        if self.fsync == "always":
+            os.fsync(self._write_fd)
+
+    def _writable_segment(self) -> _Segment:
+        if not self._segments or self._write_fd is None:
+            if self._segments:
+                segment = self._segments[-1]
+                self._write_fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND)
+            else:
+                self._roll_segment()
+        return self._segments[-1]
+
+    def _roll_segment(self) -> None:
+        if self._write_fd is not None:
+            if self.fsync != "never":
+                os.fsync(self._write_fd)
+            os.close(self._write_fd)
+        number = self._segments[-1].number + 1 if self._segments else max(1, self._acked.segment)
+        path = self._segment_path(number)
+        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._segments.append(_Segment(number, path, 0, 0))
+        if self.fsync != "never":
+            self._fsync_directory()  # the new file's name must survive a crash too
+        if self._acked.segment < self._segments[0].number:
+            self._acked = Position(self._segments[0].number, 0)
+        if self._read < self._acked:
+            self._read = self._acked
+
+    def _make_room(self, incoming: int) -> int:
+        if incoming > self.max_bytes:
+            raise SpoolError(f"a batch of {incoming} bytes does not fit in a spool of max_bytes {self.max_bytes}")
+        if self.total_bytes() + incoming <= self.max_bytes:
+            return 0
+        if self.on_full == "block":
+            raise SpoolFull(f"spool {self.directory} is full ({self.total_bytes()} of {self.max_bytes} bytes)")
+        dropped = 0
+        while self._segments and self.total_bytes() + incoming > self.max_bytes:
+            oldest = self._segments[0]
+            if len(self._segments) == 1:
+                # Everything sits in the active segment: start a new one so the old can go.
+                self._roll_segment()
+            dropped += self._unacked_records_in(oldest)
+            self._delete_segment(oldest)
+            first = self._segments[0].number
+            self._acked = max(self._acked, Position(first, 0))
+            # Reads in flight from the dropped segment can no longer be acknowledged.
+            self._read = max(self._read, self._acked)
+            self._outstanding.clear()
+            self._save_ack()
+        self._pending -= dropped
+        if dropped:
+            self.log.warning("spool %s full: dropped the %d oldest records", self.directory, dropped)
+        return dropped
+
+    # -- reading and acknowledging -----------------------------------------------------------
+
+    def read(self, max_records: int, max_bytes: int = 16 * 1024**2) -> tuple[list[bytes], Position]:
+        """The next records after those already read (in append order), and the position to
+        pass to :meth:`ack` once they are safely delivered. Empty when all was read."""
+        records: list[bytes] = []
+        size = 0
+        position = self._read
+        already_read = self._outstanding[-1][1] if self._outstanding else 0
+        for segment in self._segments:
+            if segment.number < position.segment:
+                continue
+            if segment.number > position.segment:
+                position = Position(segment.number, 0)
+            reader = self._reader_for(segment)
+            reader.seek(position.offset)
+            offset = position.offset
+            while offset < segment.size and len(records) < max_records and size < max_bytes:
+                header = reader.read(HEADER.size)
+                length = HEADER.unpack(header)[0]
+                records.append(reader.read(length))
+                offset += HEADER.size + length
+                size += length
+            position = Position(segment.number, offset)
+            if len(records) >= max_records or size >= max_bytes:
+                break
+        self._read = position
+        if records:
+            self._outstanding.append((position, already_read + len(records)))
+        return records, position
+
+    def rewind(self) -> None:
+        """Forget unacknowledged reads: the next :meth:`read` starts again at the oldest
+        unacknowledged record (after a failed delivery)."""
+        self._read = self._acked
+        self._outstanding.clear()
+
+    def ack(self, position: Position) -> None:
+        """Everything before ``position`` is delivered: delete the segments it covers."""
+        if position <= self._acked:
+            return
+        covered = None
+        for index, (end, count) in enumerate(self._outstanding):
+            if end == position:
+                covered = count
+                self._outstanding = [(e, c - count) for e, c in self._outstanding[index + 1:]]
+                break
+        if covered is None:
+            raise SpoolError(f"ack({position}) does not match the end of a read() of spool {self.directory}")
+        self._pending -= covered
+        self._acked = position
+        while self._segments and self._segments[0].number < position.segment:
+            self._delete_segment(self._segments[0])
+        if self._pending == 0 and self._segments:
+            # Empty spool: remove the last segment too, so an idle spool takes no disk.
+            last = self._segments[-1]
+            self._delete_segment(last)
+            self._acked = Position(last.number + 1, 0)
+            self._read = self._acked
+        self._save_ack()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def pending_records(self) -> int:
+        return self._pending
+
+    def pending_bytes(self) -> int:
+        total = 0
+        for segment in self._segments:
+            if segment.number == self._acked.segment:
+                total += segment.size - self._acked.offset
+            elif segment.number > self._acked.segment:
+                total += segment.size
+        return total
+
+    def total_bytes(self) -> int:
+        return sum(segment.size for segment in self._segments)
+
+    def oldest_written_at(self) -> float | None:
+        """Unix time the oldest unacknowledged record was spooled, or None when empty."""
+        for segment in self._segments:
+            if segment.number < self._acked.segment:
+                continue
+            offset = self._acked.offset if segment.number == self._acked.segment else 0
+            if offset >= segment.size:
+                continue
+            reader = self._reader_for(segment)
+            reader.seek(offset)
+            return HEADER.unpack(reader.read(HEADER.size))[2] / 1000
+        return None
+
+    def __len__(self) -> int:
+        return self.pending_records()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _segment_path(self, number: int) -> Path:
+        return self.directory / f"{number:020d}{SEGMENT_SUFFIX}"
+
+    def _recover_segment(self, path: Path) -> tuple[int, int]:
+        """Validate every record; truncate at the first bad one. Returns (valid size, records)."""
+        size = path.stat().st_size
+        records = 0
+        offset = 0
+        with open(path, "rb") as segment:
+            while offset < size:
+                header = segment.read(HEADER.size)
+                if len(header) < HEADER.size:
+                    break
+                length, crc, written_at = HEADER.unpack(header)
+                if length > MAX_RECORD_BYTES:
+                    break
+                payload = segment.read(length)
+                if len(payload) < length or zlib.crc32(payload, zlib.crc32(written_at.to_bytes(8, "big"))) != crc:
+                    break
+                offset += HEADER.size + length
+                records += 1
+        if offset < size:
+            self.log.warning(
+                "spool %s: dropped a torn or corrupt record at the end of %s (%d bytes after offset "
+                "%d); the process writing it was probably killed mid-write",
+                self.directory, path.name, size - offset, offset,
+            )
+            with open(path, "r+b") as segment:
+                segment.truncate(offset)
+                os.fsync(segment.fileno())
+        return offset, records
+
+    def _unacked_records_in(self, segment: _Segment) -> int:
+        if segment.number < self._acked.segment:
+            return 0
+        if segment.number > self._acked.segment or self._acked.offset == 0:
+            return segment.records
+        # Partly acknowledged: count what lies after the ack offset.
+        reader = self._reader_for(segment)
+        offset, count = self._acked.offset, 0
+        while offset < segment.size:
+            reader.seek(offset)
+            offset += HEADER.size + HEADER.unpack(reader.read(HEADER.size))[0]
+            count += 1
+        return count
+
+    def _reader_for(self, segment: _Segment):
+        if self._read_file_segment != segment.number:
+            self._close_reader()
+            self._read_file = open(segment.path, "rb", buffering=256 * 1024)
+            self._read_file_segment = segment.number
+        return self._read_file
+
+    def _close_reader(self) -> None:
+        if self._read_file is not None:
+            self._read_file.close()
+        self._read_file = None
+        self._read_file_segment = -1
+
+    def _delete_segment(self, segment: _Segment) -> None:
+        if self._read_file_segment == segment.number:
+            self._close_reader()
+        if self._segments and segment is self._segments[-1] and self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
+        segment.path.unlink(missing_ok=True)
+        self._segments.remove(segment)
+
+    def _load_ack(self) -> Position:
+        try:
+            text = (self.directory / ACK_FILE).read_text().split()
+            return Position(int(text[0]), int(text[1]))
+        except FileNotFoundError:
+            return Position(0, 0)
+        except (ValueError, IndexError):
+            self.log.warning("spool %s: unreadable ack file, replaying everything", self.directory)
+            return Position(0, 0)
+
+    def _save_ack(self) -> None:
+        # Write-then-rename: a crash leaves the old or the new position, never half of one.
+        temporary = self.directory / (ACK_FILE + ".tmp")
+        with open(temporary, "w") as ack_file:
+            ack_file.write(f"{self._acked.segment} {self._acked.offset}\n")
+            if self.fsync != "never":
+                ack_file.flush()
+                os.fsync(ack_file.fileno())
+        os.replace(temporary, self.directory / ACK_FILE)
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
