@@ -1,0 +1,129 @@
+"""Binance REST: ``GET /api/v3/historicalTrades``, used to fill trade-id gaps.
+
+No API key is needed. Each request weighs 25 of the 6000 per minute an IP may spend; a 429
+answer means "slow down" and a 418 means "banned for a while": both carry ``Retry-After``
+(seconds), which we honour for every request of this client, not just the one that got it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+
+from plugins.binance.ratelimit import Backoff, TokenBucket
+
+HISTORICAL_TRADES_PATH = "/api/v3/historicalTrades"
+HISTORICAL_TRADES_WEIGHT = 25
+HISTORICAL_TRADES_MAX_LIMIT = 1000
+
+
+class RestError(Exception):
+    """A request that will not succeed by retrying (4xx other than 429/418, bad body)."""
+
+
+def rest_trade_to_event(symbol: str, trade: dict) -> dict:
+    """A historicalTrades row as the payload the ``<symbol>@trade`` stream would have sent."""
+    ts = trade["time"]
+    return {
+        "e": "trade",
+        "E": ts,
+        "s": symbol,
+        "t": trade["id"],
+        "p": trade["price"],
+        "q": trade["qty"],
+        "T": ts,
+        "m": trade["isBuyerMaker"],
+        "M": trade.get("isBestMatch", True),
+    }
+
+
+def retry_after_seconds(value: str | None, default: float) -> float:
+    """``Retry-After`` is seconds here (Binance never sends an HTTP date)."""
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return default
+
+
+class HistoricalTrades:
+    """Fetches historical trades politely: weight budget, Retry-After, retries with backoff."""
+
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        weight_per_minute: float = 3000,
+        max_retries: int = 8,
+        backoff: Backoff | None = None,
+        log=None,
+        on_rate_limited=None,
+    ):
+        self.url = base_url.rstrip("/") + HISTORICAL_TRADES_PATH
+        self.session = session
+        self.weight = TokenBucket(weight_per_minute / 60.0, capacity=max(weight_per_minute, HISTORICAL_TRADES_WEIGHT))
+        self.max_retries = max_retries
+        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
+        self.log = log
+        self.on_rate_limited = on_rate_limited  # callback(status, seconds) for metrics/tests
+        self._blocked_until = 0.0  # monotonic time before which no request is sent
+        self.requests = 0
+        self.rate_limited = 0
+
+    async def fetch(self, symbol: str, from_id: int, limit: int = HISTORICAL_TRADES_MAX_LIMIT) -> list[dict]:
+        """Trades of ``symbol`` with ids ``from_id`` … ``from_id + limit - 1`` (fewer if they
+        do not exist yet). Raises :class:`RestError` when retrying cannot help."""
+        params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(max(limit, 1), HISTORICAL_TRADES_MAX_LIMIT))}
+        failures = 0
+        backoff = Backoff(self.backoff.initial, self.backoff.maximum, self.backoff.factor, self.backoff.jitter)
+        while True:
+            wait = self._blocked_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self.weight.take(HISTORICAL_TRADES_WEIGHT)
+            self.requests += 1
+            try:
+                async with self.session.get(self.url, params=params) as resp:
+                    if resp.status in (429, 418):
+                        delay = retry_after_seconds(resp.headers.get("Retry-After"), backoff.next_delay())
+                        self._blocked_until = max(self._blocked_until, time.monotonic() + delay)
+                        self.rate_limited += 1
+                        if self.on_rate_limited:
+                            self.on_rate_limited(resp.status, delay)
+                        if self.log:
+                            what = "rate limit hit" if resp.status == 429 else "IP temporarily banned"
+                            self.log.warning(
+                                f"Binance REST {what} (HTTP {resp.status}); waiting {delay:.1f}s as Retry-After asks",
+                                status=resp.status, retry_after=delay,
+                            )
+                        continue
+                    body = await resp.read()
+                    if resp.status >= 500:
+                        raise aiohttp.ClientResponseError(
+                            resp.request_info, (), status=resp.status, message=body[:200].decode("utf-8", "replace")
+                        )
+                    if resp.status != 200:
+                        raise RestError(f"HTTP {resp.status} from {self.url}: {body[:300].decode('utf-8', 'replace')}")
+                    try:
+                        data = orjson.loads(body)
+                    except orjson.JSONDecodeError as exc:
+                        raise RestError(f"historicalTrades answer is not JSON: {exc}") from None
+                    if not isinstance(data, list):
+                        raise RestError(f"historicalTrades answer is not a list: {body[:200]!r}")
+                    return data
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                failures += 1
+                if failures > self.max_retries:
+                    raise RestError(f"giving up after {failures} failed requests: {exc or type(exc).__name__}") from None
+                delay = backoff.next_delay()
+                if self.log:
+                    self.log.warning(
+                        f"Binance REST request failed ({exc or type(exc).__name__}); retrying in {delay:.1f}s",
+                        symbol=symbol,
+                    )
+                await asyncio.sleep(delay)

@@ -1,0 +1,550 @@
+"""The ``binance`` source: Binance spot WebSocket market streams (trades, tickers).
+
+What it does, so the limits Binance enforces are never hit:
+
+* subscribes every channel of the streams whose ``source`` is this one over combined-stream
+  connections (``<url>/stream`` + SUBSCRIBE in chunks), at most ``max_streams_per_connection``
+  (1024) per connection — 1500 channels become two connections of 750;
+* paces every client message of a connection with one token bucket below
+  ``max_messages_per_second`` (5), leaving room for the pongs websockets sends by itself;
+* reconnects on any drop, HTTP 429/418 (honouring ``Retry-After``) and ``serverShutdown``, with
+  exponential backoff and jitter, and never more than ``max_connection_attempts_per_5min``;
+* rotates each connection before Binance's 24 h cut-off: the replacement is opened and
+  subscribed while the old one still delivers, then the old one is closed; the overlap's
+  duplicates are dropped (trades by id per symbol, other events by ``E`` per channel);
+* detects trade-id gaps (after a reconnect, or when one connection is behind another), reports
+  them and fills them from ``GET /api/v3/historicalTrades``;
+* sends frames it cannot use (binary, oversized, malformed, unknown streams or events, error
+  replies) to the dead-letter destination and keeps reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from framework.components import SourceSpec
+from framework.hookspecs import hookimpl
+from plugins.binance.connection import Connection
+from plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
+from plugins.binance.ratelimit import Backoff, SlidingWindowLimiter
+from plugins.binance.rest import HistoricalTrades, RestError, rest_trade_to_event, retry_after_seconds
+
+DEFAULT_URL = "wss://stream.binance.com:9443"
+DEFAULT_REST_URL = "https://api.binance.com"
+OFFLINE_HINT = (
+    "No internet here, or Binance blocked? Run `tickwire simulate` and point "
+    "TICKWIRE_BINANCE_URL (and TICKWIRE_BINANCE_REST_URL) at the address it prints."
+)
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "url": {
+            "type": "string",
+            "pattern": "^wss?://",
+            "default": DEFAULT_URL,
+            "description": "WebSocket base URL; tickwire connects to <url>/stream. For the simulator: "
+            "ws://127.0.0.1:PORT (streams.yaml reads ${TICKWIRE_BINANCE_URL}).",
+        },
+        "rest_url": {
+            "type": "string",
+            "pattern": "^https?://",
+            "default": DEFAULT_REST_URL,
+            "description": "REST base URL used to fill trade-id gaps (GET /api/v3/historicalTrades).",
+        },
+        "gap_fill": {
+            "type": "boolean",
+            "default": True,
+            "description": "Fetch trades missing after a reconnect from REST. Gaps are detected and "
+            "reported either way.",
+        },
+        "gap_fill_grace_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "default": 1.0,
+            "description": "How long a hole in trade ids may wait for late trades (e.g. from the other "
+            "connection during a rotation) before it counts as a gap and is fetched.",
+        },
+        "gap_fill_max_trades": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 100000,
+            "description": "Largest number of trades fetched for one gap; the rest of a longer gap is "
+            "reported as lost.",
+        },
+        "rest_weight_per_minute": {
+            "type": "number",
+            "minimum": 25,
+            "maximum": 6000,
+            "default": 3000,
+            "description": "REST request weight this source may spend per minute (Binance allows 6000 "
+            "per IP; historicalTrades weighs 25).",
+        },
+        "max_streams_per_connection": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 1024,
+            "default": 1024,
+            "description": "Channels per WebSocket connection (Binance: at most 1024). More channels "
+            "are spread evenly over several connections.",
+        },
+        "subscribe_chunk_size": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 1024,
+            "default": 200,
+            "description": "Channels per SUBSCRIBE request.",
+        },
+        "max_messages_per_second": {
+            "type": "number",
+            "minimum": 1,
+            "default": 5,
+            "description": "Binance's limit on client messages per second per connection (pings, pongs "
+            "and SUBSCRIBEs count). tickwire sends its own requests below it, keeping one per second "
+            "for pongs.",
+        },
+        "rotate_after_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": 84600,
+            "description": "Replace each connection after this long (default 23h30m; Binance closes "
+            "connections at 24 h). The replacement overlaps the old one, so nothing is missed.",
+        },
+        "rotate_overlap_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "default": 3.0,
+            "description": "How long both connections run after the replacement is subscribed.",
+        },
+        "max_frame_bytes": {
+            "type": "integer",
+            "minimum": 1024,
+            "default": 1048576,
+            "description": "Frames larger than this become dead letters (first 64 KiB kept); the "
+            "connection stays open. Binance events are well under 4 KiB.",
+        },
+        "backoff_initial_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "default": 1.0,
+            "description": "First reconnect delay; doubles (backoff_factor) per failed attempt.",
+        },
+        "backoff_max_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "default": 60.0,
+            "description": "Longest reconnect delay (a Retry-After from Binance may be longer).",
+        },
+        "backoff_factor": {"type": "number", "minimum": 1, "default": 2.0, "description": "Backoff multiplier."},
+        "backoff_jitter": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0.5,
+            "description": "Random share taken off each delay (0.5: between half and all of it).",
+        },
+        "max_connection_attempts_per_5min": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 300,
+            "default": 300,
+            "description": "Connection attempts allowed in any 5 minutes (Binance bans an IP above 300).",
+        },
+        "open_timeout_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": 10.0,
+            "description": "Time allowed for the TCP + TLS + WebSocket handshake.",
+        },
+        "ping_interval_seconds": {
+            "type": ["number", "null"],
+            "default": 60.0,
+            "description": "Our own keepalive ping (Binance pings us every 20 s; websockets answers). "
+            "null disables it.",
+        },
+        "ping_timeout_seconds": {
+            "type": ["number", "null"],
+            "default": 30.0,
+            "description": "Close and reconnect when our ping gets no pong in this time.",
+        },
+    },
+}
+
+DEFAULTS = {key: prop["default"] for key, prop in CONFIG_SCHEMA["properties"].items()}
+
+
+class _NullLog:
+    def __getattr__(self, _name):
+        return lambda *a, **k: None
+
+
+def _metric(metrics, name: str, **labels):
+    """The labelled child of ``ctx.metrics.<name>``, or None if there is no such metric."""
+    m = getattr(metrics, name, None)
+    if m is None:
+        return None
+    try:
+        return m.labels(**labels) if labels else m
+    except Exception:  # noqa: BLE001 - a stand-in without labels()
+        return m if hasattr(m, "inc") else None
+
+
+def _inc(metrics, name: str, amount: float = 1, **labels) -> None:
+    child = _metric(metrics, name, **labels)
+    if child is not None and amount:
+        child.inc(amount)
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line, traceback-free reason for a connection problem."""
+    if isinstance(exc, ServerShutdown):
+        return "Binance announced a server shutdown (serverShutdown)"
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        if rcvd is None:
+            return "connection dropped without a close frame"
+        return f"server closed the connection (code {rcvd.code}{': ' + rcvd.reason if rcvd.reason else ''})"
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code} during the WebSocket handshake"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+def split_evenly(items: list, max_per_group: int) -> list[list]:
+    """``items`` in ``ceil(n / max)`` groups of nearly equal size, order kept."""
+    if not items:
+        return []
+    groups = -(-len(items) // max_per_group)
+    size, extra = divmod(len(items), groups)
+    out, start = [], 0
+    for i in range(groups):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+class BinanceSource:
+    """``factory(name, options, ctx)``; see the module docstring."""
+
+    def __init__(self, name: str, options: dict, ctx):
+        self.name = name
+        self.ctx = ctx
+        self.opts = {**DEFAULTS, **(options or {})}
+        self.opts.pop("type", None)
+        self.log = getattr(ctx, "log", None) or _NullLog()
+        self.metrics = getattr(ctx, "metrics", None)
+        self.channels: dict[str, Channel] = build_channels(getattr(ctx, "streams", []) or [], name)
+        self.groups: list[list[str]] = split_evenly(sorted(self.channels), int(self.opts["max_streams_per_connection"]))
+        self.attempts = SlidingWindowLimiter(int(self.opts["max_connection_attempts_per_5min"]), 300.0)
+        self.connections: dict[int, Connection] = {}  # slot → current connection
+        self.stats = {
+            "connects": 0,
+            "reconnects": 0,
+            "rotations": 0,
+            "gaps_detected": 0,
+            "gap_trades_missing": 0,
+            "gaps_filled": 0,
+            "gap_trades_filled": 0,
+            "gap_trades_lost": 0,
+            "duplicates_dropped": 0,
+        }
+        self.router: FrameRouter | None = None
+        self.rest: HistoricalTrades | None = None
+        self._fillers: dict[str, asyncio.Task] = {}
+        self._reported_hi: dict[str, int] = {}  # channel → highest missing id already reported
+        self._open = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, emit) -> None:
+        if not self.channels:
+            self.log.warning("no stream uses this Binance source; it stays idle", source=self.name)
+            await asyncio.Event().wait()
+        o = self.opts
+        self.router = FrameRouter(self.channels, emit, int(o["max_frame_bytes"]), self._on_gap)
+        timeout = aiohttp.ClientTimeout(total=30, connect=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            self.rest = HistoricalTrades(
+                o["rest_url"],
+                session,
+                weight_per_minute=float(o["rest_weight_per_minute"]),
+                backoff=Backoff(0.5, max(1.0, float(o["backoff_max_seconds"]))),
+                log=self.log,
+            )
+            tasks = [asyncio.create_task(self._slot(i, group, emit), name=f"{self.name}-conn{i}") for i, group in enumerate(self.groups)]
+            tasks.append(asyncio.create_task(self._flush_metrics_forever()))
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in self._fillers.values():
+                    task.cancel()
+                await asyncio.gather(*tasks, *self._fillers.values(), return_exceptions=True)
+                await asyncio.gather(*(c.close(drain_timeout=0.5) for c in self.connections.values()), return_exceptions=True)
+                self._flush_metrics()
+                child = _metric(self.metrics, "connections_open", source=self.name)
+                if child is not None:
+                    child.dec(self._open)
+                self._open = 0
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _new_backoff(self) -> Backoff:
+        o = self.opts
+        return Backoff(
+            float(o["backoff_initial_seconds"]),
+            float(o["backoff_max_seconds"]),
+            float(o["backoff_factor"]),
+            float(o["backoff_jitter"]),
+        )
+
+    def _set_open(self, delta: int) -> None:
+        self._open += delta
+        child = _metric(self.metrics, "connections_open", source=self.name)
+        if child is not None:
+            child.inc(delta)
+
+    async def _connect(self, slot: int, channels: list[str], backoff: Backoff, delay: float) -> Connection:
+        """Connect (retrying until it works) and start reading; return the live connection."""
+        o = self.opts
+        while True:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            waited = await self.attempts.acquire()
+            if waited > 1:
+                self.log.warning(
+                    f"waited {waited:.0f}s: at most {self.attempts.limit} connection attempts per 5 minutes",
+                    source=self.name,
+                )
+            conn = Connection(
+                conn_id=f"{self.name}#{slot}",
+                url=o["url"],
+                channels=channels,
+                router=self.router,
+                log=self.log,
+                max_messages_per_second=float(o["max_messages_per_second"]),
+                subscribe_chunk_size=int(o["subscribe_chunk_size"]),
+                max_frame_bytes=int(o["max_frame_bytes"]),
+                open_timeout=float(o["open_timeout_seconds"]),
+                ping_interval=o["ping_interval_seconds"],
+                ping_timeout=o["ping_timeout_seconds"],
+            )
+            try:
+                await conn.connect()
+            except InvalidURI as exc:
+                raise ValueError(f"source {self.name}: invalid url {o['url']!r}: {exc}") from None
+            except (OSError, InvalidHandshake, asyncio.TimeoutError, TimeoutError) as exc:
+                delay = backoff.next_delay()
+                status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
+                if status in (429, 418):
+                    retry = retry_after_seconds(exc.response.headers.get("Retry-After"), delay)
+                    delay = max(delay, retry)
+                    what = "is rate limiting us" if status == 429 else "has temporarily banned this IP"
+                    self.log.warning(
+                        f"Binance {what} (HTTP {status}); reconnecting in {delay:.1f}s as Retry-After asks",
+                        source=self.name, connection=slot,
+                    )
+                elif status is not None:
+                    self.log.warning(
+                        f"Binance refused the connection (HTTP {status}); reconnecting in {delay:.1f}s",
+                        source=self.name, connection=slot, url=conn.url,
+                    )
+                else:
+                    self.log.warning(
+                        f"cannot reach Binance at {conn.url} ({_describe(exc)}); retrying in {delay:.1f}s. {OFFLINE_HINT}",
+                        source=self.name, connection=slot,
+                    )
+                continue
+            conn.task = asyncio.create_task(conn.run(), name=f"{self.name}-read{slot}")
+            self.stats["connects"] += 1
+            self._set_open(+1)
+            self.log.info(f"connected to {conn.url}", source=self.name, connection=slot, streams=len(channels))
+            return conn
+
+    async def _slot(self, slot: int, channels: list[str], emit) -> None:
+        """Keep one group of channels connected forever: reconnect, rotate."""
+        o = self.opts
+        rotate_after = float(o["rotate_after_seconds"])
+        backoff = self._new_backoff()
+        conn = await self._connect(slot, channels, backoff, 0.0)
+        self.connections[slot] = conn
+        while True:
+            due = conn.opened_at + rotate_after - time.monotonic()
+            ready_wait = asyncio.ensure_future(conn.ready.wait())
+            done, _ = await asyncio.wait({conn.task, ready_wait}, timeout=max(0.0, due), return_when=asyncio.FIRST_COMPLETED)
+            if ready_wait in done and conn.task not in done:
+                backoff.reset()  # a connection that got subscribed counts as a success
+                done, _ = await asyncio.wait({conn.task}, timeout=max(0.0, conn.opened_at + rotate_after - time.monotonic()))
+            ready_wait.cancel()
+            if conn.task in done:
+                exc = None if conn.task.cancelled() else conn.task.exception()
+                self._set_open(-1)
+                await conn.close(drain_timeout=0)
+                immediate = isinstance(exc, ServerShutdown)
+                delay = 0.0 if immediate else backoff.next_delay()
+                reason = _describe(exc) if exc is not None else "connection ended"
+                self.stats["reconnects"] += 1
+                _inc(self.metrics, "reconnects", source=self.name)
+                self.log.warning(
+                    f"connection lost: {reason}; reconnecting {'now' if immediate else f'in {delay:.1f}s'}",
+                    source=self.name, connection=slot,
+                )
+                conn = await self._connect(slot, channels, backoff, delay)
+                self.connections[slot] = conn
+                continue
+            conn = await self._rotate(slot, channels, conn, backoff)
+
+    async def _rotate(self, slot: int, channels: list[str], old: Connection, backoff: Backoff) -> Connection:
+        """Open the replacement, let both run until it is subscribed (+ overlap), close the old."""
+        o = self.opts
+        age = time.monotonic() - old.opened_at
+        self.log.info(
+            f"rotating connection after {age / 3600:.2f} h (Binance closes at 24 h): opening its replacement first",
+            source=self.name, connection=slot,
+        )
+        new = await self._connect(slot, channels, backoff, 0.0)
+        self.connections[slot] = new
+        ready_wait = asyncio.ensure_future(new.ready.wait())
+        try:
+            await asyncio.wait({ready_wait, new.task}, timeout=30.0, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready_wait.cancel()
+        if new.ready.is_set():
+            await asyncio.sleep(float(o["rotate_overlap_seconds"]))
+        await old.close()
+        self._set_open(-1)
+        self.stats["rotations"] += 1
+        self.log.info("rotation done: old connection closed", source=self.name, connection=slot)
+        return new
+
+    # -- gaps ----------------------------------------------------------------------------------
+
+    def _on_gap(self, ch: Channel) -> None:
+        """Called by the router when trade ids jump; starts the channel's filler if idle."""
+        task = self._fillers.get(ch.name)
+        if task is None or task.done():
+            self._fillers[ch.name] = asyncio.create_task(self._handle_gaps(ch), name=f"{self.name}-gaps-{ch.name}")
+
+    async def _handle_gaps(self, ch: Channel) -> None:
+        tracker = ch.trades
+        grace = float(self.opts["gap_fill_grace_seconds"])
+        while True:
+            await asyncio.sleep(grace)
+            reported = self._reported_hi.get(ch.name, -1)
+            new = [(lo, hi) for lo, hi in tracker.missing if hi > reported]
+            new = [(max(lo, reported + 1), hi) for lo, hi in new]
+            if not new:
+                return
+            self._reported_hi[ch.name] = new[-1][1]
+            for lo, hi in new:
+                n = hi - lo + 1
+                self.stats["gaps_detected"] += 1
+                self.stats["gap_trades_missing"] += n
+                _inc(self.metrics, "gaps_detected", symbol=ch.symbol)
+                _inc(self.metrics, "gap_trades_missing", n, symbol=ch.symbol)
+                self.log.warning(
+                    f"gap detected: {ch.symbol} trade ids {lo}..{hi} missing ({n} trades)"
+                    + ("; fetching them over REST" if self.opts["gap_fill"] else "; gap_fill is off"),
+                    source=self.name, stream=ch.stream, symbol=ch.symbol, first_id=lo, last_id=hi, missing=n,
+                )
+            if not self.opts["gap_fill"]:
+                continue
+            for lo, hi in new:
+                await self._fill(ch, lo, hi)
+
+    async def _fill(self, ch: Channel, lo: int, hi: int) -> None:
+        tracker = ch.trades
+        emit = self.router.emit
+        cap = int(self.opts["gap_fill_max_trades"])
+        lost = 0
+        if hi - lo + 1 > cap:
+            lost += tracker.forget(lo + cap, hi)
+            self.log.warning(
+                f"gap of {hi - lo + 1} trades is larger than gap_fill_max_trades={cap}; "
+                f"ids {lo + cap}..{hi} will not be fetched",
+                source=self.name, symbol=ch.symbol,
+            )
+            hi = lo + cap - 1
+        filled = 0
+        cur = lo
+        try:
+            while True:
+                todo = tracker.missing_in(cur, hi)
+                if not todo:
+                    break
+                cur = todo[0][0]
+                rows = await self.rest.fetch(ch.symbol, cur, min(1000, hi - cur + 1))
+                received_ns = time.time_ns()
+                top = cur - 1
+                for row in rows:
+                    tid = row.get("id")
+                    if type(tid) is not int:
+                        continue
+                    top = max(top, tid)
+                    if tid > hi or not tracker.take(tid):
+                        continue  # already arrived live, or outside the gap
+                    await emit.record(ch.stream, rest_trade_to_event(ch.symbol, row), received_ns)
+                    filled += 1
+                if top < cur:  # nothing at or after cur: these trades are not available
+                    break
+                cur = top + 1
+                if cur > hi:
+                    break
+        except RestError as exc:
+            self.log.error(f"could not fill gap in {ch.symbol} trades {lo}..{hi}: {exc}", source=self.name, symbol=ch.symbol)
+        except (KeyError, TypeError) as exc:
+            self.log.error(f"unexpected historicalTrades row while filling {ch.symbol}: {exc!r}", source=self.name)
+        lost += tracker.forget(lo, hi)
+        self.stats["gap_trades_filled"] += filled
+        self.stats["gap_trades_lost"] += lost
+        _inc(self.metrics, "gap_trades_filled", filled, symbol=ch.symbol)
+        if lost == 0:
+            self.stats["gaps_filled"] += 1
+            _inc(self.metrics, "gaps_filled", symbol=ch.symbol)
+            self.log.info(
+                f"gap filled: {ch.symbol} trade ids {lo}..{hi} ({filled} from REST)",
+                source=self.name, symbol=ch.symbol, first_id=lo, last_id=hi, filled=filled,
+            )
+        else:
+            self.log.warning(
+                f"gap only partly filled: {ch.symbol} trade ids {lo}..{hi}, {filled} fetched, {lost} lost",
+                source=self.name, symbol=ch.symbol, filled=filled, lost=lost,
+            )
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def _flush_metrics(self) -> None:
+        for ch in self.channels.values():
+            n = ch.duplicates
+            if n:
+                ch.duplicates = 0
+                self.stats["duplicates_dropped"] += n
+                _inc(self.metrics, "duplicates_dropped", n, stream=ch.stream)
+
+    async def _flush_metrics_forever(self, interval: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._flush_metrics()
+
+
+@hookimpl
+def tickwire_register_sources(register) -> None:
+    register(
+        SourceSpec(
+            name="binance",
+            factory=BinanceSource,
+            description="Binance spot WebSocket market streams (trades, tickers) with reconnects, "
+            "rotation, dedup and REST gap filling.",
+            config_schema=CONFIG_SCHEMA,
+        )
+    )
