@@ -1,0 +1,644 @@
+"""The asyncio engine: sources → transforms → per-sink batches → bounded queues → sinks.
+
+How a record travels (all in one event loop, no hook calls on the way)::
+
+    source.run ─► Emitter.record(stream, payload)
+                    ├─ transform chain of the stream (validate → normalize), built once
+                    │    └─ InvalidRecord(reason) ─► dead-letter batch
+                    └─ append to one list per (sink, stream) ─ full (batch_size) or old
+                       (linger_ms) ─► whole list put on the sink's bounded asyncio.Queue
+    sink worker ─► Sink.write(stream, records) ─ returned = committed ─► written metric
+
+Guarantees:
+
+* **Backpressure**: each sink queue holds at most ``queue_batches`` batches; when it is full,
+  ``Emitter.record`` waits in ``Queue.put``, so the source stops reading and memory stays
+  bounded (≈ (queue_batches + 2) × batch_size records per sink and stream).
+* **Acknowledgement**: ``tickwire_messages_written_total`` counts a record only after
+  ``Sink.write`` returned. A failing write is retried with exponential backoff, forever; it is
+  logged with the sink, plugin and stream names. Nothing is dropped.
+* **Shutdown** (:meth:`Engine.stop`, SIGINT/SIGTERM in ``tickwire run``): sources are cancelled,
+  a batch that was being handed over when a source was cancelled goes back to its buffer, every
+  buffer is flushed, the workers drain their queues, sinks are closed. An engine whose sources
+  all return by themselves (e.g. a replay) shuts down the same way.
+
+Per-record counters are plain integers on the route; the ticker task adds their deltas to the
+Prometheus counters several times a second and flushes buffers older than ``linger_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from framework.components import DeadLetter, InvalidRecord, RunContext, SinkSpec, SourceSpec, TransformSpec
+from framework.logs import get_logger
+from framework.metrics import Metrics
+from framework.schemas import StreamSpec
+
+DEFAULT_TRANSFORMS = [("validate", {}), ("normalize", {})]
+
+
+class EngineError(Exception):
+    """Start-up problem (unknown plugin, sink failing to open…); the message names the component."""
+
+
+@dataclass
+class EngineSettings:
+    """``engine:`` section of streams.yaml (``queue_batches``, ``batch_size``, ``linger_ms``)."""
+
+    batch_size: int = 1000  # records per sink batch
+    linger_ms: float = 200  # a non-empty batch older than this is sent anyway
+    queue_batches: int = 8  # batches waiting per sink before sources are slowed down
+    retry_initial_s: float = 0.5  # first delay after a failed write, doubled up to retry_max_s
+    retry_max_s: float = 10.0
+    lag_sample_every: int = 64  # observe the event-time lag of one record in N (power of two)
+    metrics_interval_s: float = 0.5  # how often plain counters are pushed into Prometheus
+
+    @classmethod
+    def from_options(cls, options: dict | None) -> EngineSettings:
+        known = {k: v for k, v in (options or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def iso_now(ns: int | None = None) -> str:
+    ns = time.time_ns() if ns is None else ns
+    dt = datetime.fromtimestamp(ns / 1e9, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _raw_text(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw).decode("utf-8", "replace")
+    try:
+        return orjson.dumps(raw, default=str).decode()
+    except TypeError:
+        return repr(raw)
+
+
+class _SinkRunner:
+    """One opened sink, its bounded queue and its worker."""
+
+    def __init__(self, sink_id: str, spec: SinkSpec, options: dict, queue_batches: int):
+        self.id = sink_id
+        self.spec = spec
+        self.options = options
+        self.sink: Any = None
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, queue_batches))
+        self.pending = 0  # records queued or being written
+        self.task: asyncio.Task | None = None
+        self.commits = 0
+        self.commit_seconds = 0.0
+
+    @property
+    def who(self) -> str:
+        return f"sink {self.id!r} (plugin {self.spec.plugin or self.spec.name})"
+
+
+class _Lane:
+    """Records of one stream waiting for one sink."""
+
+    __slots__ = ("runner", "stream", "route", "buf", "since")
+
+    def __init__(self, runner: _SinkRunner, stream: StreamSpec, route: _Route):
+        self.runner = runner
+        self.stream = stream
+        self.route = route
+        self.buf: list = []
+        self.since = 0.0
+
+
+class _Route:
+    """Everything about one stream the hot path needs, in slots."""
+
+    __slots__ = (
+        "stream", "name", "chain", "chain_names", "lanes", "received", "invalid", "dead", "written",
+        "last", "lag", "lag_field", "lag_mask", "pushed", "lag_hist",
+    )
+
+    def __init__(self, stream: StreamSpec, chain: list, chain_names: list[str], lag_field: str, lag_every: int):
+        self.stream = stream
+        self.name = stream.name
+        self.chain = tuple(chain)
+        self.chain_names = chain_names
+        self.lanes: list[_Lane] = []
+        self.received = 0
+        self.invalid = 0
+        self.dead = 0
+        self.written: dict[str, int] = {}
+        self.last: dict | None = None
+        self.lag: float | None = None
+        self.lag_field = lag_field
+        self.lag_mask = max(1, lag_every) - 1
+        self.pushed = [0, 0, 0]  # received, invalid, dead already added to Prometheus
+        self.lag_hist = None
+
+
+class Emitter:
+    """What a source gets: ``await emit.record(stream, payload, received_ns)``."""
+
+    def __init__(self, engine: Engine, source_id: str, plugin: str):
+        self._engine = engine
+        self._routes = engine._routes
+        self._batch_size = engine.settings.batch_size
+        self.source_id = source_id
+        self.plugin = plugin
+
+    async def record(self, stream: str, payload: dict, received_ns: int) -> None:
+        route = self._routes.get(stream)
+        if route is None:
+            await self.dead_letter(stream, f"unknown stream {stream!r}", payload, received_ns)
+            return
+        n = route.received = route.received + 1
+        if not n & route.lag_mask:
+            self._engine._sample_lag(route, payload, received_ns)
+        rec = payload
+        i = 0
+        try:
+            for fn in route.chain:
+                rec = fn(rec)
+                if rec is None:
+                    return
+                i += 1
+        except InvalidRecord as exc:
+            route.invalid += 1
+            await self._engine._dead_letter(route.name, exc.reason, route.chain_names[i], payload, received_ns)
+            return
+        except Exception as exc:  # a bug in a transform must not stop the source
+            route.invalid += 1
+            self._engine._transform_crashed(route, i, exc)
+            reason = f"transform {route.chain_names[i]!r} failed: {type(exc).__name__}: {exc}"
+            await self._engine._dead_letter(route.name, reason, route.chain_names[i], payload, received_ns)
+            return
+        for lane in route.lanes:
+            buf = lane.buf
+            if not buf:
+                lane.since = time.monotonic()
+            buf.append(rec)
+            if len(buf) >= self._batch_size:
+                await self._engine._flush(lane)
+
+    async def dead_letter(self, stream: str | None, reason: str, raw: Any, received_ns: int | None = None) -> None:
+        await self._engine._dead_letter(stream, reason, self.plugin, raw, received_ns)
+
+
+class Engine:
+    """Runs one profile: see the module docstring. Build with :meth:`from_config` or directly
+    (tests do) from specs; then ``await engine.run()`` until :meth:`stop` or sources end."""
+
+    def __init__(
+        self,
+        *,
+        streams: list[StreamSpec],
+        sources: dict[str, tuple[SourceSpec, dict]],
+        sinks: dict[str, tuple[SinkSpec, dict]],
+        transforms: dict[str, TransformSpec],
+        dead_letter: str | None = None,
+        settings: EngineSettings | None = None,
+        metrics: Metrics | None = None,
+        config: Any = None,
+        config_dir: Path | str = ".",
+        log: Any = None,
+    ):
+        self.settings = settings or EngineSettings()
+        self.metrics = metrics or Metrics()
+        self.config = config
+        self.config_dir = Path(config_dir)
+        self.log = log or get_logger(component="engine")
+        self.streams = {s.name: s for s in streams}
+        self._source_plans = sources
+        self._transform_specs = transforms
+        self._dead_letter_id = dead_letter
+        self._runners: dict[str, _SinkRunner] = {}
+        self._routes: dict[str, _Route] = {}
+        self._dead: list[DeadLetter] = []
+        self._dead_since = 0.0
+        self._dead_by_stream: dict[str, int] = {}
+        self._dead_pushed: dict[str, int] = {}
+        self._dead_dropped_warned = False
+        self._stop = asyncio.Event()
+        self._source_tasks: dict[str, asyncio.Task] = {}
+        self._crash_logged: set = set()
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+
+        for sink_id, (spec, options) in sinks.items():
+            self._runners[sink_id] = _SinkRunner(sink_id, spec, dict(options or {}), self.settings.queue_batches)
+        if dead_letter is not None:
+            runner = self._runners.get(dead_letter)
+            if runner is None:
+                raise EngineError(f"dead-letter destination {dead_letter!r} is not a configured sink")
+            if not runner.spec.supports_dead_letters:
+                raise EngineError(f"{runner.who} cannot store dead letters (supports_dead_letters is false)")
+        for stream in streams:
+            self._routes[stream.name] = self._build_route(stream)
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Any, plugins: Any, profile: str | None = None, metrics: Metrics | None = None, log=None) -> Engine:
+        """Build from the loaded :class:`~framework.config.Config` and the plugin manager."""
+        prof = config.profile(profile)  # None: the config's default profile
+        streams = config.profile_streams(prof)  # copies, with .sinks = the profile's sinks
+        wanted = set(prof.sinks) | ({prof.dead_letter} if prof.dead_letter else set())
+        sinks = {}
+        for sink_id in sorted(wanted):
+            if sink_id not in config.sinks:
+                raise EngineError(f"profile {prof.name!r}: sink {sink_id!r} is not declared under sinks:")
+            type_, options = config.sinks[sink_id]
+            if type_ not in plugins.sinks:
+                raise EngineError(f"sink {sink_id!r}: no sink plugin named {type_!r} (known: {', '.join(sorted(plugins.sinks))})")
+            sinks[sink_id] = (plugins.sinks[type_], options)
+        source_options = _sources_section(config)
+        sources = {}
+        for sid in sorted({s.source for s in streams}):
+            opts = dict(source_options.get(sid) or {})
+            type_ = opts.pop("type", sid)
+            if type_ not in plugins.sources:
+                raise EngineError(f"source {sid!r}: no source plugin named {type_!r} (known: {', '.join(sorted(plugins.sources))})")
+            sources[sid] = (plugins.sources[type_], opts)
+        return cls(
+            streams=streams,
+            sources=sources,
+            sinks=sinks,
+            transforms=dict(plugins.transforms),
+            dead_letter=prof.dead_letter,
+            settings=EngineSettings.from_options(getattr(config, "engine", None)),
+            metrics=metrics,
+            config=config,
+            config_dir=getattr(config, "dir", "."),
+            log=log,
+        )
+
+    def _build_route(self, stream: StreamSpec) -> _Route:
+        chain, names = [], []
+        for name, options in stream.transforms or DEFAULT_TRANSFORMS:
+            spec = self._transform_specs.get(name)
+            if spec is None:
+                raise EngineError(
+                    f"stream {stream.name!r}: no transform named {name!r} (known: {', '.join(sorted(self._transform_specs))})"
+                )
+            try:
+                chain.append(spec.factory(stream, dict(options or {})))
+            except Exception as exc:
+                raise EngineError(f"transform {name!r} (plugin {spec.plugin or name}), stream {stream.name!r}: {exc}") from exc
+            names.append(name)
+        lag_field = "E"
+        for col in stream.columns:
+            if col.name == stream.event_time and col.field:
+                lag_field = col.field
+        every = self.settings.lag_sample_every
+        every = 1 << max(0, (every - 1).bit_length()) if every > 1 else 1
+        route = _Route(stream, chain, names, lag_field, every)
+        route.lag_hist = self.metrics.event_lag_seconds.labels(stream=stream.name)
+        for sink_id in stream.sinks:
+            runner = self._runners.get(sink_id)
+            if runner is None:
+                raise EngineError(f"stream {stream.name!r}: sink {sink_id!r} is not configured")
+            route.lanes.append(_Lane(runner, stream, route))
+            route.written[sink_id] = 0
+        return route
+
+    def _context(self, plugin: str, component: str, name: str, streams: list[StreamSpec]) -> RunContext:
+        return RunContext(
+            config=self.config,
+            streams=streams,
+            metrics=self.metrics,
+            log=get_logger(plugin=plugin, component=component, **{component: name}),
+            config_dir=self.config_dir,
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the engine to stop: sources are cancelled, everything received is flushed."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        self.started_at = time.monotonic()
+        await self._open_sinks()
+        ticker = asyncio.create_task(self._tick(), name="tickwire-ticker")
+        try:
+            for runner in self._runners.values():
+                runner.task = asyncio.create_task(self._sink_worker(runner), name=f"tickwire-sink-{runner.id}")
+            self._start_sources()
+            waiter = asyncio.create_task(self._stop.wait())
+            pending = set(self._source_tasks.values()) | {waiter}
+            while True:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if waiter in done or (self._source_tasks and pending == {waiter}):
+                    break  # stop requested, or every source returned by itself
+            waiter.cancel()
+            self.log.info("stopping", reason="stop requested" if self._stop.is_set() else "sources finished")
+            for task in self._source_tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._source_tasks.values(), return_exceptions=True)
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            ticker = None
+            await self._flush_all()
+            for runner in self._runners.values():
+                await runner.queue.put(None)
+            await asyncio.gather(*(r.task for r in self._runners.values()))
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            for task in self._source_tasks.values():
+                task.cancel()
+            for runner in self._runners.values():
+                if runner.task is not None and not runner.task.done():
+                    runner.task.cancel()
+            await self._close_sinks()
+            self._push_metrics()
+            self.stopped_at = time.monotonic()
+
+    async def _open_sinks(self) -> None:
+        for runner in self._runners.values():
+            spec = runner.spec
+            streams = [r.stream for r in self._routes.values() if any(l.runner is runner for l in r.lanes)]
+            ctx = self._context(spec.plugin or spec.name, "sink", runner.id, streams)
+            try:
+                runner.sink = spec.factory(runner.id, runner.options, ctx)
+                await runner.sink.open()
+            except Exception as exc:
+                runner.sink = None
+                await self._close_sinks()
+                raise EngineError(f"{runner.who}: cannot open: {exc}") from exc
+
+    async def _close_sinks(self) -> None:
+        for runner in self._runners.values():
+            sink, runner.sink = runner.sink, None
+            if sink is None:
+                continue
+            try:
+                await sink.close()
+            except Exception as exc:
+                self.log.error(f"{runner.who}: close failed: {exc}", sink=runner.id)
+
+    def _start_sources(self) -> None:
+        for sid, (spec, options) in self._source_plans.items():
+            streams = [s for s in self.streams.values() if s.source == sid]
+            ctx = self._context(spec.plugin or spec.name, "source", sid, streams)
+            try:
+                source = spec.factory(sid, dict(options), ctx)
+            except Exception as exc:
+                raise EngineError(f"source {sid!r} (plugin {spec.plugin or spec.name}): cannot start: {exc}") from exc
+            emitter = Emitter(self, sid, spec.plugin or spec.name)
+            self._source_tasks[sid] = asyncio.create_task(self._run_source(sid, spec, source, emitter), name=f"tickwire-source-{sid}")
+
+    async def _run_source(self, sid: str, spec: SourceSpec, source: Any, emitter: Emitter) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await source.run(emitter)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.error(
+                    f"source {sid!r} (plugin {spec.plugin or spec.name}) failed: {type(exc).__name__}: {exc}; restarting in {delay:g}s",
+                    source=sid,
+                    exc_info=True,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    # -- hot path helpers ----------------------------------------------------------------------
+
+    async def _flush(self, lane: _Lane) -> None:
+        batch = lane.buf
+        if not batch:
+            return
+        lane.buf = []
+        runner = lane.runner
+        n = len(batch)
+        runner.pending += n
+        lane.route.last = batch[-1]
+        try:
+            await runner.queue.put((lane.stream, batch))
+        except asyncio.CancelledError:
+            # not handed over: put it back so the shutdown flush sends it
+            runner.pending -= n
+            lane.buf[:0] = batch
+            raise
+
+    async def _dead_letter(self, stream: str | None, reason: str, plugin: str, raw: Any, received_ns: int | None) -> None:
+        key = stream or "unknown"
+        self._dead_by_stream[key] = self._dead_by_stream.get(key, 0) + 1
+        letter = DeadLetter(stream=stream, reason=reason, plugin=plugin, raw=_raw_text(raw), received_at=iso_now(received_ns))
+        if self._dead_letter_id is None:
+            if not self._dead_dropped_warned:
+                self._dead_dropped_warned = True
+                self.log.warning("no dead-letter destination in this profile: dead letters are only logged", stream=stream)
+            self.log.warning("dead letter", stream=stream, reason=reason, plugin=plugin)
+            return
+        if not self._dead:
+            self._dead_since = time.monotonic()
+        self._dead.append(letter)
+        if len(self._dead) >= self.settings.batch_size:
+            await self._flush_dead()
+
+    async def _flush_dead(self) -> None:
+        letters = self._dead
+        if not letters:
+            return
+        self._dead = []
+        runner = self._runners[self._dead_letter_id]
+        runner.pending += len(letters)
+        try:
+            await runner.queue.put((None, letters))
+        except asyncio.CancelledError:
+            runner.pending -= len(letters)
+            self._dead[:0] = letters
+            raise
+
+    def _sample_lag(self, route: _Route, payload: Any, received_ns: int) -> None:
+        try:
+            event_ms = payload[route.lag_field]
+            lag = (received_ns or time.time_ns()) / 1e9 - event_ms / 1000.0
+        except (KeyError, TypeError, IndexError):
+            return
+        route.lag = lag
+        route.lag_hist.observe(max(0.0, lag))
+
+    def _transform_crashed(self, route: _Route, i: int, exc: Exception) -> None:
+        key = (route.name, i)
+        if key not in self._crash_logged:  # once per transform and stream, not per record
+            self._crash_logged.add(key)
+            self.log.error(
+                f"transform {route.chain_names[i]!r}, stream {route.name!r} raised {type(exc).__name__}: {exc} "
+                "(records go to the dead-letter destination; logged once)",
+                stream=route.name,
+                exc_info=exc,
+            )
+
+    async def _flush_all(self) -> None:
+        for route in self._routes.values():
+            for lane in route.lanes:
+                await self._flush(lane)
+        if self._dead_letter_id is not None:
+            await self._flush_dead()
+
+    async def _tick(self) -> None:
+        linger = self.settings.linger_ms / 1000.0
+        interval = min(max(linger / 4, 0.002), 0.1)
+        next_push = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for route in self._routes.values():
+                for lane in route.lanes:
+                    if lane.buf and now - lane.since >= linger:
+                        await self._flush(lane)
+            if self._dead and now - self._dead_since >= linger:
+                await self._flush_dead()
+            if now >= next_push:
+                self._push_metrics()
+                next_push = now + self.settings.metrics_interval_s
+
+    # -- sinks -----------------------------------------------------------------------------------
+
+    async def _sink_worker(self, runner: _SinkRunner) -> None:
+        queue = runner.queue
+        commit = self.metrics.batch_commit_seconds.labels(sink=runner.id)
+        written_children: dict[str, Any] = {}
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            stream, records = item
+            n = len(records)
+            t0 = await self._write_with_retry(runner, stream, records)
+            elapsed = time.perf_counter() - t0
+            commit.observe(elapsed)
+            runner.commits += 1
+            runner.commit_seconds += elapsed
+            runner.pending -= n
+            if stream is not None:
+                child = written_children.get(stream.name)
+                if child is None:
+                    child = written_children[stream.name] = self.metrics.messages_written.labels(stream=stream.name, sink=runner.id)
+                child.inc(n)
+                route = self._routes.get(stream.name)
+                if route is not None:
+                    route.written[runner.id] = route.written.get(runner.id, 0) + n
+
+    async def _write_with_retry(self, runner: _SinkRunner, stream: StreamSpec | None, records: list) -> float:
+        """Write until it succeeds; return the perf_counter of the successful attempt's start."""
+        delay = self.settings.retry_initial_s
+        attempt = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                if stream is None:
+                    await runner.sink.write_dead_letters(records)
+                else:
+                    await runner.sink.write(stream, records)
+                if attempt:
+                    self.log.info(
+                        f"{runner.who}, {_what(stream)}: write succeeded after {attempt} retries",
+                        sink=runner.id, stream=stream.name if stream else None,
+                    )
+                return t0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                self.log.warning(
+                    f"{runner.who}, {_what(stream)}: {exc}; retrying in {delay:g}s",
+                    sink=runner.id,
+                    stream=stream.name if stream else None,
+                    attempt=attempt,
+                    records=len(records),
+                    error=type(exc).__name__,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+
+    # -- observability ---------------------------------------------------------------------------
+
+    def _push_metrics(self) -> None:
+        m = self.metrics
+        for route in self._routes.values():
+            pushed = route.pushed
+            d = route.received - pushed[0]
+            if d:
+                m.messages_received.labels(stream=route.name).inc(d)
+                pushed[0] = route.received
+            d = route.invalid - pushed[1]
+            if d:
+                m.messages_invalid.labels(stream=route.name).inc(d)
+                pushed[1] = route.invalid
+        for key, count in self._dead_by_stream.items():
+            d = count - self._dead_pushed.get(key, 0)
+            if d:
+                m.dead_letters.labels(stream=key).inc(d)
+                self._dead_pushed[key] = count
+        for runner in self._runners.values():
+            m.queue_depth.labels(sink=runner.id).set(runner.pending + sum(len(l.buf) for r in self._routes.values() for l in r.lanes if l.runner is runner))
+
+    def snapshot(self) -> dict:
+        """Counters for the status table, progress lines and the exit summary."""
+        streams = {}
+        for name, route in self._routes.items():
+            last = route.last or {}
+            price = last.get("price", last.get("last_price"))
+            streams[name] = {
+                "received": route.received,
+                "written": dict(route.written),
+                "invalid": route.invalid,
+                "dead_letters": self._dead_by_stream.get(name, 0),
+                "last_price": price,
+                "lag_s": route.lag,
+            }
+        sources = {}
+        for sid in self._source_plans:
+            sources[sid] = {
+                "connections": self.metrics.value("tickwire_connections_open", source=sid),
+                "reconnects": self.metrics.value("tickwire_reconnects_total", source=sid),
+            }
+        sinks = {
+            r.id: {"pending": r.pending, "commits": r.commits, "commit_seconds": r.commit_seconds} for r in self._runners.values()
+        }
+        elapsed = ((self.stopped_at or time.monotonic()) - self.started_at) if self.started_at else 0.0
+        return {
+            "elapsed_s": elapsed,
+            "streams": streams,
+            "sources": sources,
+            "sinks": sinks,
+            "dead_letters_unrouted": self._dead_by_stream.get("unknown", 0),
+        }
+
+    def destinations(self) -> list[str]:
+        """One human line per sink: where the data goes (uses a sink's ``describe()`` if any)."""
+        lines = []
+        for runner in self._runners.values():
+            describe = getattr(runner.sink, "describe", None)
+            where = describe() if callable(describe) else runner.spec.name
+            role = " (dead letters)" if runner.id == self._dead_letter_id else ""
+            lines.append(f"{runner.id}{role}: {where}")
+        return lines
+
+
+def _what(stream: StreamSpec | None) -> str:
+    return f"stream {stream.name!r}" if stream is not None else "dead letters"
+
+
+def _sources_section(config: Any) -> dict:
+    sources = getattr(config, "sources", None)
+    if isinstance(sources, dict):
+        return {k: (v if isinstance(v, dict) else {"type": v[0], **v[1]}) for k, v in sources.items()}
+    data = getattr(config, "data", None) or {}
+    return data.get("sources", {}) or {}

@@ -1,0 +1,91 @@
+"""``normalize`` transform: payload → the normalized record (docs/architecture.md).
+
+Renames payload fields to column names (the schema's ``x-tickwire`` annotations), keeps
+decimals as the exact strings Binance sent, turns ``timestamp_ms`` integers into ISO-8601 UTC
+strings with milliseconds (``2023-01-01T00:00:00.136Z``), keeps integers, booleans and text
+as they are, and adds ``ingested_at``. Fields without a ``column`` are dropped.
+
+Like ``validate``, the per-stream function is generated at start-up: one dict display per
+record. Timestamps are formatted from a cached per-second prefix plus a precomputed
+``".mmmZ"`` suffix, so ``datetime`` runs once per distinct second, not per record.
+Run it after ``validate``: it assumes the types are right (a missing required field still
+raises :class:`InvalidRecord`).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from framework.components import InvalidRecord, TransformSpec
+from framework.hookspecs import hookimpl
+from framework.schemas import StreamSpec
+
+_SUFFIX = tuple(f"{i:03d}Z" for i in range(1000))
+_prefixes: dict[int, str] = {}
+
+
+def _prefix(second: int) -> str:
+    if len(_prefixes) > 8192:
+        _prefixes.clear()
+    p = _prefixes[second] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+    return p
+
+
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch → ``2023-01-01T00:00:00.136Z``."""
+    second = ms // 1000
+    p = _prefixes.get(second)
+    if p is None:
+        p = _prefix(second)
+    return p + _SUFFIX[ms - second * 1000]
+
+
+def iso_ms_or_none(ms: int | None) -> str | None:
+    return None if ms is None else iso_ms(ms)
+
+
+def now_iso() -> str:
+    """The current UTC time as ``2023-01-01T00:00:00.136Z``."""
+    return iso_ms(time.time_ns() // 1_000_000)
+
+
+def make_normalizer(stream: StreamSpec, options: dict):
+    items = []
+    for col in stream.columns:
+        if col.name == "ingested_at" and not col.field:
+            items.append(f"{col.name!r}: now_iso()")
+            continue
+        get = f"r[{col.field!r}]" if not col.nullable else f"r.get({col.field!r})"
+        if col.logical == "timestamp_ms":
+            get = f"iso_ms({get})" if not col.nullable else f"iso_ms_or_none({get})"
+        items.append(f"{col.name!r}: {get}")
+    src = "\n".join(
+        [
+            "def normalize(r):",
+            "    try:",
+            "        return {" + ", ".join(items) + "}",
+            "    except KeyError as exc:",
+            "        raise InvalidRecord(f'missing field {exc.args[0]!r}') from None",
+            "    except (TypeError, IndexError, ValueError, OverflowError) as exc:",
+            f"        raise InvalidRecord(f'cannot normalize {stream.name} record: {{exc}}') from None",
+        ]
+    )
+    ns = {"iso_ms": iso_ms, "iso_ms_or_none": iso_ms_or_none, "now_iso": now_iso, "InvalidRecord": InvalidRecord}
+    exec(compile(src, f"<normalize {stream.name}>", "exec"), ns)
+    fn = ns["normalize"]
+    fn.source = src
+    return fn
+
+
+@hookimpl
+def tickwire_register_transforms(register):
+    register(
+        TransformSpec(
+            name="normalize",
+            factory=make_normalizer,
+            description="Rename payload fields to columns, exact decimal strings, ISO-8601 UTC "
+            "millisecond timestamps, plus ingested_at.",
+            config_schema={"type": "object", "additionalProperties": False, "properties": {}},
+        )
+    )

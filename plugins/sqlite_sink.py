@@ -1,0 +1,184 @@
+"""``sqlite`` sink: the embedded default store (profile ``local``), no server needed.
+
+* WAL journal and ``synchronous=NORMAL``: other processes (``sqlite3 data/tickwire.db``,
+  Grafana's SQLite plugin, a notebook) read while tickwire writes; a commit survives a crash of
+  tickwire (an OS crash may lose the last commits, never corrupt the file).
+* Tables come from ``plugins.codegen_sqlite.ddl_for`` — the same DDL ``tickwire generate
+  sqlite`` prints — created if missing.
+* Idempotent: ``INSERT … ON CONFLICT DO NOTHING`` on the schema's primary key, so a replay or an
+  overlap (reconnect, gap fill) never duplicates a row; skipped rows are counted in
+  ``tickwire_duplicates_dropped_total``.
+* One transaction per batch (``executemany``), on one connection owned by one dedicated
+  thread, so the event loop keeps reading while SQLite writes.
+* Decimals are TEXT, stored exactly as received and read back equal.
+* Dead letters go to the ``dead_letters`` table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
+from pathlib import Path
+
+from framework.components import DeadLetter, RunContext, SinkSpec
+from framework.hookspecs import hookimpl
+from framework.schemas import StreamSpec
+from plugins.codegen_sqlite import DEAD_LETTERS_DDL, ddl_for
+
+CONFIG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "path": {
+            "type": "string",
+            "default": "data/tickwire.db",
+            "description": "Database file; relative to the config file's folder. Parent folders are created.",
+        },
+        "synchronous": {
+            "enum": ["OFF", "NORMAL", "FULL"],
+            "default": "NORMAL",
+            "description": "PRAGMA synchronous. NORMAL with WAL: durable against process crashes, fast.",
+        },
+        "busy_timeout_ms": {
+            "type": "integer",
+            "minimum": 0,
+            "default": 5000,
+            "description": "How long a write waits for a lock held by another connection before failing "
+            "(the engine then retries the batch).",
+        },
+    },
+}
+
+
+class SQLiteSink:
+    supports_dead_letters = True
+
+    def __init__(self, name: str, options: dict, ctx: RunContext):
+        self.name = name
+        self.ctx = ctx
+        path = Path(options.get("path", "data/tickwire.db")).expanduser()
+        self.path = path if path.is_absolute() else Path(ctx.config_dir) / path
+        self.synchronous = options.get("synchronous", "NORMAL")
+        self.busy_timeout_ms = int(options.get("busy_timeout_ms", 5000))
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._statements: dict[str, tuple[str, itemgetter, tuple]] = {}
+        self._dup_counters: dict[str, object] = {}
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
+
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.name}")
+        await self._call(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("BEGIN")
+        try:
+            for stream in self.ctx.streams:
+                for statement in ddl_for(stream):
+                    conn.execute(statement)
+            conn.execute(DEAD_LETTERS_DDL)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _statement(self, stream: StreamSpec) -> tuple[str, itemgetter, tuple]:
+        st = self._statements.get(stream.name)
+        if st is None:
+            cols = tuple(c.name for c in stream.columns)
+            sql = (
+                f'INSERT INTO "{stream.table}" ({", ".join(f"{c}" for c in cols)}) '
+                f"VALUES ({', '.join('?' * len(cols))}) ON CONFLICT DO NOTHING"
+            )
+            getter = itemgetter(*cols) if len(cols) > 1 else (lambda r, c=cols[0]: (r[c],))
+            st = self._statements[stream.name] = (sql, getter, cols)
+        return st
+
+    async def write(self, stream: StreamSpec, records: list[dict]) -> None:
+        inserted = await self._call(self._write_sync, stream, records)
+        duplicates = len(records) - inserted
+        if duplicates > 0:
+            counter = self._dup_counters.get(stream.name)
+            if counter is None:
+                counter = self._dup_counters[stream.name] = self.ctx.metrics.duplicates_dropped.labels(stream=stream.name)
+            counter.inc(duplicates)
+
+    def _write_sync(self, stream: StreamSpec, records: list[dict]) -> int:
+        sql, getter, cols = self._statement(stream)
+        try:
+            rows = list(map(getter, records))
+        except KeyError:  # a record without every column (no normalize in the chain?): NULLs
+            rows = [tuple(r.get(c) for c in cols) for r in records]
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            cursor = conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return cursor.rowcount
+
+    async def write_dead_letters(self, letters: list[DeadLetter]) -> None:
+        await self._call(self._write_dead_sync, letters)
+
+    def _write_dead_sync(self, letters: list[DeadLetter]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
+                "INSERT INTO dead_letters (stream, reason, plugin, payload, received_at) VALUES (?, ?, ?, ?, ?)",
+                [(d.stream, d.reason, d.plugin, d.raw, d.received_at) for d in letters],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            if self._conn is not None:
+                await self._call(self._close_sync)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            conn.execute("PRAGMA optimize")
+        finally:
+            conn.close()
+
+
+@hookimpl
+def tickwire_register_sinks(register):
+    register(
+        SinkSpec(
+            name="sqlite",
+            factory=SQLiteSink,
+            description="Embedded SQLite file (WAL): idempotent upserts on the primary key, exact decimals as TEXT.",
+            config_schema=CONFIG_SCHEMA,
+            supports_dead_letters=True,
+        )
+    )
