@@ -339,7 +339,8 @@ def _load_stream_schema(config: Config, ref: str, at: tuple) -> tuple[Document |
     where = config.doc.mark(at)
     if not path.is_file():
         return None, [Problem(where, dotted(at), f"schema file '{ref}' not found (resolved to {path})")]
-    display = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    # shown as the user wrote it, next to the config file's own name
+    display = os.path.normpath(os.path.join(os.path.dirname(config.doc.file), ref)) if not Path(ref).is_absolute() else ref
     try:
         schema_doc = documents.load(path, environ={}, display_name=display)
     except DocumentError as exc:

@@ -153,7 +153,8 @@ def _build(node: yaml.Node, path: Path_, doc: Document, environ, problems: list[
         for var in missing:
             problems.append(Problem(_mark(node, doc.file), dotted(path),
                                     f"environment variable {var} is not set (write ${{{var}:-default}} for a default)"))
-        if node.style is None:  # plain scalar: type it as YAML would have
+        if node.style is None and value != "":  # plain scalar: type it as YAML would have
+            # (but ${X:-} stays an empty string rather than becoming null)
             tag = _resolver.resolve(yaml.ScalarNode, value, (True, False))
             return _constructor.construct_object(yaml.ScalarNode(tag, value))
         return value

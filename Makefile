@@ -1,0 +1,55 @@
+# tickwire — two commands do everything on a fresh Debian 12 machine:
+#   make run    set up (Python venv) and run the main job: Binance -> SQLite (profile local)
+#   make test   set up everything the tests need (packages, PostgreSQL, Kafka and Spark jars) and run them
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+TICKWIRE := $(VENV)/bin/tickwire
+PYTHON_BASE ?= python3
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup setup-test run demo test validate generate bench clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+$(VENV)/bin/activate:
+	$(PYTHON_BASE) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip setuptools wheel
+
+# The run-time install; re-done when pyproject.toml changes.
+$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
+	$(PYTHON) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PYTHON) -m pip install -q -e '.[test]'
+	@touch $@
+
+setup: $(VENV)/.installed
+
+## The main job: live Binance -> data/tickwire.db (Ctrl-C stops it cleanly; nothing received is lost).
+run: setup
+	$(TICKWIRE) run
+
+## The same, offline: our Binance-compatible simulator feeds the pipeline for 20 seconds.
+demo: setup
+	bash scripts/demo.sh
+
+setup-test: $(VENV)/.installed-test
+	bash scripts/install_system_deps.sh
+	$(PYTHON) scripts/kafka_broker.py fetch
+	$(PYTHON) -m spark.jars fetch
+
+test: setup-test
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+validate: setup
+	$(TICKWIRE) validate
+
+bench: setup-test
+	$(PYTHON) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache
+
+include $(wildcard make/*.mk)

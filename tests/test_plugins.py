@@ -1,0 +1,205 @@
+"""The plugin system: built-ins come through the same entry-point group as third-party
+packages; local plugin folders; blocking; every failure names the plugin."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from framework import hookspecs
+from framework.plugins import PluginManager
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tickwire(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, env=full_env, timeout=120)
+
+
+def write_plugin(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_builtins_come_from_the_entry_point_group():
+    manager = PluginManager()
+    assert not manager.errors, manager.errors
+    builtin = {name for name, info in manager.infos.items() if info.origin.endswith("(built-in)")}
+    assert {"codegen-postgres", "codegen-spark", "sqlite-sink", "validate", "normalize"} <= builtin
+    assert manager.sinks["sqlite"].plugin == "sqlite-sink"
+    assert manager.codegen["postgres"].plugin == "codegen-postgres"
+
+
+def test_every_hookspec_is_documented():
+    specs = [name for name in dir(hookspecs) if name.startswith("tickwire_")]
+    assert len(specs) == 6
+    for name in specs:
+        doc = getattr(hookspecs, name).__doc__ or ""
+        assert len(doc.split()) > 10, f"{name} needs a docstring saying what it is for"
+
+
+def test_blocking_a_plugin_by_name():
+    manager = PluginManager(block=["codegen-docs"])
+    assert "docs" not in manager.codegen
+    assert "codegen-docs" not in manager.infos
+    assert "postgres" in manager.codegen
+
+
+def test_import_error_is_reported_with_the_plugin_name(tmp_path):
+    write_plugin(tmp_path, "broken_sink", "import no_such_module_anywhere\n")
+    manager = PluginManager(directories=[tmp_path])
+    assert manager.errors == [
+        f"plugin 'broken-sink': failed to import {tmp_path / 'broken_sink.py'}: "
+        "ModuleNotFoundError: No module named 'no_such_module_anywhere'"
+    ]
+
+
+def test_misspelt_hook_is_caught(tmp_path):
+    write_plugin(tmp_path, "typo", """
+        def tickwire_register_sink(register):
+            pass
+    """)
+    manager = PluginManager(directories=[tmp_path])
+    [error] = manager.errors
+    assert error.startswith("plugin 'typo':") and "tickwire_register_sink" in error
+
+
+def test_duplicate_component_names_name_both_plugins(tmp_path):
+    write_plugin(tmp_path, "second_sqlite", """
+        from framework.components import SinkSpec
+        from framework.hookspecs import hookimpl
+
+        @hookimpl
+        def tickwire_register_sinks(register):
+            register(SinkSpec(name="sqlite", factory=object, description="impostor"))
+    """)
+    manager = PluginManager(directories=[tmp_path])
+    assert manager.errors == ["plugin 'second-sqlite': sink 'sqlite' is already registered by plugin 'sqlite-sink'"]
+
+
+def test_cli_reports_a_bad_plugin_without_traceback(tmp_path):
+    write_plugin(tmp_path / "local", "broken", "raise RuntimeError('boom at import')\n")
+    result = tickwire("--plugins-dir", str(tmp_path / "local"), "validate", cwd=REPO)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "plugin 'broken': failed to import" in result.stderr and "RuntimeError: boom at import" in result.stderr
+    listing = tickwire("--plugins-dir", str(tmp_path / "local"), "plugins", cwd=REPO)
+    assert "broken" in listing.stdout and "FAILED" in listing.stdout
+    blocked = tickwire("--plugins-dir", str(tmp_path / "local"), "--block-plugin", "broken", "validate", cwd=REPO)
+    assert blocked.returncode == 0, blocked.stderr
+
+
+def test_plugins_command_lists_origin_and_registrations():
+    result = tickwire("plugins", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "sqlite-sink" in result.stdout and "tickwire 0.1.0 (built-in)" in result.stdout
+    assert "sink      sqlite" in result.stdout
+    assert "command   simulate" in result.stdout
+
+
+# A third-party plugin package, built and installed the way a user would, adding a sink.
+CSV_PLUGIN = '''
+"""tickwire-csv: writes every record to <folder>/<stream>.csv."""
+import csv
+from pathlib import Path
+
+from framework.components import SinkSpec
+from framework.hookspecs import hookimpl
+
+
+class CsvSink:
+    supports_dead_letters = False
+
+    def __init__(self, name, options, ctx):
+        self.folder = ctx.config_dir / options["folder"]
+
+    async def open(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    async def write(self, stream, records):
+        path = self.folder / f"{stream.name}.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[c.name for c in stream.columns])
+            if new:
+                writer.writeheader()
+            writer.writerows(records)
+
+    async def write_dead_letters(self, letters):
+        raise NotImplementedError
+
+    async def close(self):
+        pass
+
+
+@hookimpl
+def tickwire_register_sinks(register):
+    register(SinkSpec(
+        name="csv",
+        factory=CsvSink,
+        description="Append records to CSV files, one per stream.",
+        config_schema={
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["folder"],
+            "properties": {"folder": {"type": "string", "description": "Output folder."}},
+        },
+    ))
+'''
+
+
+@pytest.fixture(scope="module")
+def csv_plugin_installed(tmp_path_factory):
+    """pip-installs a real distribution `tickwire-csv` that declares the entry point."""
+    root = tmp_path_factory.mktemp("tickwire-csv")
+    (root / "tickwire_csv.py").write_text(CSV_PLUGIN)
+    (root / "pyproject.toml").write_text(textwrap.dedent("""\
+        [build-system]
+        requires = ["setuptools>=68"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "tickwire-csv"
+        version = "1.0.0"
+
+        [project.entry-points.tickwire]
+        csv = "tickwire_csv"
+
+        [tool.setuptools]
+        py-modules = ["tickwire_csv"]
+    """))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(root)], check=True)
+    yield
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "tickwire-csv"], check=True)
+
+
+def test_a_third_party_sink_package_is_listed_validated_and_runs(csv_plugin_installed, tmp_path, simulator):
+    listing = tickwire("plugins", cwd=REPO)
+    assert "csv  " in listing.stdout and "tickwire-csv 1.0.0" in listing.stdout
+    config = (REPO / "streams.yaml").read_text().replace(
+        "profiles:\n", "  csv:\n    type: csv\n    folder: out\nprofiles:\n  csvs:\n    sinks: [csv, sqlite]\n    dead_letter: dead-letter-file\n", 1)
+    config = config.replace("schema: schemas/", f"schema: {REPO}/schemas/")
+    (tmp_path / "streams.yaml").write_text(config)
+    bad = tickwire("--set", "sinks.csv.fodler=x", "validate", cwd=tmp_path)
+    assert bad.returncode == 2 and "sinks.csv.fodler: unknown field 'fodler' (did you mean 'folder'?)" in bad.stderr
+
+    sim = simulator(rate=200, symbols="BTCUSDT")
+    run = tickwire("run", "--profile", "csvs", "--duration", "4", "--no-status", "--log-format", "json",
+                   "--set", f"sources.binance.url={sim.ws_url}", "--set", f"sources.binance.rest_url={sim.rest_url}",
+                   "--set", "symbols=[BTCUSDT]", "--set", "metrics.port=0", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = (tmp_path / "out" / "trade.csv").read_text().splitlines()
+    assert rows[0].startswith("trade_id,symbol,event_time,price,quantity")
+    with sqlite3.connect(tmp_path / "data" / "tickwire.db") as db:
+        stored = db.execute("select count(*) from trades").fetchone()[0]
+    assert len(rows) - 1 == stored > 100
