@@ -5,4 +5,5 @@ pytest_plugins = [
     # one line per fixture module; keep sorted
     "tests.fixtures.kafka",
     "tests.fixtures.postgres",
+    "tests.fixtures.simulator",
 ]
