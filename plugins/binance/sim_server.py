@@ -120,6 +120,7 @@ class Connection:
         self.closed_at: int | None = None
         self.close_reason: str | None = None
         self.streams_at_close = 0
+        self.close_task: asyncio.Task | None = None
         self.tasks: list[asyncio.Task] = []
 
     @property
@@ -206,7 +207,7 @@ class Connection:
     def close(self, code: int, reason: str) -> None:
         """Close with a WebSocket close frame after everything queued."""
         if self._end(reason):
-            task = asyncio.get_running_loop().create_task(self._close(code, reason))
+            task = self.close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
             self.sim.background.add(task)
             task.add_done_callback(self.sim.background.discard)
 
@@ -331,7 +332,10 @@ class Simulator:
         return app
 
     async def start(self) -> int:
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=2)
+        self.runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=2,
+            max_line_size=2**17,  # /stream?streams=… URLs of 1000+ streams
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port, reuse_address=True)
         await site.start()
@@ -420,6 +424,8 @@ class Simulator:
             conn.gone("client closed")
             for task in conn.tasks:
                 task.cancel()
+            if conn.close_task is not None:  # let our close code reach the client first
+                await asyncio.wait([conn.close_task], timeout=6)
             self.conns.pop(conn.id, None)
             self.closed_conns.append(conn)
         return ws
