@@ -37,4 +37,16 @@ install_postgresql() {
     apt_install postgresql
 }
 
+# promtool (Debian package prometheus) for `promtool check config|rules` and `promtool test rules`
+# on compose/prometheus/ (scripts/validate_stack.py, tests/test_compose_stack.py). The package
+# also brings a prometheus server unit; nothing here starts it.
+install_prometheus_tools() {
+    if command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "installing promtool (apt: prometheus)"
+    apt_install prometheus
+}
+
 install_postgresql
+install_prometheus_tools
