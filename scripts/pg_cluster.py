@@ -6,8 +6,8 @@ hand for local development:
     python scripts/pg_cluster.py start [--dir DIR] [--port PORT]   # prints the DSN and exports
     python scripts/pg_cluster.py status|stop|destroy [--dir DIR]
 
-The cluster is tuned for tests, not durability: fsync, synchronous_commit and full_page_writes
-are off. Every connection (TCP and the unix socket) needs the superuser's password.
+The cluster is tuned for tests, not durability: fsync and full_page_writes are off (see
+TEST_SETTINGS for why synchronous_commit is not). Every connection (TCP and the unix socket) needs the superuser's password.
 
 initdb and the server refuse to run as root. When we are root (CI, this dev box) every server
 program runs as an unprivileged OS user instead: `postgres` when the Debian package created it,
@@ -41,11 +41,14 @@ DEFAULT_SUPERUSER = "tickwire_admin"
 FALLBACK_OS_USER = "tickwire-pg"
 LOCAL_DEV_DIR = Path(__file__).resolve().parent.parent / ".pg-local"
 
-# Trade durability for speed: a test cluster is recreated, never recovered.
+# Trade durability for speed: a test cluster is recreated, never recovered from an OS crash.
+# fsync=off only skips flushing the OS page cache, so a killed server still recovers every
+# acknowledged commit. synchronous_commit stays on: with it off, a commit is acknowledged before
+# its WAL leaves PostgreSQL's memory, and the outage tests ("stop -m immediate") would lose
+# batches the sink already acknowledged.
 TEST_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "fsync": "off",
-    "synchronous_commit": "off",
     "full_page_writes": "off",
     "max_connections": "100",
     "shared_buffers": "64MB",

@@ -1,0 +1,390 @@
+"""Sink ``postgres``: store normalized records in PostgreSQL, exactly once per primary key.
+
+Per batch, in one transaction: COPY the records into a temporary staging table shaped like the
+target (``LIKE … ON COMMIT DELETE ROWS``), then ``INSERT … SELECT … ON CONFLICT (key) DO
+NOTHING``. Tickers and trades are immutable events, so a row that is already there is a
+duplicate, never an update. ``write()`` returns after COMMIT: that is the acknowledgement.
+
+Because the insert ignores existing keys, replaying a batch is harmless. That is what makes the
+retry loop safe: when the connection drops (even during COMMIT, when we cannot know whether it
+committed) the sink reconnects with exponential backoff and writes the whole batch again. While
+it waits, ``write()`` does not return, the engine's bounded queue fills, and the source is slowed
+down: nothing received is lost.
+
+A record PostgreSQL rejects (a value out of range, a NULL key…) would make the whole batch fail
+forever, so after such an error the batch is written row by row and the rejected rows go to
+``dead_letters`` with PostgreSQL's reason, in the same transaction.
+
+Tables come from ``tickwire db migrate`` (plugins/postgres_migrate.py); ``open()`` checks they
+exist and says so if not. Connect as the ``tickwire_writer`` role, never as a superuser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql
+
+from framework.components import DeadLetter, RunContext, SinkSpec
+from framework.hookspecs import hookimpl
+from framework.schemas import StreamSpec
+
+SINK_TYPE = "postgres"
+DSN_VARIABLE = "TICKWIRE_PG_DSN"
+DEAD_LETTER_TABLE = "dead_letters"
+DEAD_LETTER_COLUMNS = ("stream", "reason", "plugin", "payload", "received_at")
+
+# Connection failures that retrying will not fix: a wrong DSN is a configuration error.
+CONFIGURATION_FAILURES = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
+
+OPTIONS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "dsn": {
+            "type": "string",
+            "description": (
+                "libpq URI or key=value string of the writer role (tickwire_writer). Keep the "
+                "password out of streams.yaml: write `dsn: ${TICKWIRE_PG_DSN}`. When omitted, "
+                "TICKWIRE_PG_DSN is read from the environment at start-up."
+            ),
+            "examples": ["${TICKWIRE_PG_DSN}"],
+        },
+        "schema": {
+            "type": "string",
+            "pattern": "^[a-z_][a-z0-9_]{0,62}$",
+            "default": "public",
+            "description": "PostgreSQL schema holding the stream tables and dead_letters.",
+        },
+        "connect_timeout_seconds": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 10,
+            "description": "How long one connection attempt may take before it counts as failed.",
+        },
+        "retry_initial_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": 0.5,
+            "description": "First wait before reconnecting after the server went away; doubles per failure.",
+        },
+        "retry_max_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": 10,
+            "description": "Longest wait between reconnection attempts. The sink never gives up on a batch.",
+        },
+        "application_name": {
+            "type": "string",
+            "default": "tickwire",
+            "description": "Shown in pg_stat_activity, to tell tickwire's connections apart.",
+        },
+    },
+}
+
+
+class PostgresSinkError(RuntimeError):
+    """A problem retrying cannot fix (missing table, wrong credentials); names sink and stream."""
+
+
+@dataclass(frozen=True)
+class _TableWriter:
+    """The statements for one stream's table, built once from validated identifiers."""
+
+    stream: str
+    columns: tuple[str, ...]
+    staging: sql.Identifier
+    create_staging: sql.Composed
+    copy_into_staging: sql.Composed
+    insert_from_staging: sql.Composed
+    insert_one: sql.Composed
+
+    @classmethod
+    def for_stream(cls, stream: StreamSpec, schema: str) -> "_TableWriter":
+        columns = tuple(column.name for column in stream.columns)
+        table = sql.Identifier(schema, stream.table)
+        staging = sql.Identifier(f"tickwire_staging_{stream.table}")
+        column_list = sql.SQL(", ").join(map(sql.Identifier, columns))
+        conflict = sql.SQL(", ").join(map(sql.Identifier, stream.primary_key))
+        return cls(
+            stream=stream.name,
+            columns=columns,
+            staging=staging,
+            create_staging=sql.SQL(
+                "CREATE TEMPORARY TABLE {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            ).format(staging=staging, table=table),
+            copy_into_staging=sql.SQL("COPY {staging} ({columns}) FROM STDIN").format(
+                staging=staging, columns=column_list
+            ),
+            insert_from_staging=sql.SQL(
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT ({key}) DO NOTHING"
+            ).format(table=table, columns=column_list, staging=staging, key=conflict),
+            insert_one=sql.SQL(
+                "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO NOTHING"
+            ).format(
+                table=table,
+                columns=column_list,
+                values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                key=conflict,
+            ),
+        )
+
+    def row(self, record: dict) -> list:
+        return [record.get(column) for column in self.columns]
+
+
+class PostgresSink:
+    supports_dead_letters = True
+
+    def __init__(self, name: str, options: dict, ctx: RunContext):
+        self.name = name
+        self.ctx = ctx
+        self.log = ctx.log
+        self.schema = options.get("schema", "public")
+        self.dsn = options.get("dsn") or os.environ.get(DSN_VARIABLE)
+        if not self.dsn:
+            raise PostgresSinkError(
+                f"sink {name!r} (postgres): no connection string; set {DSN_VARIABLE} in the "
+                f"environment or `dsn: ${{{DSN_VARIABLE}}}` in its options"
+            )
+        self.connect_timeout = options.get("connect_timeout_seconds", 10)
+        self.retry_initial = options.get("retry_initial_seconds", 0.5)
+        self.retry_max = options.get("retry_max_seconds", 10)
+        self.application_name = options.get("application_name", "tickwire")
+        self._connection: psycopg.AsyncConnection | None = None
+        self._staging_created: set[str] = set()  # per connection: temp tables die with it
+        self._writers: dict[str, _TableWriter] = {}
+        # one connection, one transaction at a time, even if the engine writes streams concurrently
+        self._lock = asyncio.Lock()
+        self._dead_letter_table = sql.Identifier(self.schema, DEAD_LETTER_TABLE)
+
+    # -- Sink protocol ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (waiting for a server that is still starting) and check the tables exist."""
+        async with self._lock:
+            await self._call_with_reconnect(None, self._check_tables, fail_fast=True)
+
+    async def write(self, stream: StreamSpec, records: list[dict]) -> None:
+        if not records:
+            return
+        writer = self._writer_for(stream)
+        started = time.monotonic()
+        async with self._lock:
+            inserted, rejected = await self._call_with_reconnect(
+                stream.name, lambda conn: self._write_batch(conn, writer, records)
+            )
+        duplicates = len(records) - inserted - rejected
+        if duplicates:
+            self.ctx.metrics.duplicates_dropped.labels(stream=stream.name).inc(duplicates)
+        self.log.debug(
+            "batch committed", stream=stream.name, records=len(records), inserted=inserted,
+            rejected=rejected, duplicates=duplicates, seconds=round(time.monotonic() - started, 4),
+        )
+
+    async def write_dead_letters(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        async with self._lock:
+            await self._call_with_reconnect(None, lambda conn: self._store_dead_letters(conn, letters))
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._connection is not None:
+                await self._connection.close()
+                self._connection = None
+
+    # -- the write path -----------------------------------------------------------------------
+
+    def _writer_for(self, stream: StreamSpec) -> _TableWriter:
+        writer = self._writers.get(stream.name)
+        if writer is None:
+            writer = self._writers[stream.name] = _TableWriter.for_stream(stream, self.schema)
+        return writer
+
+    async def _write_batch(
+        self, conn: psycopg.AsyncConnection, writer: _TableWriter, records: list[dict]
+    ) -> tuple[int, int]:
+        """COPY + INSERT … ON CONFLICT DO NOTHING in one transaction; returns (inserted, rejected)."""
+        await self._ensure_staging(conn, writer)
+        try:
+            async with conn.transaction():
+                async with conn.cursor() as cursor:
+                    async with cursor.copy(writer.copy_into_staging) as copy:
+                        for record in records:
+                            await copy.write_row(writer.row(record))
+                    await cursor.execute(writer.insert_from_staging)
+                    return cursor.rowcount, 0
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
+            self.log.warning(
+                "postgres rejected a batch; writing it row by row to find the bad records",
+                stream=writer.stream, error=_first_line(error),
+            )
+            return await self._write_row_by_row(conn, writer, records)
+
+    async def _ensure_staging(self, conn: psycopg.AsyncConnection, writer: _TableWriter) -> None:
+        # Created outside the batch transaction (autocommit), so a rolled-back batch does not
+        # take the staging table with it.
+        if writer.stream not in self._staging_created:
+            await conn.execute(writer.create_staging)
+            self._staging_created.add(writer.stream)
+
+    async def _write_row_by_row(
+        self, conn: psycopg.AsyncConnection, writer: _TableWriter, records: list[dict]
+    ) -> tuple[int, int]:
+        inserted = 0
+        rejected: list[DeadLetter] = []
+        async with conn.transaction():
+            for record in records:
+                try:
+                    async with conn.transaction():  # a savepoint: one bad row spoils only itself
+                        cursor = await conn.execute(writer.insert_one, writer.row(record))
+                        inserted += cursor.rowcount
+                except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
+                    rejected.append(DeadLetter(
+                        stream=writer.stream,
+                        reason=f"postgres rejected the record: {_first_line(error)}",
+                        plugin=f"{SINK_TYPE}:{self.name}",
+                        raw=json.dumps(record, default=str, ensure_ascii=False),
+                        received_at=record.get("ingested_at") or _utc_now_iso(),
+                    ))
+            if rejected:
+                await self._insert_dead_letters(conn, rejected)
+        for letter in rejected:
+            self.ctx.metrics.dead_letters.labels(stream=letter.stream).inc()
+            self.log.warning("record dead-lettered", stream=letter.stream, reason=letter.reason)
+        return inserted, len(rejected)
+
+    async def _store_dead_letters(self, conn: psycopg.AsyncConnection, letters: list[DeadLetter]) -> None:
+        async with conn.transaction():
+            await self._insert_dead_letters(conn, letters)
+
+    async def _insert_dead_letters(self, conn: psycopg.AsyncConnection, letters: list[DeadLetter]) -> None:
+        # dead letters have no natural key; a replay after a lost COMMIT may store one twice,
+        # which is acceptable for a diagnostic table and better than losing it.
+        statement = sql.SQL("COPY {table} ({columns}) FROM STDIN").format(
+            table=self._dead_letter_table,
+            columns=sql.SQL(", ").join(map(sql.Identifier, DEAD_LETTER_COLUMNS)),
+        )
+        async with conn.cursor() as cursor:
+            async with cursor.copy(statement) as copy:
+                for letter in letters:
+                    await copy.write_row((
+                        letter.stream,
+                        _storable_text(letter.reason),
+                        letter.plugin,
+                        _storable_text(letter.raw),
+                        letter.received_at,
+                    ))
+
+    async def _check_tables(self, conn: psycopg.AsyncConnection) -> None:
+        wanted = {stream.name: stream.table for stream in self._my_streams()}
+        wanted[None] = DEAD_LETTER_TABLE
+        for stream_name, table in wanted.items():
+            cursor = await conn.execute(
+                "SELECT has_table_privilege(c.oid, 'INSERT') FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                [self.schema, table],
+            )
+            found = await cursor.fetchone()
+            about = f"sink {self.name!r} (postgres)" + (f", stream {stream_name!r}" if stream_name else "")
+            if found is None:
+                raise PostgresSinkError(
+                    f"{about}: table {self.schema}.{table} does not exist; create the tables with "
+                    "`tickwire db migrate`"
+                )
+            if not found[0]:
+                raise PostgresSinkError(
+                    f"{about}: the connecting role may not INSERT into {self.schema}.{table}; connect "
+                    "as tickwire_writer (granted by `tickwire db migrate`)"
+                )
+
+    def _my_streams(self) -> list[StreamSpec]:
+        return [stream for stream in self.ctx.streams if not stream.sinks or self.name in stream.sinks]
+
+    # -- connection handling ------------------------------------------------------------------
+
+    async def _call_with_reconnect(self, stream_name: str | None, operation, fail_fast: bool = False):
+        """Run ``operation(connection)``; on a lost or refused connection, reconnect with
+        exponential backoff and run it again, until it succeeds or we are cancelled."""
+        delay = self.retry_initial
+        attempt = 0
+        while True:
+            try:
+                conn = await self._connect()
+                return await operation(conn)
+            except psycopg.errors.UndefinedTable as error:
+                raise PostgresSinkError(
+                    f"sink {self.name!r} (postgres), stream {stream_name!r}: {_first_line(error)}; "
+                    "create the tables with `tickwire db migrate`"
+                ) from error
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                message = _first_line(error)
+                if fail_fast and _is_configuration_failure(error):
+                    raise PostgresSinkError(f"sink {self.name!r} (postgres): cannot connect: {message}") from error
+                attempt += 1
+                await self._drop_connection()
+                self.log.warning(
+                    "postgres unavailable; retrying", stream=stream_name, attempt=attempt,
+                    retry_in_seconds=delay, error=message,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        if self._connection is not None and not self._connection.closed:
+            return self._connection
+        self._connection = await psycopg.AsyncConnection.connect(
+            self.dsn,
+            autocommit=True,  # every write is an explicit conn.transaction() block
+            connect_timeout=self.connect_timeout,  # libpq takes whole seconds
+            application_name=self.application_name,
+            # notice a server that vanished without closing the socket (network loss)
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+        )
+        self._staging_created.clear()
+        return self._connection
+
+    async def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                await self._connection.close()
+            except psycopg.Error:
+                pass  # it is already broken; we only release the socket
+            self._connection = None
+
+
+def _is_configuration_failure(error: psycopg.Error) -> bool:
+    message = str(error)
+    return "FATAL" in message and any(reason in message for reason in CONFIGURATION_FAILURES)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _storable_text(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; a raw frame with one must still be kept, so escape it.
+    return text.replace("\x00", "\\u0000")
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@hookimpl
+def tickwire_register_sinks(register) -> None:
+    register(SinkSpec(
+        name=SINK_TYPE,
+        factory=PostgresSink,
+        description="PostgreSQL tables (COPY + INSERT … ON CONFLICT DO NOTHING, one transaction per batch)",
+        config_schema=OPTIONS_SCHEMA,
+        supports_dead_letters=True,
+    ))
