@@ -54,7 +54,8 @@ OVERSIZED_BYTES = 2**20 + 4096  # just over websockets' default max_size (1 MiB)
 SLOW_CONSUMER_BYTES = 64 * 2**20
 DRAIN_TIMEOUT = 30.0
 KEEP_CLOSED = 1000  # closed connections kept in stats
-_H1 = [bytes((0x81, n)) for n in range(126)]
+# text-frame headers for every payload size up to 4 KiB, so the hot path only appends
+_HDR = [bytes((0x81, n)) if n < 126 else struct.pack("!BBH", 0x81, 126, n) for n in range(4096)]
 
 
 @dataclass
@@ -130,8 +131,8 @@ class Connection:
     # -- writing ----------------------------------------------------------------------------
     def _frame(self, body: bytes, opcode: int = 0x1) -> None:
         n = len(body)
-        if n < 126 and opcode == 0x1:
-            self.out.append(_H1[n])
+        if n < 4096 and opcode == 0x1:
+            self.out.append(_HDR[n])
             self.out.append(body)
         else:
             self.out.append(ws_frame(body, opcode))
@@ -188,10 +189,10 @@ class Connection:
     def _end(self, reason: str) -> bool:
         if self.close_reason is not None:
             return False
-        self.flush()
         self.close_reason = reason
         self.closed_at = _now_ms()
         self.streams_at_close = len(self.streams)
+        self.flush()  # what was queued still goes out (flush ignores close_reason)
         self.sim.unsubscribe_all(self)
         return True
 
