@@ -220,6 +220,29 @@ def plugins_command(app: App, as_json: bool) -> None:
             click.secho(error, fg="red", err=True)
 
 
+def _extend_overrides(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    if value:
+        ctx.find_object(App).overrides.extend(value)
+
+
+def _choose_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(App).config_path = value
+
+
+def accept_config_options(command: click.Command) -> None:
+    """Let ``-c`` and ``--set`` follow any (sub)command too: ``tickwire run --set a.b=1``."""
+    taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
+    if "--set" not in taken:
+        command.params.append(click.Option(["--set"], multiple=True, metavar="PATH=VALUE", expose_value=False,
+                                           callback=_extend_overrides, help="Override a config field (repeatable)."))
+    if "-c" not in taken and "--config" not in taken:
+        command.params.append(click.Option(["-c", "--config"], type=click.Path(path_type=Path), expose_value=False,
+                                           callback=_choose_config, help="The stream config file."))
+    for sub in getattr(command, "commands", {}).values():
+        accept_config_options(sub)
+
+
 def _early_options(argv: list[str]) -> tuple[Path, list[Path], list[str]]:
     """-c/--config, --plugins-dir, --block-plugin, before click runs (they decide the commands)."""
     config, dirs, block = default_config_path(), [], []
@@ -259,6 +282,8 @@ def build(argv: list[str]) -> tuple[click.Group, App]:
     except ModuleNotFoundError:
         pass
     manager.add_commands(group)
+    for command in group.commands.values():
+        accept_config_options(command)
     return group, App(config_path, manager)
 
 

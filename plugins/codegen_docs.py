@@ -61,8 +61,8 @@ def config_reference(config) -> dict[str, str]:
                     _describe(opt, sub, 0, lines)
             lines.append("")
     return {
-        "streams.schema.json": json.dumps(schema, indent=2) + "\n",
-        "config.md": "\n".join(lines) + "\n",
+        "schemas/streams.schema.json": json.dumps(schema, indent=2) + "\n",
+        "docs/config.md": "\n".join(lines) + "\n",
     }
 
 
@@ -70,4 +70,4 @@ def config_reference(config) -> dict[str, str]:
 def tickwire_register_codegen_targets(register):
     register(CodegenSpec(name="docs", factory=stream_tables, description="Markdown field tables per stream"))
     register(CodegenSpec(name="config-schema", factory=config_reference,
-                         description="JSON Schema of streams.yaml (with plugin fragments) and its Markdown reference"))
+                         description="schemas/streams.schema.json (with plugin fragments) and docs/config.md; use -o ."))

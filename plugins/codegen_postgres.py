@@ -97,7 +97,9 @@ def statements(config) -> list[str]:
 
 
 def generate(config) -> dict[str, str]:
-    return {"schema.sql": HEADER + "\n" + "\n\n".join(statements(config)) + "\n"}
+    # one paragraph per table: its CREATE TABLE, indexes and comments
+    text = "\n".join(statements(config)).replace("\nCREATE TABLE", "\n\nCREATE TABLE")
+    return {"schema.sql": HEADER + "\n" + text + "\n"}
 
 
 @hookimpl

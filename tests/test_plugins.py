@@ -165,7 +165,7 @@ def csv_plugin_installed(tmp_path_factory):
     (root / "tickwire_csv.py").write_text(CSV_PLUGIN)
     (root / "pyproject.toml").write_text(textwrap.dedent("""\
         [build-system]
-        requires = ["setuptools>=68"]
+        requires = ["setuptools"]
         build-backend = "setuptools.build_meta"
 
         [project]
