@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -129,9 +129,12 @@ class PostgresCluster:
     superuser: str = DEFAULT_SUPERUSER
     host: str = "127.0.0.1"
     bindir: Path | None = None
+    # A test run that is killed (CI timeout, Ctrl-C twice) must not leave a server behind.
+    die_with_parent: bool = False
+    _watchdog: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def new(cls, base_dir: Path | None = None, port: int | None = None) -> "PostgresCluster":
+    def new(cls, base_dir: Path | None = None, port: int | None = None, die_with_parent: bool = False) -> "PostgresCluster":
         if base_dir is None:
             # mkdtemp under /tmp: world-traversable, so the server user can reach it.
             base_dir = Path(tempfile.mkdtemp(prefix="tickwire-pg-"))
@@ -140,6 +143,7 @@ class PostgresCluster:
             port=port or find_free_port(),
             password=secrets.token_urlsafe(18),
             bindir=find_server_bindir(),
+            die_with_parent=die_with_parent,
         )
 
     @classmethod
@@ -224,6 +228,8 @@ class PostgresCluster:
         """Start the server and wait until it accepts connections; a no-op when running."""
         if self.is_running():
             return
+        if self.die_with_parent:
+            self._start_watchdog()
         self._run_as_server_user(
             "pg_ctl", "start",
             "--pgdata", str(self.data_dir),
@@ -243,6 +249,10 @@ class PostgresCluster:
 
     def destroy(self) -> None:
         """Stop the server (killing it if pg_ctl cannot) and remove every file."""
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
         try:
             self.stop(mode="immediate")
         except ClusterError:
@@ -271,6 +281,19 @@ class PostgresCluster:
         self.destroy()
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        """A process that destroys the cluster once our end of its stdin pipe closes, which the
+        kernel does when this process dies, however it dies."""
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            return
+        self._watchdog = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "watchdog", "--dir", str(self.base_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to our process group must not kill it first
+        )
 
     def _postmaster_pid(self) -> int | None:
         try:
@@ -346,11 +369,16 @@ def _wait_for_exit(pid: int, timeout: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A throwaway local PostgreSQL cluster for development.")
-    parser.add_argument("action", choices=["start", "stop", "status", "destroy"])
+    parser.add_argument("action", choices=["start", "stop", "status", "destroy", "watchdog"])
     parser.add_argument("--dir", type=Path, default=LOCAL_DEV_DIR, help=f"cluster directory (default {LOCAL_DEV_DIR})")
     parser.add_argument("--port", type=int, help="port for a new cluster (default: a free one)")
     options = parser.parse_args(argv)
     exists = (options.dir / STATE_FILE).exists()
+    if options.action == "watchdog":  # internal: see PostgresCluster._start_watchdog
+        sys.stdin.buffer.read()
+        if exists:
+            PostgresCluster.load(options.dir).destroy()
+        return 0
     try:
         if options.action == "start":
             cluster = PostgresCluster.load(options.dir) if exists else PostgresCluster.new(options.dir, options.port)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from scripts.pg_cluster import ClusterError, PostgresCluster
+from tests.fixtures.postgres import REPOSITORY
 
 
 def test_listens_on_loopback_only_with_test_settings(postgres_cluster: PostgresCluster) -> None:
@@ -71,3 +76,31 @@ def test_a_directory_the_server_user_cannot_reach_is_a_clear_error(tmp_path) -> 
     cluster = PostgresCluster.new(tmp_path / "cluster")
     with pytest.raises(ClusterError, match="cannot reach .*put the cluster under /tmp"):
         cluster.create()
+
+
+def test_a_killed_owner_leaves_no_server_behind() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT], cwd=REPOSITORY, stdout=subprocess.PIPE, text=True,
+    )
+    base_dir, port = owner.stdout.readline().split()
+    assert Path(base_dir).exists()
+    owner.kill()  # SIGKILL: no cleanup code of the owner runs
+    owner.wait()
+    deadline = time.monotonic() + 20
+    while Path(base_dir).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(base_dir).exists()
+    # (not a pid check: the reparented postmaster may linger as a zombie if PID 1 never reaps)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(port))) != 0
+
+
+OWNER_SCRIPT = """
+import time
+from scripts.pg_cluster import PostgresCluster
+cluster = PostgresCluster.new(die_with_parent=True)
+cluster.create()
+cluster.start()
+print(cluster.base_dir, cluster.port, flush=True)
+time.sleep(600)
+"""
