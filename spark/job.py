@@ -1,0 +1,298 @@
+"""The tickwire Spark application: one streaming query per stream and derived stream.
+
+Run it with ``tickwire spark submit`` (which fetches the connector jars and generates the
+mapping), or with a plain spark-submit (``tickwire spark submit --print-command`` prints it)::
+
+    spark-submit --master 'local[*]' --conf spark.jars=<the jars of `python -m spark.jars`> \
+        spark/job.py --mapping spark-mapping.json --bootstrap localhost:9092 \
+        --dsn postgresql://... --checkpoint-dir /var/lib/tickwire/spark-checkpoints
+
+Every query reads its topic, writes with :class:`~spark.postgres_writer.PostgresWriter` in
+foreachBatch, checkpoints under ``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own
+name. A query that fails (PostgreSQL down past the writer's retry budget, a broker gone) is
+restarted from its checkpoint with backoff; SIGTERM/SIGINT stop all queries and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+if __package__ in (None, ""):  # run as a file by spark-submit: make `spark.*` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from spark import candles as candle_queries  # noqa: E402
+from spark import mapping as mapping_module  # noqa: E402
+from spark import records  # noqa: E402
+from spark.postgres_writer import EVENT_TIME, PostgresWriter, TableTarget  # noqa: E402
+
+log = logging.getLogger("tickwire.spark")
+METRICS_PROPERTIES = Path(__file__).resolve().parent / "metrics.properties"
+
+
+@dataclass
+class JobOptions:
+    mapping: str
+    bootstrap: str
+    dsn: str
+    checkpoint_dir: str = "spark-checkpoints"
+    master: str | None = "local[*]"  # None: keep what spark-submit set
+    app_name: str = "tickwire"
+    trigger: str = "5 seconds"
+    starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int | None = 200_000
+    shuffle_partitions: int = 4
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9465  # 0 = any free port, < 0 = off
+    ui_port: int | None = None  # None = Spark's default (4040, next free); < 0 = no UI
+    retry_seconds: float = 600.0
+    run_seconds: float | None = None  # stop after this long (tests, benchmarks)
+    jars: list[str] = field(default_factory=list)
+    conf: dict[str, str] = field(default_factory=dict)
+    kafka_options: dict[str, str] = field(default_factory=dict)
+
+
+def fair_scheduler_xml(queries: list[str]) -> str:
+    pools = "\n".join(
+        f"  <pool name={quoteattr(q)}><schedulingMode>FIFO</schedulingMode>"
+        f"<weight>1</weight><minShare>1</minShare></pool>"
+        for q in queries
+    )
+    return f'<?xml version="1.0"?>\n<allocations>\n{pools}\n</allocations>\n'
+
+
+def spark_conf(opts: JobOptions, queries: list[str], allocation_file: str | None = None) -> dict[str, str]:
+    """Every Spark setting the job needs; the same for local[*] and spark://."""
+    conf = {
+        "spark.app.name": opts.app_name,
+        "spark.scheduler.mode": "FAIR",
+        "spark.sql.shuffle.partitions": str(opts.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        # a bad value must cast to NULL (→ dead letter), not fail the batch
+        "spark.sql.ansi.enabled": "false",
+        "spark.sql.streaming.metricsEnabled": "true",
+        "spark.ui.prometheus.enabled": "true",
+        "spark.metrics.conf": str(METRICS_PROPERTIES),
+        "spark.sql.adaptive.enabled": "false",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    }
+    if opts.master:
+        conf["spark.master"] = opts.master
+    if allocation_file:
+        conf["spark.scheduler.allocation.file"] = allocation_file
+    if opts.jars:
+        conf["spark.jars"] = ",".join(opts.jars)
+    if opts.ui_port is not None:
+        if opts.ui_port < 0:
+            conf["spark.ui.enabled"] = "false"
+        else:
+            conf["spark.ui.port"] = str(opts.ui_port)
+    conf.update(opts.conf)
+    return conf
+
+
+class Job:
+    def __init__(self, opts: JobOptions, metrics=None):
+        self.opts = opts
+        self.mapping = mapping_module.load(opts.mapping)
+        self.metrics = metrics
+        self.spark = None
+        self.writers: dict[str, PostgresWriter] = {}
+        self._stop = threading.Event()
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def start_session(self):
+        from pyspark.sql import SparkSession
+
+        queries = self.mapping.query_names
+        allocation = Path(tempfile.mkdtemp(prefix="tickwire-spark-")) / "fairscheduler.xml"
+        allocation.write_text(fair_scheduler_xml(queries))
+        builder = SparkSession.builder
+        for key, value in spark_conf(self.opts, queries, str(allocation)).items():
+            builder = builder.config(key, value)
+        self.spark = builder.getOrCreate()
+        self.spark.sparkContext.setLogLevel(os.environ.get("TICKWIRE_SPARK_LOG_LEVEL", "WARN"))
+        if self.metrics is not None:
+            from spark.listener import MetricsListener
+
+            self.listener = MetricsListener(self.metrics)
+            self.spark.streams.addListener(self.listener)
+        return self.spark
+
+    def kafka_options(self) -> dict[str, str]:
+        options = {
+            "kafka.bootstrap.servers": self.opts.bootstrap,
+            "startingOffsets": self.opts.starting_offsets,
+            "failOnDataLoss": "false",
+        }
+        if self.opts.max_offsets_per_trigger:
+            options["maxOffsetsPerTrigger"] = str(self.opts.max_offsets_per_trigger)
+        options.update(self.opts.kafka_options)
+        return options
+
+    def _writer(self, query: str, stream: str, target: TableTarget, event_time: str | None, dead: bool):
+        writer = self.writers.get(query)
+        if writer is None:
+            writer = self.writers[query] = PostgresWriter(
+                self.opts.dsn, query, stream, target, event_time,
+                self.mapping.dead_letter_table, self.mapping.progress_table,
+                metrics=self.metrics, retry_seconds=self.opts.retry_seconds, has_dead_letters=dead,
+            )
+        return writer
+
+    def start_query(self, name: str):
+        """Start (or restart, from its checkpoint) the query called ``name``."""
+        m = self.mapping
+        stream = next((s for s in m.streams if s.name == name), None)
+        if stream is not None:
+            parsed = records.parse(records.read_kafka(self.spark, stream.topic, self.kafka_options()), stream)
+            target = TableTarget(stream.table, stream.column_names, list(stream.primary_key))
+            writer = self._writer(name, stream.name, target, stream.event_time, True)
+            frame, mode = parsed, "append"
+        else:
+            derived = next(d for d in m.derived if d.name == name)
+            source = m.stream(derived.source)
+            parsed = records.parse(records.read_kafka(self.spark, source.topic, self.kafka_options()), source)
+            frame = candle_queries.candles(records.valid(parsed), derived, source)
+            target = TableTarget(
+                derived.table, list(candle_queries.OUTPUT_COLUMNS), list(derived.primary_key), upsert=True,
+                computed={"vwap": "round(quote_volume / NULLIF(volume, 0), 18)", "updated_at": "now()"},
+            )
+            writer = self._writer(name, derived.source, target, EVENT_TIME, False)
+            mode = "update"
+        sc = self.spark.sparkContext
+        sc.setLocalProperty("spark.scheduler.pool", name)
+        try:
+            return (
+                frame.writeStream.queryName(name)
+                .outputMode(mode)
+                .option("checkpointLocation", f"{self.opts.checkpoint_dir.rstrip('/')}/{name}")
+                .trigger(processingTime=self.opts.trigger)
+                .foreachBatch(writer)
+                .start()
+            )
+        finally:
+            sc.setLocalProperty("spark.scheduler.pool", None)
+
+    # -- running --------------------------------------------------------------------------------
+
+    def request_stop(self, *_args) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        if self.spark is None:
+            self.start_session()
+        names = self.mapping.query_names
+        running = {name: self.start_query(name) for name in names}
+        log.info("started %d queries: %s", len(running), ", ".join(names))
+        restarts: dict[str, int] = {}
+        started = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if self.opts.run_seconds is not None and time.monotonic() - started > self.opts.run_seconds:
+                    break
+                self._stop.wait(1.0)
+                for name, query in list(running.items()):
+                    if query.isActive:
+                        continue
+                    error = query.exception()
+                    n = restarts[name] = restarts.get(name, 0) + 1
+                    delay = min(60.0, 2.0 ** min(n, 6))
+                    log.error("query %s stopped (%s); restart %d in %.0fs", name,
+                              str(error).splitlines()[0] if error else "no error", n, delay)
+                    if self._stop.wait(delay):
+                        break
+                    running[name] = self.start_query(name)
+        finally:
+            self.stop(list(running.values()))
+        return 0
+
+    def stop(self, queries=()) -> None:
+        for query in queries:
+            try:
+                query.stop()
+            except Exception as error:  # noqa: BLE001 - stopping must go on for the others
+                log.warning("stopping query %s: %s", query.name, error)
+        for writer in self.writers.values():
+            writer.close()
+        if self.spark is not None:
+            self.spark.stop()
+            self.spark = None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spark/job.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mapping", required=True, help="the JSON of `tickwire generate spark`")
+    p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    p.add_argument("--dsn", required=True, help="PostgreSQL connection string")
+    p.add_argument("--checkpoint-dir", default="spark-checkpoints")
+    p.add_argument("--master", default=None, help="default: what spark-submit set, else local[*]")
+    p.add_argument("--trigger", default="5 seconds")
+    p.add_argument("--starting-offsets", default="earliest")
+    p.add_argument("--max-offsets-per-trigger", type=int, default=200_000)
+    p.add_argument("--shuffle-partitions", type=int, default=4)
+    p.add_argument("--metrics-port", type=int, default=9465, help="0 = any free port, <0 = off")
+    p.add_argument("--metrics-host", default="127.0.0.1")
+    p.add_argument("--ui-port", type=int, default=None, help="<0 = no Spark UI")
+    p.add_argument("--retry-seconds", type=float, default=600.0)
+    p.add_argument("--run-seconds", type=float, default=None)
+    p.add_argument("--jars", default="", help="comma-separated; default: none (spark-submit --jars)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> JobOptions:
+    conf = {}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--conf {item!r}: expected KEY=VALUE")
+        conf[key] = value
+    master = args.master or conf.pop("spark.master", None)
+    if master is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        master = "local[*]"  # under spark-submit (gateway set) its --master stands
+    return JobOptions(
+        mapping=args.mapping, bootstrap=args.bootstrap, dsn=args.dsn,
+        checkpoint_dir=args.checkpoint_dir, master=master, trigger=args.trigger,
+        starting_offsets=args.starting_offsets, max_offsets_per_trigger=args.max_offsets_per_trigger,
+        shuffle_partitions=args.shuffle_partitions, metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host, ui_port=args.ui_port, retry_seconds=args.retry_seconds,
+        run_seconds=args.run_seconds, jars=[j for j in args.jars.split(",") if j], conf=conf,
+    )
+
+
+def run(opts: JobOptions) -> int:
+    """Run the job in this process until stopped; serve the tickwire metrics meanwhile."""
+    from framework.metrics import Metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    metrics = Metrics()
+    port = metrics.serve(opts.metrics_host, opts.metrics_port)
+    if port is not None:
+        print(f"tickwire spark metrics on http://{opts.metrics_host}:{port}/metrics", flush=True)
+    job = Job(opts, metrics)
+    signal.signal(signal.SIGTERM, job.request_stop)
+    signal.signal(signal.SIGINT, job.request_stop)
+    try:
+        return job.run()
+    finally:
+        metrics.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(options_from_args(parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""The foreachBatch writer: one micro-batch → one PostgreSQL transaction, retried until it lands.
+
+For each batch of a query (on the driver):
+
+1. valid rows, deduplicated by the primary key, are rendered to CSV by Spark (``to_csv``, in the
+   JVM) and collected; dead-letter rows (reason, raw value, Kafka timestamp) are collected too;
+2. in ONE transaction: skip the batch if ``(query, batch_id)`` is already in the progress table
+   (a batch replayed after a crash); else COPY the rows into a temp table, ``INSERT … ON CONFLICT
+   (key) DO NOTHING`` (events) or ``DO UPDATE`` (candles), insert the dead letters, and record
+   ``(query, batch_id)``;
+3. on a connection error (server down, restarting, network) reconnect and retry with exponential
+   backoff for up to ``retry_seconds``; only then the batch fails (and the job restarts the query
+   from its checkpoint).
+
+After the commit, ``tickwire_e2e_latency_seconds{query}`` observes commit time − event time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from spark.records import KAFKA_TS, RAW, REASON
+
+log = logging.getLogger("tickwire.spark")
+
+# PostgreSQL reads these: timestamps as ISO with zone, NULL as an unquoted empty field.
+CSV_OPTIONS = {
+    "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX",
+    "timestampNTZFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSS",
+    "dateFormat": "yyyy-MM-dd",
+    "nullValue": "",
+    "emptyValue": '""',
+    "quoteAll": "false",
+    "escape": '"',
+}
+EVENT_TIME = "__tw_event_time"
+
+
+@dataclass
+class TableTarget:
+    """Where and how a query's rows land."""
+
+    table: str
+    columns: list[str]
+    primary_key: list[str]
+    upsert: bool = False  # DO UPDATE (candles) instead of DO NOTHING (events)
+    computed: dict[str, str] | None = None  # extra column → SQL over the staged columns
+
+
+class PostgresWriter:
+    """Callable for ``DataStreamWriter.foreachBatch``; one per query, one connection each."""
+
+    def __init__(
+        self,
+        dsn: str,
+        query: str,
+        stream: str,
+        target: TableTarget,
+        event_time: str | None,
+        dead_letter_table: str,
+        progress_table: str,
+        metrics=None,
+        retry_seconds: float = 600.0,
+        has_dead_letters: bool = True,
+    ):
+        self.dsn = dsn
+        self.query = query
+        self.stream = stream
+        self.target = target
+        self.event_time = event_time
+        self.dead_letter_table = dead_letter_table
+        self.progress_table = progress_table
+        self.metrics = metrics
+        self.retry_seconds = retry_seconds
+        self.has_dead_letters = has_dead_letters
+        self._conn: psycopg.Connection | None = None
+        self._payload_sql: sql.Composable | None = None
+        self._lock = threading.Lock()
+        self.batches_written = 0
+        self.batches_skipped = 0
+
+    # -- Spark side ---------------------------------------------------------------------------
+
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        rows, letters = self.collect(batch_df)
+        with self._lock:
+            committed = self.write_with_retry(batch_id, rows, letters)
+        if committed and self.metrics is not None and rows:
+            now = time.time()
+            histogram = self.metrics.e2e_latency_seconds.labels(query=self.query)
+            for _line, event_time in rows:
+                if event_time is not None:
+                    histogram.observe(max(0.0, now - event_time))
+
+    def collect(self, batch_df: DataFrame) -> tuple[list[tuple[str, float | None]], list[tuple]]:
+        t = self.target
+        has_reason = REASON in batch_df.columns
+        if has_reason:
+            batch_df = batch_df.persist()
+        try:
+            good = batch_df.where(F.col(REASON).isNull()) if has_reason else batch_df
+            good = good.dropDuplicates(t.primary_key)
+            event_time = F.col(self.event_time).cast("double") if self.event_time else F.lit(None).cast("double")
+            rows = [
+                (r[0], r[1])
+                for r in good.select(
+                    F.to_csv(F.struct(*[F.col(f"`{c}`") for c in t.columns]), CSV_OPTIONS),
+                    event_time,
+                ).collect()
+            ]
+            letters = []
+            if has_reason:
+                letters = [
+                    (r[0], r[1], r[2])
+                    for r in batch_df.where(F.col(REASON).isNotNull())
+                    .select(REASON, RAW, F.col(KAFKA_TS))
+                    .collect()
+                ]
+        finally:
+            if has_reason:
+                batch_df.unpersist()
+        return rows, letters
+
+    # -- PostgreSQL side ----------------------------------------------------------------------
+
+    def write_with_retry(self, batch_id: int, rows, letters) -> bool:
+        """Write the batch; True if this call committed it, False if it was already there."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self.write(batch_id, rows, letters)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                self.close()
+                if time.monotonic() + delay > deadline:
+                    log.error("query %s batch %s: PostgreSQL still failing after %d attempts: %s",
+                              self.query, batch_id, attempt, error)
+                    raise
+                log.warning("query %s batch %s: PostgreSQL error (attempt %d), retrying in %.1fs: %s",
+                            self.query, batch_id, attempt, delay, str(error).strip())
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def write(self, batch_id: int, rows, letters) -> bool:
+        conn = self._connection()
+        t = self.target
+        with conn.transaction():
+            cur = conn.cursor()
+            cur.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE query = %s AND batch_id = %s").format(
+                    sql.Identifier(self.progress_table)),
+                (self.query, batch_id),
+            )
+            if cur.fetchone():
+                self.batches_skipped += 1
+                log.info("query %s batch %s: already committed, skipped", self.query, batch_id)
+                return False
+            if rows:
+                self._copy_and_insert(cur, rows)
+            if letters:
+                self._dead_letters(cur, letters)
+            cur.execute(
+                sql.SQL("INSERT INTO {} (query, batch_id, committed_at) VALUES (%s, %s, now())").format(
+                    sql.Identifier(self.progress_table)),
+                (self.query, batch_id),
+            )
+        self.batches_written += 1
+        return True
+
+    def _copy_and_insert(self, cur: psycopg.Cursor, rows) -> None:
+        t = self.target
+        stage = sql.Identifier(f"tw_stage_{t.table}")
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                stage, cols, sql.Identifier(t.table))
+        )
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(stage, cols)) as copy:
+            copy.write("\n".join(line for line, _ in rows))
+            copy.write("\n")
+        computed = t.computed or {}
+        insert_cols = list(t.columns) + list(computed)
+        select_items = [sql.Identifier(c) for c in t.columns] + [sql.SQL(expr) for expr in computed.values()]
+        key = sql.SQL(", ").join(sql.Identifier(c) for c in t.primary_key)
+        if t.upsert:
+            updates = sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                for c in insert_cols if c not in t.primary_key
+            )
+            conflict = sql.SQL("DO UPDATE SET {}").format(updates)
+        else:
+            conflict = sql.SQL("DO NOTHING")
+        cur.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+                sql.Identifier(t.table),
+                sql.SQL(", ").join(sql.Identifier(c) for c in insert_cols),
+                sql.SQL(", ").join(select_items),
+                stage, key, conflict,
+            )
+        )
+
+    def _dead_letters(self, cur: psycopg.Cursor, letters) -> None:
+        if self._payload_sql is None:
+            cur.execute(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = %s AND column_name = 'payload' ORDER BY table_schema = current_schema() DESC",
+                (self.dead_letter_table,),
+            )
+            found = cur.fetchone()
+            kind = found[0] if found else "text"
+            self._payload_sql = {
+                "bytea": sql.SQL("convert_to(%s, 'UTF8')"),
+                "jsonb": sql.SQL("to_jsonb(%s::text)"),
+                "json": sql.SQL("to_json(%s::text)"),
+            }.get(kind, sql.SQL("%s"))
+        cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} (stream, reason, plugin, payload, received_at) VALUES (%s, %s, 'spark', {}, %s)"
+            ).format(sql.Identifier(self.dead_letter_table), self._payload_sql),
+            [(self.stream, reason, raw if raw is not None else "", received) for reason, raw, received in letters],
+        )
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
+                                         application_name=f"tickwire-spark-{self.query}")
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close
+                pass

@@ -1,0 +1,295 @@
+"""The Spark job against the real services: Kafka broker → local Spark (local[2]) → PostgreSQL.
+
+The job runs as a subprocess, as a user runs it, so it can be killed (SIGKILL) and restarted from
+its checkpoint. Every test checks the database against values computed here in plain Python:
+each valid event exactly once with exact decimals, candles equal to an independent computation,
+invalid values in the dead-letter table with their reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+from spark import testing as tw
+from spark.jars import fetch_jars
+
+pytestmark = [pytest.mark.spark, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(420)]
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = 1_700_000_040_000  # 2023-11-14T22:34:00Z, a minute boundary (ms)
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+
+
+@pytest.fixture(scope="session")
+def spark_jars() -> list[str]:
+    return [str(j) for j in fetch_jars()]
+
+
+class JobProcess:
+    """`tickwire spark submit` (or `python -m spark.job`) as a subprocess, its output in a file."""
+
+    def __init__(self, args: list[str], log_path: Path):
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        env = dict(os.environ, TICKWIRE_SPARK_LOG_LEVEL="WARN", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics_url(self, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"metrics on (http://\S+/metrics)", self.log_path.read_text(errors="replace"))
+            if found:
+                return found.group(1)
+            time.sleep(0.5)
+        raise AssertionError(f"the job printed no metrics address:\n{self.tail()}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the job; its JVM (a child) exits when its stdin pipe closes."""
+        children = self.ps.children(recursive=True)
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        for p in alive:  # never leave a JVM behind, even if the above failed
+            p.kill()
+        assert not alive, "the JVM outlived its killed driver"
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return
+        for p in self.ps.children(recursive=True) if self.alive() else []:
+            p.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
+    """A fresh topic, database (with the job's tables) and checkpoint directory per test."""
+    topic = f"spark-trades-{uuid.uuid4().hex[:8]}"
+    tw.create_topic(kafka_broker.bootstrap, topic, partitions=2)
+    mapping = tw.trade_mapping(topic)
+    mapping_path = tmp_path / "spark-mapping.json"
+    mapping_path.write_text(json.dumps(mapping, indent=2))
+    with psycopg.connect(postgres_db.dsn) as conn:
+        tw.create_tables(conn, mapping)
+    jobs: list[JobProcess] = []
+
+    class Pipeline:
+        bootstrap = kafka_broker.bootstrap
+        dsn = postgres_db.dsn
+        cluster = postgres_db.cluster
+
+        def __init__(self):
+            self.topic = topic
+
+        def start(self) -> JobProcess:
+            args = [
+                sys.executable, "-m", "spark.job",
+                "--mapping", str(mapping_path), "--bootstrap", kafka_broker.bootstrap, "--dsn", postgres_db.dsn,
+                "--checkpoint-dir", str(tmp_path / "checkpoints"), "--master", "local[2]",
+                "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "0", "--ui-port", "-1",
+                "--retry-seconds", "180", "--jars", ",".join(spark_jars),
+            ]
+            job = JobProcess(args, tmp_path / f"job-{len(jobs)}.log")
+            jobs.append(job)
+            return job
+
+        def wait_committed_batches(self, query: str, count: int, job: JobProcess, timeout: float = 120) -> None:
+            """Wait until ``query`` has committed ``count`` micro-batches (its checkpoint says so)."""
+            commits = tmp_path / "checkpoints" / query / "commits"
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if commits.exists() and len([f for f in commits.iterdir() if f.name.isdigit()]) >= count:
+                    return
+                assert job.alive(), f"the job exited ({job.proc.returncode}):\n{job.tail()}"
+                time.sleep(0.5)
+            raise AssertionError(f"{query} committed fewer than {count} batches in {timeout}s:\n{job.tail()}")
+
+        def produce(self, values) -> None:
+            tw.produce(kafka_broker.bootstrap, topic, values)
+
+        def query(self, statement: str, params=()) -> list[tuple]:
+            with psycopg.connect(postgres_db.dsn) as conn:
+                return conn.execute(statement, params).fetchall()
+
+        def wait_for(self, statement: str, expected, job: JobProcess, timeout: float = 180) -> None:
+            deadline = time.monotonic() + timeout
+            last = None
+            while time.monotonic() < deadline:
+                try:
+                    last = self.query(statement)
+                except psycopg.OperationalError:
+                    last = "database unreachable"
+                if last == expected:
+                    return
+                assert job.alive(), f"the job exited ({job.proc.returncode}):\n{job.tail()}"
+                time.sleep(0.5)
+            raise AssertionError(f"{statement!r} gave {last!r}, not {expected!r}, after {timeout}s:\n{job.tail()}")
+
+    yield Pipeline()
+    for job in jobs:
+        if not job.log.closed:
+            job.stop()
+
+
+def trades(first_id: int, count: int, start_ms: int, step_ms: int, symbols=SYMBOLS) -> list[dict]:
+    """Trades with 8-decimal prices and quantities, times increasing by step_ms."""
+    out = []
+    for i in range(count):
+        n = first_id + i
+        out.append(tw.trade_record(
+            symbols[n % len(symbols)], n,
+            price=f"{30000 + (n * 7919) % 1000}.{(n * 104729) % 10**8:08d}",
+            quantity=f"0.{(n * 15485863) % 10**8:08d}",
+            trade_ms=start_ms + i * step_ms,
+            buyer_is_maker=bool(n % 2),
+        ))
+    return out
+
+
+def assert_trades_exact(p, expected: list[dict]) -> None:
+    rows = p.query("SELECT symbol, trade_id, price, quantity, trade_time, buyer_is_maker FROM trades")
+    got = {(r[0], r[1]): r for r in rows}
+    want = {(t["symbol"], t["trade_id"]): t for t in expected}
+    assert len(rows) == len(want) and set(got) == set(want)
+    for key, t in want.items():
+        row = got[key]
+        assert row[2] == Decimal(t["price"]) and row[3] == Decimal(t["quantity"]), key
+        assert row[4] == tw.parse_iso(t["trade_time"]) and row[5] == t["buyer_is_maker"], key
+
+
+def assert_candles(p, trades_for_candles: list[dict]) -> None:
+    expected = tw.expected_candles(trades_for_candles)
+    rows = p.query(
+        "SELECT symbol, window_start, window_end, open, high, low, close, volume, quote_volume, "
+        "trade_count, vwap FROM candles_1m"
+    )
+    got = {(r[0], r[1]): r for r in rows}
+    assert set(got) == set(expected)
+    for key, c in expected.items():
+        r = got[key]
+        assert (r[2], r[3], r[4], r[5], r[6]) == (c["window_end"], c["open"], c["high"], c["low"], c["close"]), key
+        assert (r[7], r[8], r[9]) == (c["volume"], c["quote_volume"], c["trade_count"]), key
+        assert abs(r[10] - c["vwap"]) <= Decimal("1e-18"), key
+
+
+def test_events_once_candles_and_dead_letters(pipeline):
+    p = pipeline
+    # three minutes of trades, every trade sent twice (a producer retry), plus invalid values
+    batch = trades(1, 300, T0, 600)  # T0 .. T0 + 179.4 s
+    invalid = [
+        "{not json",
+        json.dumps(dict(batch[0], trade_id=10_000, price="12,5")),
+        json.dumps({k: v for k, v in dict(batch[1], trade_id=10_001).items() if k != "symbol"}),
+        json.dumps(dict(batch[2], trade_id=10_002, trade_time="yesterday")),
+    ]
+    p.produce(batch + batch[:120] + invalid)
+    job = p.start()
+    p.wait_for("SELECT count(*) FROM trades", [(300,)], job)
+    p.wait_for("SELECT count(*) FROM dead_letters", [(4,)], job)
+    p.wait_for("SELECT count(*) FROM candles_1m", [(len(tw.expected_candles(batch)),)], job)
+    # Spark drops a row as late against the watermark of the batch before: wait until the
+    # watermark (advanced by the first batch) is in force, i.e. one more batch has completed
+    p.wait_committed_batches("candles_1m", 2, job)
+    # a late trade within the 30 s watermark corrects its candle; one past it is stored, not counted
+    newest = T0 + 299 * 600
+    late = tw.trade_record("BTCUSDT", 20_000, "99999.00000001", "1.50000000", newest - 25_000)
+    too_late = tw.trade_record("BTCUSDT", 20_001, "1.00000000", "1.00000000", T0 + 1_000)
+    p.produce([late, too_late, late])
+    p.wait_for("SELECT count(*) FROM trades", [(302,)], job)
+    p.wait_for(
+        "SELECT high FROM candles_1m WHERE symbol = 'BTCUSDT' AND window_start = to_timestamp(%d)" % ((newest - 25_000) // 60_000 * 60),
+        [(Decimal("99999.00000001"),)], job,
+    )
+    assert_trades_exact(p, batch + [late, too_late])
+    assert_candles(p, batch + [late])
+    reasons = sorted(r[0] for r in p.query("SELECT reason FROM dead_letters WHERE stream = 'trade' AND plugin = 'spark'"))
+    assert len(reasons) == 4
+    assert any(r.startswith("malformed JSON") for r in reasons), reasons
+    assert any("price: cannot parse" in r for r in reasons), reasons
+    assert any("symbol: missing" in r for r in reasons), reasons
+    assert any("trade_time: cannot parse" in r for r in reasons), reasons
+    payloads = [r[0] for r in p.query("SELECT payload FROM dead_letters")]
+    assert "{not json" in payloads
+    # metrics: the listener's gauges and the end-to-end latency histogram
+    text = urllib.request.urlopen(job.metrics_url(), timeout=5).read().decode()
+    assert re.search(r'tickwire_e2e_latency_seconds_count\{query="trade"\} [1-9]', text), text
+    assert 'tickwire_spark_input_rows_per_second{query="trade"}' in text
+    assert 'tickwire_spark_kafka_offset_lag{query="candles_1m"}' in text
+    job.stop()
+    assert job.proc.returncode == 0, job.tail()
+
+
+def test_killed_job_restarts_from_checkpoint_without_duplicates(pipeline):
+    p = pipeline
+    first = trades(1, 200, T0, 500)
+    p.produce(first + ["{bad 1"])
+    job = p.start()
+    p.wait_for("SELECT count(*) FROM trades", [(200,)], job)
+    # keep producing while the job runs, kill it in the middle
+    second = trades(201, 400, T0 + 100_000, 500)
+    for i in range(0, 200, 50):
+        p.produce(second[i:i + 50])
+        time.sleep(0.7)
+    job.kill()
+    p.produce(second[200:] + ["{bad 2"] + second[:100])  # a replayed stretch too
+    job = p.start()
+    p.wait_for("SELECT count(*) FROM trades", [(600,)], job)
+    p.wait_for("SELECT count(*) FROM dead_letters", [(2,)], job)
+    expected_candle_rows = len(tw.expected_candles(first + second))
+    p.wait_for("SELECT count(*) FROM candles_1m", [(expected_candle_rows,)], job)
+    time.sleep(3)  # a replayed batch, if any, would land now
+    assert_trades_exact(p, first + second)
+    assert_candles(p, first + second)
+    assert p.query("SELECT count(*) FROM dead_letters") == [(2,)]
+    job.stop()
+
+
+def test_postgres_outage_is_retried_without_loss(pipeline):
+    p = pipeline
+    first = trades(1, 150, T0, 400)
+    p.produce(first)
+    job = p.start()
+    p.wait_for("SELECT count(*) FROM trades", [(150,)], job)
+    p.cluster.stop()
+    try:
+        second = trades(151, 300, T0 + 60_000, 400)
+        for i in range(0, 300, 60):
+            p.produce(second[i:i + 60])
+            time.sleep(5)
+        time.sleep(5)  # ~30 s down in all
+        assert job.alive(), job.tail()
+    finally:
+        p.cluster.start()
+    p.wait_for("SELECT count(*) FROM trades", [(450,)], job)
+    p.wait_for("SELECT count(*) FROM candles_1m", [(len(tw.expected_candles(first + second)),)], job)
+    assert_trades_exact(p, first + second)
+    assert_candles(p, first + second)
+    assert "retrying" in job.log_path.read_text()
+    job.stop()
