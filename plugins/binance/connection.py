@@ -51,7 +51,6 @@ class Connection:
         log,
         max_messages_per_second: float = 5,
         subscribe_chunk_size: int = 200,
-        subscribe_retries: int = 2,
         max_frame_bytes: int = 2**20,
         open_timeout: float = 10.0,
         ping_interval: float | None = 60.0,
@@ -64,7 +63,6 @@ class Connection:
         self.log = log
         self.bucket = TokenBucket(send_rate(max_messages_per_second), capacity=1.0)
         self.chunk_size = max(1, subscribe_chunk_size)
-        self.subscribe_retries = subscribe_retries
         self.max_size = max(HARD_FRAME_CAP, 4 * max_frame_bytes)
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval
@@ -75,9 +73,11 @@ class Connection:
         self.opened_at = 0.0  # time.monotonic() when the handshake completed
         self.sent = 0  # client messages we sent (not counting automatic pongs)
         self.subscribe_errors = 0
-        self._pending: dict[int, tuple[list[str], int]] = {}  # request id → (channels, tries)
+        self.refused: list[str] = []  # channels Binance would not subscribe
+        self._pending: dict[int, list[str]] = {}  # request id → channels, until answered
         self._next_id = 1
         self._all_sent = False
+        self._resubmitting = 0
         self._retry_tasks: set[asyncio.Task] = set()
 
     async def connect(self) -> None:
@@ -101,12 +101,13 @@ class Connection:
         await self.ws.send(orjson.dumps(message).decode())
         self.sent += 1
 
-    async def _subscribe(self, channels: list[str], tries: int = 0) -> None:
+    async def _subscribe(self, channels: list[str]) -> None:
+        """Send SUBSCRIBE requests for ``channels``, ``subscribe_chunk_size`` per request."""
         for i in range(0, len(channels), self.chunk_size):
             chunk = channels[i : i + self.chunk_size]
             req_id = self._next_id
             self._next_id += 1
-            self._pending[req_id] = (chunk, tries)
+            self._pending[req_id] = chunk
             await self.send({"method": "SUBSCRIBE", "params": chunk, "id": req_id})
 
     async def _subscribe_all(self) -> None:
@@ -114,12 +115,23 @@ class Connection:
         self._all_sent = True
         self._check_ready()
 
+    async def _resubscribe(self, channels: list[str]) -> None:
+        try:
+            await self._subscribe(channels)
+        finally:
+            self._resubmitting -= 1
+            self._check_ready()
+
     def _check_ready(self) -> None:
-        if self._all_sent and not self._pending:
+        if self._all_sent and not self._pending and not self._resubmitting:
             self.ready.set()
 
     async def on_reply(self, msg: dict, raw: str) -> None:
-        """A ``{"result": …, "id": N}`` or ``{"error": {...}, "id": N}`` answer."""
+        """A ``{"result": …, "id": N}`` or ``{"error": {...}, "id": N}`` answer.
+
+        Binance refuses a whole SUBSCRIBE when one of its channels is bad, so a refused chunk
+        is split in halves and sent again until the bad channels are alone; those are logged
+        once and stay unsubscribed (such an error does not go away by retrying)."""
         entry = self._pending.pop(msg.get("id"), None)
         error = msg.get("error")
         if error is not None:
@@ -128,19 +140,20 @@ class Connection:
             code = error.get("code") if isinstance(error, dict) else None
             await self.router.dead(None, f"Binance refused request id {msg.get('id')}: {detail} (code {code})", raw)
             if entry is not None:
-                chunk, tries = entry
-                if tries < self.subscribe_retries:
-                    self.log.warning(
-                        "Binance refused a SUBSCRIBE request; retrying it",
-                        connection=self.conn_id, error=detail, code=code, streams=len(chunk),
-                    )
-                    task = asyncio.create_task(self._subscribe(chunk, tries + 1))
-                    self._retry_tasks.add(task)
-                    task.add_done_callback(self._retry_tasks.discard)
+                chunk = entry
+                if len(chunk) > 1:
+                    half = len(chunk) // 2
+                    for part in (chunk[:half], chunk[half:]):
+                        self._resubmitting += 1
+                        task = asyncio.create_task(self._resubscribe(part))
+                        self._retry_tasks.add(task)
+                        task.add_done_callback(self._retry_tasks.discard)
                 else:
+                    self.refused.extend(chunk)
                     self.log.error(
-                        "Binance refused a SUBSCRIBE request again; these streams stay unsubscribed",
-                        connection=self.conn_id, error=detail, code=code, streams=chunk[:10],
+                        f"Binance refused to subscribe {chunk[0]}: {detail} (code {code}); "
+                        "check the stream's channel in streams.yaml",
+                        connection=self.conn_id, channel=chunk[0],
                     )
         self._check_ready()
 

@@ -459,67 +459,74 @@ class BinanceSource:
                 )
             if not self.opts["gap_fill"]:
                 continue
-            for lo, hi in new:
-                await self._fill(ch, lo, hi)
+            await self._fill(ch, new)
 
-    async def _fill(self, ch: Channel, lo: int, hi: int) -> None:
+    async def _fill(self, ch: Channel, gaps: list[tuple[int, int]]) -> None:
+        """Fetch the missing trades of ``gaps`` (sorted ranges) from REST and emit them.
+
+        One request asks for up to 1000 ids from the first still-missing one, so several small
+        gaps close together cost one request; ids that arrived live meanwhile are skipped."""
         tracker = ch.trades
         emit = self.router.emit
         cap = int(self.opts["gap_fill_max_trades"])
-        lost = 0
-        if hi - lo + 1 > cap:
-            lost += tracker.forget(lo + cap, hi)
-            self.log.warning(
-                f"gap of {hi - lo + 1} trades is larger than gap_fill_max_trades={cap}; "
-                f"ids {lo + cap}..{hi} will not be fetched",
-                source=self.name, symbol=ch.symbol,
-            )
-            hi = lo + cap - 1
-        filled = 0
-        cur = lo
+        lost = [0] * len(gaps)
+        for i, (lo, hi) in enumerate(gaps):
+            if hi - lo + 1 > cap:
+                lost[i] += tracker.forget(lo + cap, hi)
+                self.log.warning(
+                    f"gap of {hi - lo + 1} trades in {ch.symbol} is larger than gap_fill_max_trades={cap}; "
+                    f"ids {lo + cap}..{hi} will not be fetched",
+                    source=self.name, symbol=ch.symbol,
+                )
+        filled = [0] * len(gaps)
+        span_hi = gaps[-1][1]
+        cur = gaps[0][0]
         try:
             while True:
-                todo = tracker.missing_in(cur, hi)
+                todo = tracker.missing_in(cur, span_hi)
                 if not todo:
                     break
                 cur = todo[0][0]
-                rows = await self.rest.fetch(ch.symbol, cur, min(1000, hi - cur + 1))
+                reach = max(b for a, b in todo if a < cur + 1000)
+                rows = await self.rest.fetch(ch.symbol, cur, min(1000, reach - cur + 1))
                 received_ns = time.time_ns()
                 top = cur - 1
                 for row in rows:
-                    tid = row.get("id")
-                    if type(tid) is not int:
-                        continue
+                    tid = row["id"]
                     top = max(top, tid)
-                    if tid > hi or not tracker.take(tid):
-                        continue  # already arrived live, or outside the gap
+                    if tid > span_hi or not tracker.take(tid):
+                        continue  # arrived live meanwhile, or outside the gaps
                     await emit.record(ch.stream, rest_trade_to_event(ch.symbol, row), received_ns)
-                    filled += 1
-                if top < cur:  # nothing at or after cur: these trades are not available
+                    for i, (lo, hi) in enumerate(gaps):
+                        if lo <= tid <= hi:
+                            filled[i] += 1
+                            break
+                if top < cur:  # nothing at or after cur: Binance does not have these trades
                     break
                 cur = top + 1
-                if cur > hi:
+                if cur > span_hi:
                     break
         except RestError as exc:
-            self.log.error(f"could not fill gap in {ch.symbol} trades {lo}..{hi}: {exc}", source=self.name, symbol=ch.symbol)
+            self.log.error(f"could not fill gaps in {ch.symbol} trades: {exc}", source=self.name, symbol=ch.symbol)
         except (KeyError, TypeError) as exc:
             self.log.error(f"unexpected historicalTrades row while filling {ch.symbol}: {exc!r}", source=self.name)
-        lost += tracker.forget(lo, hi)
-        self.stats["gap_trades_filled"] += filled
-        self.stats["gap_trades_lost"] += lost
-        _inc(self.metrics, "gap_trades_filled", filled, symbol=ch.symbol)
-        if lost == 0:
-            self.stats["gaps_filled"] += 1
-            _inc(self.metrics, "gaps_filled", symbol=ch.symbol)
-            self.log.info(
-                f"gap filled: {ch.symbol} trade ids {lo}..{hi} ({filled} from REST)",
-                source=self.name, symbol=ch.symbol, first_id=lo, last_id=hi, filled=filled,
-            )
-        else:
-            self.log.warning(
-                f"gap only partly filled: {ch.symbol} trade ids {lo}..{hi}, {filled} fetched, {lost} lost",
-                source=self.name, symbol=ch.symbol, filled=filled, lost=lost,
-            )
+        for i, (lo, hi) in enumerate(gaps):
+            lost[i] += tracker.forget(lo, hi)
+            self.stats["gap_trades_filled"] += filled[i]
+            self.stats["gap_trades_lost"] += lost[i]
+            _inc(self.metrics, "gap_trades_filled", filled[i], symbol=ch.symbol)
+            if lost[i] == 0:
+                self.stats["gaps_filled"] += 1
+                _inc(self.metrics, "gaps_filled", symbol=ch.symbol)
+                self.log.info(
+                    f"gap filled: {ch.symbol} trade ids {lo}..{hi} ({filled[i]} from REST)",
+                    source=self.name, symbol=ch.symbol, first_id=lo, last_id=hi, filled=filled[i],
+                )
+            else:
+                self.log.warning(
+                    f"gap only partly filled: {ch.symbol} trade ids {lo}..{hi}, {filled[i]} fetched, {lost[i]} lost",
+                    source=self.name, symbol=ch.symbol, filled=filled[i], lost=lost[i],
+                )
 
     # -- metrics -------------------------------------------------------------------------------
 
