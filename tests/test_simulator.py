@@ -196,7 +196,8 @@ def test_stream_limit_per_connection(simulator):
                     await asyncio.wait_for(ws.recv(), 5)
 
     run(session())
-    assert sim.stats()["limit_violation_counts"]["too-many-streams"] == 2
+    stats = sim.stats()
+    assert stats["limit_violation_counts"]["too-many-streams"] == 2 and stats["internal_errors"] == 0
 
 
 def test_ping_is_sent_and_a_missing_pong_closes(simulator):
@@ -293,7 +294,8 @@ def test_drop_every_closes_without_a_close_frame(simulator):
 
     got, closed = run(session())
     assert len(got) == 5 and closed.rcvd is None  # abnormal closure (1006)
-    assert sim.stats()["drops"] == 1
+    stats = sim.stats()
+    assert stats["drops"] == 1 and stats["internal_errors"] == 0
 
 
 def test_shutdown_every_sends_server_shutdown_then_closes(simulator):
@@ -349,7 +351,9 @@ def test_malformed_frames_cycle_and_consume_no_trade_ids(simulator):
     assert kinds == ["truncated", "binary", "oversized", "unknown_event", "bad_trade"]
     ids = [t["t"] for t in trades]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
-    assert all(n == 1 for n in sim.stats()["malformed_sent"].values())
+    stats = sim.stats()
+    assert all(n == 1 for n in stats["malformed_sent"].values())
+    assert stats["internal_errors"] == 0
 
 
 def test_same_seed_same_market(simulator):

@@ -36,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
+import sys
 import time
+import traceback
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
@@ -305,7 +307,9 @@ class Simulator:
         self.violations: deque[dict] = deque(maxlen=1000)
         self.violation_counts: dict[str, int] = {}
         self.malformed = {k: 0 for k in MALFORMED_KINDS}
-        self.counters = {"drops": 0, "shutdown_notices": 0, "rest_requests": 0, "rest_429": 0, "rate_shortfall": 0}
+        self.counters = {
+            "drops": 0, "shutdown_notices": 0, "rest_requests": 0, "rest_429": 0, "rate_shortfall": 0, "internal_errors": 0,
+        }
         self.replay_frames: list[ReplayFrame] = []
         self.started = time.monotonic()
         self.runner: web.AppRunner | None = None
@@ -343,9 +347,22 @@ class Simulator:
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when port=0
         loop = asyncio.get_running_loop()
         if not self.cfg.replay:
-            self.tasks.append(loop.create_task(self._market_loop()))
-            self.tasks.append(loop.create_task(self._ticker_loop()))
+            self.tasks.append(loop.create_task(self._guard(self._market_loop)))
+            self.tasks.append(loop.create_task(self._guard(self._ticker_loop)))
         return self.port
+
+    async def _guard(self, loop_fn) -> None:
+        """Run a background loop forever: a bug is printed and the loop restarted, never lost."""
+        while True:
+            try:
+                await loop_fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                self.counters["internal_errors"] += 1
+                traceback.print_exc(file=sys.stderr)
+                await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -421,6 +438,8 @@ class Simulator:
             conn.tasks.append(loop.create_task(self._replay(conn)))
         try:
             await self._receive(conn)
+        except ConnectionError:
+            pass
         finally:
             conn.gone("client closed")
             for task in conn.tasks:
