@@ -1,0 +1,194 @@
+"""`tickwire run --profile compose` end to end: the simulator → tickwire → the real Kafka broker,
+read back by a consumer. Includes a broker SIGKILLed mid-stream and restarted 20 s later, and
+the ingest process SIGKILLed while spooling and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from framework.spool import Spool
+from plugins.kafka_sink import decode_spooled
+
+pytestmark = pytest.mark.kafka
+REPOSITORY = Path(__file__).resolve().parents[1]
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+
+
+class Pipeline:
+    """Unique topic names per test, and `tickwire run` processes pointed at them."""
+
+    def __init__(self, broker, sim, tmp_path: Path):
+        prefix = f"e2e-{uuid.uuid4().hex[:6]}"
+        self.topics = {"trade": f"{prefix}.trades", "ticker_1h": f"{prefix}.ticker_1h",
+                       "ticker": f"{prefix}.ticker_1d", "dead": f"{prefix}.dead-letter"}
+        self.broker = broker
+        self.spool_dir = tmp_path / "spool"
+        self.tmp_path = tmp_path
+        self.overrides = [
+            f"sinks.kafka.bootstrap_servers={broker.bootstrap}",
+            "sinks.kafka.provision=true",
+            f"sinks.kafka.dead_letter_topic={self.topics['dead']}",
+            f"sinks.kafka.spool.directory={self.spool_dir}",
+            "sinks.kafka.send_timeout_ms=2000",
+            f"sources.binance.url={sim.ws_url}",
+            f"sources.binance.rest_url={sim.ws_url.replace('ws://', 'http://')}",
+            *(f"streams.{stream}.topic.name={self.topics[stream]}" for stream in ("trade", "ticker_1h", "ticker")),
+        ]
+        self.runs = 0
+
+    def start(self, *extra: str) -> subprocess.Popen:
+        self.runs += 1
+        args = [sys.executable, "-m", "framework.cli"]
+        for item in self.overrides:
+            args += ["--set", item]
+        args += ["run", "--profile", "compose", "--metrics-port", "-1", "--no-status", "--log-format", "json", *extra]
+        self.log_path = self.tmp_path / f"run-{self.runs}.log"
+        return subprocess.Popen(args, cwd=REPOSITORY, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def finish(self, process: subprocess.Popen, interrupt: bool = True, timeout: float = 40) -> None:
+        """Ctrl-C (a clean stop that flushes), or wait for --duration to end it."""
+        if interrupt and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        code = process.wait(timeout)
+        assert code == 0, f"tickwire run exited with {code}:\n{self.log()[-4000:]}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def read(self, topic: str) -> list:
+        return asyncio.run(_consume_until_quiet(self.broker.bootstrap, self.topics[topic]))
+
+
+async def _consume_until_quiet(bootstrap: str, topic: str) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out, quiet = [], 0
+    try:
+        while quiet < 6:
+            got = [r for records in (await consumer.getmany(timeout_ms=250)).values() for r in records]
+            out.extend(got)
+            quiet = 0 if got else quiet + 1
+    finally:
+        await consumer.stop()
+    return out
+
+
+def trades_by_symbol(messages) -> dict[str, list[int]]:
+    """Trade ids per symbol in first-seen order (delivery is at least once: drop repeats)."""
+    by_symbol: dict[str, dict[int, None]] = {}
+    for message in messages:
+        value = orjson.loads(message.value)
+        assert message.key == value["symbol"].encode(), "the key is the symbol"
+        by_symbol.setdefault(value["symbol"], {})[value["trade_id"]] = None
+    return {symbol: list(ids) for symbol, ids in by_symbol.items()}
+
+
+def assert_complete_and_ordered(by_symbol: dict[str, list[int]]) -> None:
+    assert set(by_symbol) == set(SYMBOLS)
+    for symbol, ids in by_symbol.items():
+        assert ids == sorted(ids), f"{symbol}: trades out of order"
+        missing = sorted(set(range(ids[0], ids[-1] + 1)) - set(ids))
+        assert not missing, f"{symbol}: {len(missing)} trade ids missing, e.g. {missing[:10]}"
+
+
+def test_every_event_reaches_its_topic_keyed_ordered_with_headers(kafka_broker, simulator, tmp_path):
+    sim = simulator(rate=600, malformed_every=80, malformed_kinds="unknown_event,truncated")
+    pipeline = Pipeline(kafka_broker, sim, tmp_path)
+    pipeline.finish(pipeline.start("--duration", "6"), interrupt=False)
+
+    trades = pipeline.read("trade")
+    assert len(trades) > 1000
+    by_symbol = trades_by_symbol(trades)
+    assert_complete_and_ordered(by_symbol)
+    for symbol, ids in by_symbol.items():  # the very trades the exchange sent, not just a range
+        sent = {t["id"] for t in sim.trades(symbol, from_id=ids[0], limit=ids[-1] - ids[0] + 1)}
+        assert sent == set(ids), symbol
+    headers = dict(trades[0].headers)
+    assert headers["tickwire-stream"] == b"trade"
+    assert headers["tickwire-schema-version"] == b"1"
+    assert headers["tickwire-schema"] and headers["tickwire-ingested-at"].endswith(b"Z")
+    for stream in ("ticker_1h", "ticker"):
+        messages = pipeline.read(stream)
+        assert messages and {m.key.decode() for m in messages} <= set(SYMBOLS)
+        assert all(dict(m.headers)["tickwire-stream"] == stream.encode() for m in messages)
+
+    dead = pipeline.read("dead")
+    reasons = [dict(m.headers)["tickwire-reason"].decode() for m in dead]
+    assert dead and all(reasons)
+    assert any(b"mysteryEvent" in m.value and "mysteryEvent" in reason for m, reason in zip(dead, reasons)), reasons[:5]
+    assert all(dict(m.headers)["tickwire-plugin"] for m in dead)
+
+
+def test_broker_sigkilled_mid_stream_and_restarted_20s_later_loses_no_trade(kafka_broker, simulator, tmp_path):
+    sim = simulator(rate=400)
+    pipeline = Pipeline(kafka_broker, sim, tmp_path)
+    run = pipeline.start()
+    try:
+        time.sleep(5)
+        kafka_broker.kill()
+        time.sleep(20)
+        assert run.poll() is None, f"tickwire run died while the broker was down:\n{pipeline.log()[-3000:]}"
+        kafka_broker.start()
+        deadline = time.monotonic() + 40
+        while "replayed" not in pipeline.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "replayed" in pipeline.log(), f"the spool was not drained:\n{pipeline.log()[-3000:]}"
+        time.sleep(2)
+        pipeline.finish(run)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        kafka_broker.ensure_running()
+    assert "spooling to" in pipeline.log()
+    by_symbol = trades_by_symbol(pipeline.read("trade"))
+    assert_complete_and_ordered(by_symbol)
+    assert sum(len(ids) for ids in by_symbol.values()) > 400 * 25 * 0.8  # the outage's trades are there
+    assert list(pipeline.spool_dir.glob("*.seg")) == []
+
+
+def test_ingest_sigkilled_while_spooling_sends_the_spool_after_restart(kafka_broker, simulator, tmp_path):
+    sim = simulator(rate=400)
+    pipeline = Pipeline(kafka_broker, sim, tmp_path)
+    run = pipeline.start()
+    try:
+        time.sleep(4)
+        kafka_broker.kill()
+        time.sleep(6)  # outage detected, a few seconds of trades spooled
+        run.kill()     # SIGKILL: no flush, no clean close of the spool
+        run.wait()
+    finally:
+        kafka_broker.ensure_running()
+
+    copy = tmp_path / "spool-at-kill"
+    shutil.copytree(pipeline.spool_dir, copy)
+    spool = Spool(copy)
+    spool.open()
+    spooled = set()
+    while True:
+        records, _ = spool.read(10000)
+        if not records:
+            break
+        for record in records:
+            topic, _key, value, _headers = decode_spooled(record)
+            if topic == pipeline.topics["trade"]:
+                item = orjson.loads(value)
+                spooled.add((item["symbol"], item["trade_id"]))
+    assert len(spooled) > 500, "the killed run should have spooled a few seconds of trades"
+
+    pipeline.finish(pipeline.start("--duration", "5"), interrupt=False)
+    stored = {(symbol, i) for symbol, ids in trades_by_symbol(pipeline.read("trade")).items() for i in ids}
+    assert spooled <= stored, f"{len(spooled - stored)} spooled trades never reached Kafka"
+    assert list(pipeline.spool_dir.glob("*.seg")) == []
