@@ -55,6 +55,11 @@ class TableTarget:
     computed: dict[str, str] | None = None  # extra column → SQL over the staged columns
 
 
+def _text(value: str | None) -> str:
+    """PostgreSQL text cannot hold NUL: keep it visible as the JSON escape."""
+    return "" if value is None else value.replace("\x00", "\\u0000")
+
+
 class PostgresWriter:
     """Callable for ``DataStreamWriter.foreachBatch``; one per query, one connection each."""
 
@@ -227,7 +232,7 @@ class PostgresWriter:
             sql.SQL(
                 "INSERT INTO {} (stream, reason, plugin, payload, received_at) VALUES (%s, %s, 'spark', {}, %s)"
             ).format(sql.Identifier(self.dead_letter_table), self._payload_sql),
-            [(self.stream, reason, raw if raw is not None else "", received) for reason, raw, received in letters],
+            [(self.stream, _text(reason), _text(raw), received) for reason, raw, received in letters],
         )
 
     def _connection(self) -> psycopg.Connection:

@@ -56,6 +56,8 @@ def _reason(stream: StreamMapping, input_fields: set[str]) -> Column:
             problems.append(
                 F.when(raw.isNull(), F.lit(f"{column.name}: missing or null"))
             )
+        if column.logical == "text":  # PostgreSQL text cannot hold NUL
+            problems.append(F.when(F.instr(raw, "\u0000") > 0, F.lit(f"{column.name}: contains a NUL character")))
         # present in the JSON but unusable as its type (a cast that gave NULL)
         problems.append(
             F.when(

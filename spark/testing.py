@@ -1,9 +1,6 @@
 """Helpers for testing the Spark job against real Kafka and PostgreSQL (and for the benchmark).
 
-* :func:`trade_mapping` — a mapping of the shape `tickwire generate spark` writes, for a trade
-  stream (columns of docs/architecture.md) and its candles;
-* :func:`create_tables` — the tables the job writes, for a database `tickwire db migrate` has
-  not prepared (idempotent);
+* :func:`config_yaml` — a streams.yaml with only the trade stream and its candles;
 * :func:`trade_record` / :func:`expected_candles` — normalized trade records and the candles a
   correct job must produce from them, computed in plain Python with exact decimals;
 * :func:`create_topic` / :func:`produce` — Kafka set-up with aiokafka.
@@ -16,90 +13,33 @@ import json
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, localcontext
+from pathlib import Path
 
-TRADE_COLUMNS = [
-    ("symbol", "text", False),
-    ("trade_id", "bigint", False),
-    ("event_time", "timestamp_ms", False),
-    ("trade_time", "timestamp_ms", False),
-    ("price", "decimal", False),
-    ("quantity", "decimal", False),
-    ("buyer_is_maker", "boolean", False),
-    ("ingested_at", "timestamp_ms", True),
-]
-_JSON_TYPE = {"decimal": "string", "bigint": "long", "integer": "integer", "text": "string",
-              "boolean": "boolean", "timestamp_ms": "string"}
-_SELECT = {
-    "decimal": "CAST(`{c}` AS DECIMAL(38,18)) AS `{c}`",
-    "timestamp_ms": "CAST(`{c}` AS TIMESTAMP) AS `{c}`",
-    "bigint": "CAST(`{c}` AS BIGINT) AS `{c}`",
-    "integer": "CAST(`{c}` AS INT) AS `{c}`",
-    "text": "`{c}`",
-    "boolean": "`{c}`",
-}
-_PG_TYPE = {"decimal": "NUMERIC", "bigint": "BIGINT", "integer": "INTEGER", "text": "TEXT",
-            "boolean": "BOOLEAN", "timestamp_ms": "TIMESTAMPTZ"}
+REPO = Path(__file__).resolve().parent.parent
 
 
-def stream_mapping(name: str, topic: str, table: str, columns, primary_key, event_time="event_time") -> dict:
-    return {
-        "name": name,
-        "topic": topic,
-        "table": table,
-        "primary_key": list(primary_key),
-        "event_time": event_time,
-        "value_schema": {
-            "type": "struct",
-            "fields": [{"name": c, "type": _JSON_TYPE[t], "nullable": True, "metadata": {}} for c, t, _ in columns],
-        },
-        "select": [_SELECT[t].format(c=c) for c, t, _ in columns],
-        "columns": [{"name": c, "logical": t, "nullable": n} for c, t, n in columns],
-    }
-
-
-def trade_mapping(topic: str, table: str = "trades", candles_table: str = "candles_1m",
-                  interval: str = "1 minute", watermark: str = "30 seconds") -> dict:
-    return {
-        "streams": [stream_mapping("trade", topic, table, TRADE_COLUMNS, ["symbol", "trade_id"])],
-        "derived": [{
-            "name": candles_table, "kind": "candles", "from": "trade", "interval": interval,
-            "watermark": watermark, "table": candles_table, "primary_key": ["symbol", "window_start"],
-        }],
-        "dead_letter_table": "dead_letters",
-        "progress_table": "stream_progress",
-    }
-
-
-def create_tables(conn, mapping: dict) -> None:
-    """CREATE TABLE IF NOT EXISTS for every table of ``mapping`` (psycopg connection)."""
-    statements = []
-    for s in mapping["streams"]:
-        cols = ", ".join(
-            f'"{c["name"]}" {_PG_TYPE[c["logical"]]}{"" if c["nullable"] else " NOT NULL"}' for c in s["columns"]
-        )
-        key = ", ".join(f'"{k}"' for k in s["primary_key"])
-        statements.append(f'CREATE TABLE IF NOT EXISTS "{s["table"]}" ({cols}, PRIMARY KEY ({key}))')
-    for d in mapping.get("derived", []):
-        statements.append(
-            f'CREATE TABLE IF NOT EXISTS "{d["table"]}" (symbol TEXT NOT NULL, window_start TIMESTAMPTZ NOT NULL, '
-            "window_end TIMESTAMPTZ NOT NULL, open NUMERIC NOT NULL, high NUMERIC NOT NULL, low NUMERIC NOT NULL, "
-            "close NUMERIC NOT NULL, volume NUMERIC NOT NULL, quote_volume NUMERIC NOT NULL, "
-            "trade_count BIGINT NOT NULL, vwap NUMERIC, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-            "PRIMARY KEY (symbol, window_start))"
-        )
-    statements.append(
-        f'CREATE TABLE IF NOT EXISTS "{mapping.get("dead_letter_table", "dead_letters")}" '
-        "(id BIGSERIAL PRIMARY KEY, stream TEXT, reason TEXT NOT NULL, plugin TEXT, payload TEXT, "
-        "received_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-    )
-    statements.append(
-        f'CREATE TABLE IF NOT EXISTS "{mapping.get("progress_table", "stream_progress")}" '
-        "(query TEXT NOT NULL, batch_id BIGINT NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-        "PRIMARY KEY (query, batch_id))"
-    )
-    with conn.transaction():
-        for statement in statements:
-            conn.execute(statement)
+def config_yaml(topic: str, derived: str = "candles_1m: {kind: candles, from: trade, interval: 1 minute, "
+                "watermark: 30 seconds, table: candles_1m}") -> str:
+    """A streams.yaml with just the trade stream (on ``topic``) and its candles."""
+    return f"""\
+version: 1
+default_profile: compose
+sources:
+  binance: {{type: binance, url: "wss://127.0.0.1:9"}}
+symbols: [BTCUSDT, ETHUSDT, BNBUSDT]
+streams:
+  trade:
+    channel: "{{symbol}}@trade"
+    schema: {REPO / "schemas" / "trade.schema.json"}
+    table: trades
+    topic: {{name: {topic}, partitions: 2}}
+derived:
+  {derived}
+sinks:
+  kafka: {{type: kafka, bootstrap_servers: "127.0.0.1:9"}}
+profiles:
+  compose: {{sinks: [kafka]}}
+"""
 
 
 def iso_ms(ms: int) -> str:

@@ -88,16 +88,23 @@ class JobProcess:
         self.log.close()
 
 
+TICKWIRE = Path(sys.executable).parent / "tickwire"
+PASSWORDS = {"TICKWIRE_PG_WRITER_PASSWORD": "writer-pw", "TICKWIRE_PG_READER_PASSWORD": "reader-pw"}
+
+
 @pytest.fixture
 def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
-    """A fresh topic, database (with the job's tables) and checkpoint directory per test."""
+    """A fresh topic, config, database (migrated by `tickwire db migrate`) and checkpoint folder."""
     topic = f"spark-trades-{uuid.uuid4().hex[:8]}"
     tw.create_topic(kafka_broker.bootstrap, topic, partitions=2)
-    mapping = tw.trade_mapping(topic)
-    mapping_path = tmp_path / "spark-mapping.json"
-    mapping_path.write_text(json.dumps(mapping, indent=2))
-    with psycopg.connect(postgres_db.dsn) as conn:
-        tw.create_tables(conn, mapping)
+    config = tmp_path / "streams.yaml"
+    config.write_text(tw.config_yaml(topic))
+    migrate = subprocess.run(
+        [str(TICKWIRE), "-c", str(config), "db", "migrate", "--dsn", postgres_db.dsn],
+        capture_output=True, text=True, env={**os.environ, **PASSWORDS}, cwd=REPO,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    writer_dsn = postgres_db.dsn_for("tickwire_writer", PASSWORDS["TICKWIRE_PG_WRITER_PASSWORD"])
     jobs: list[JobProcess] = []
 
     class Pipeline:
@@ -110,11 +117,11 @@ def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
 
         def start(self) -> JobProcess:
             args = [
-                sys.executable, "-m", "spark.job",
-                "--mapping", str(mapping_path), "--bootstrap", kafka_broker.bootstrap, "--dsn", postgres_db.dsn,
+                str(TICKWIRE), "-c", str(config), "spark", "submit",
+                "--bootstrap", kafka_broker.bootstrap, "--dsn", writer_dsn,
                 "--checkpoint-dir", str(tmp_path / "checkpoints"), "--master", "local[2]",
                 "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "0", "--ui-port", "-1",
-                "--retry-seconds", "180", "--jars", ",".join(spark_jars),
+                "--retry-seconds", "180",
             ]
             job = JobProcess(args, tmp_path / f"job-{len(jobs)}.log")
             jobs.append(job)
@@ -208,11 +215,13 @@ def test_events_once_candles_and_dead_letters(pipeline):
         json.dumps(dict(batch[0], trade_id=10_000, price="12,5")),
         json.dumps({k: v for k, v in dict(batch[1], trade_id=10_001).items() if k != "symbol"}),
         json.dumps(dict(batch[2], trade_id=10_002, trade_time="yesterday")),
+        json.dumps(dict(batch[3], trade_id=10_003, symbol="BT\x00C")),
+        b"\x00\x01 binary garbage",
     ]
     p.produce(batch + batch[:120] + invalid)
     job = p.start()
     p.wait_for("SELECT count(*) FROM trades", [(300,)], job)
-    p.wait_for("SELECT count(*) FROM dead_letters", [(4,)], job)
+    p.wait_for("SELECT count(*) FROM dead_letters", [(6,)], job)
     p.wait_for("SELECT count(*) FROM candles_1m", [(len(tw.expected_candles(batch)),)], job)
     # Spark drops a row as late against the watermark of the batch before: wait until the
     # watermark (advanced by the first batch) is in force, i.e. one more batch has completed
@@ -230,8 +239,9 @@ def test_events_once_candles_and_dead_letters(pipeline):
     assert_trades_exact(p, batch + [late, too_late])
     assert_candles(p, batch + [late])
     reasons = sorted(r[0] for r in p.query("SELECT reason FROM dead_letters WHERE stream = 'trade' AND plugin = 'spark'"))
-    assert len(reasons) == 4
-    assert any(r.startswith("malformed JSON") for r in reasons), reasons
+    assert len(reasons) == 6
+    assert sum(r.startswith("malformed JSON") for r in reasons) == 2, reasons
+    assert any("symbol: contains a NUL" in r for r in reasons), reasons
     assert any("price: cannot parse" in r for r in reasons), reasons
     assert any("symbol: missing" in r for r in reasons), reasons
     assert any("trade_time: cannot parse" in r for r in reasons), reasons
