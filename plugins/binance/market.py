@@ -274,6 +274,8 @@ class Market:
         """The next ``n`` trades across all symbols (symbol chosen at random each time)."""
         order = self.order
         k = len(order)
+        if not k:
+            return []
         rand = self.rng.random
         out = []
         append = out.append

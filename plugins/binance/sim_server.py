@@ -41,7 +41,7 @@ import time
 import traceback
 from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 
 import orjson

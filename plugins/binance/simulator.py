@@ -117,6 +117,8 @@ def record(url: str, streams: str, out: str, duration: float | None, max_frames:
 
     names = _csv(streams)
     if names:
+        if "?" in url or "/ws" in url.split("://", 1)[-1]:
+            raise click.BadParameter("give either a base URL with --streams, or a full stream URL", param_hint="--url")
         url = url.rstrip("/") + "/stream?streams=" + "/".join(names)
     writer = CaptureWriter(out, url, time.time_ns())
 
