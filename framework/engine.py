@@ -225,6 +225,7 @@ class Engine:
         self._dead_pushed: dict[str, int] = {}
         self._dead_dropped_warned = False
         self._stop = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the sinks are open and the sources started
         self._source_tasks: dict[str, asyncio.Task] = {}
         self._crash_logged: set = set()
         self.started_at: float | None = None
@@ -334,6 +335,7 @@ class Engine:
             for runner in self._runners.values():
                 runner.task = asyncio.create_task(self._sink_worker(runner), name=f"tickwire-sink-{runner.id}")
             self._start_sources()
+            self.ready.set()
             waiter = asyncio.create_task(self._stop.wait())
             pending = set(self._source_tasks.values()) | {waiter}
             while True:

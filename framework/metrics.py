@@ -21,7 +21,7 @@ Serving: :meth:`Metrics.serve` starts an HTTP server in a daemon thread that ans
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import start_http_server
 
 DEFAULT_HOST = "127.0.0.1"
@@ -41,6 +41,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
         self._server = None
+        if registry is None:  # process_cpu_seconds_total, process_resident_memory_bytes, …
+            ProcessCollector(registry=r)
 
         # engine: records
         self.messages_received = Counter(

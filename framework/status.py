@@ -1,0 +1,134 @@
+"""What ``tickwire run`` shows while it runs and when it ends.
+
+* :class:`StatusView` — a rich live table (terminal only): per stream messages/s, total
+  received and committed, last price, event-time lag, invalid, dead-lettered; per source
+  connections and reconnects; per sink queue depth and mean commit time.
+* :class:`Progress` — the same numbers as one structured log line every N seconds, for
+  non-terminal runs (JSON logs).
+* :func:`summary_lines` — the exit summary.
+
+All read :meth:`Engine.snapshot`; nothing here touches the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+class Rates:
+    """Messages/s per stream from successive snapshots (smoothed over a few seconds)."""
+
+    def __init__(self, alpha: float = 0.5):
+        self.alpha = alpha
+        self._last: dict[str, tuple[float, int]] = {}
+        self.rates: dict[str, float] = {}
+
+    def update(self, snapshot: dict) -> dict[str, float]:
+        now = time.monotonic()
+        for name, s in snapshot["streams"].items():
+            prev = self._last.get(name)
+            self._last[name] = (now, s["received"])
+            if prev is None or now - prev[0] <= 0:
+                continue
+            inst = (s["received"] - prev[1]) / (now - prev[0])
+            old = self.rates.get(name)
+            self.rates[name] = inst if old is None else self.alpha * inst + (1 - self.alpha) * old
+        return self.rates
+
+
+def _lag(lag: float | None) -> str:
+    if lag is None:
+        return "–"
+    return f"{lag * 1000:.0f} ms" if abs(lag) < 10 else f"{lag:.1f} s"
+
+
+def _int(n: float) -> str:
+    return f"{int(n):,}"
+
+
+class StatusView:
+    """``rich.live.Live(get_renderable=view.render)``."""
+
+    def __init__(self, engine: Any, title: str = "tickwire"):
+        self.engine = engine
+        self.title = title
+        self.rates = Rates()
+
+    def render(self):
+        snap = self.engine.snapshot()
+        rates = self.rates.update(snap)
+        table = Table(title=f"{self.title} — {snap['elapsed_s']:.0f}s", title_justify="left", expand=False)
+        for col, justify in (("stream", "left"), ("msg/s", "right"), ("received", "right"), ("committed", "right"),
+                             ("last price", "right"), ("lag", "right"), ("invalid", "right"), ("dead letters", "right")):
+            table.add_column(col, justify=justify)
+        for name, s in snap["streams"].items():
+            committed = min(s["written"].values()) if s["written"] else 0
+            table.add_row(
+                name,
+                f"{rates.get(name, 0.0):,.0f}",
+                _int(s["received"]),
+                _int(committed),
+                str(s["last_price"] or "–"),
+                _lag(s["lag_s"]),
+                Text(_int(s["invalid"]), style="yellow" if s["invalid"] else ""),
+                Text(_int(s["dead_letters"]), style="yellow" if s["dead_letters"] else ""),
+            )
+        parts = []
+        for sid, s in snap["sources"].items():
+            style = "green" if s["connections"] else "red"
+            parts.append(Text.assemble(f"source {sid}: ", (f"{int(s['connections'])} connections", style), f", {int(s['reconnects'])} reconnects"))
+        for sid, s in snap["sinks"].items():
+            mean = s["commit_seconds"] / s["commits"] * 1000 if s["commits"] else 0.0
+            parts.append(Text(f"sink {sid}: {_int(s['pending'])} queued, {_int(s['commits'])} commits, {mean:.1f} ms/commit"))
+        return Group(table, *parts)
+
+
+class Progress:
+    """One log line per ``interval`` seconds with the same numbers."""
+
+    def __init__(self, engine: Any, log: Any, interval: float = 10.0):
+        self.engine = engine
+        self.log = log
+        self.interval = interval
+        self.rates = Rates(alpha=1.0)
+
+    def emit(self) -> None:
+        snap = self.engine.snapshot()
+        rates = self.rates.update(snap)
+        streams = {
+            name: {
+                "rate": round(rates.get(name, 0.0), 1),
+                "received": s["received"],
+                "written": s["written"],
+                "invalid": s["invalid"],
+                "dead_letters": s["dead_letters"],
+                "lag_ms": None if s["lag_s"] is None else round(s["lag_s"] * 1000),
+                "last_price": s["last_price"],
+            }
+            for name, s in snap["streams"].items()
+        }
+        self.log.info("progress", elapsed_s=round(snap["elapsed_s"], 1), streams=streams, sources=snap["sources"],
+                      queued={k: v["pending"] for k, v in snap["sinks"].items()})
+
+
+def summary_lines(snapshot: dict) -> list[str]:
+    elapsed = snapshot["elapsed_s"] or 0.0
+    total = sum(s["received"] for s in snapshot["streams"].values())
+    lines = [f"ran {elapsed:.1f}s: {total:,} messages received ({total / elapsed if elapsed else 0:,.0f}/s)"]
+    for name, s in snapshot["streams"].items():
+        written = ", ".join(f"{_int(n)} to {sink}" for sink, n in s["written"].items()) or "no sink"
+        lines.append(
+            f"  {name}: {_int(s['received'])} received, committed {written}, {_int(s['invalid'])} invalid, "
+            f"{_int(s['dead_letters'])} dead letters"
+        )
+    if snapshot.get("dead_letters_unrouted"):
+        lines.append(f"  (no stream): {_int(snapshot['dead_letters_unrouted'])} dead letters")
+    for sid, s in snapshot["sinks"].items():
+        if s["pending"]:
+            lines.append(f"  sink {sid}: {_int(s['pending'])} records NOT committed")
+    return lines
