@@ -68,8 +68,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "type": "number",
             "minimum": 0,
             "default": 1.0,
-            "description": "How long a hole in trade ids may wait for late trades (e.g. from the other "
-            "connection during a rotation) before it counts as a gap and is fetched.",
+            "description": "While two connections overlap (rotation), how long a hole in trade ids may "
+            "wait for late trades from the other connection before it counts as a gap and is fetched. "
+            "Holes after a reconnect are fetched at once.",
         },
         "gap_fill_max_trades": {
             "type": "integer",
@@ -132,7 +133,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "backoff_initial_seconds": {
             "type": "number",
             "minimum": 0,
-            "default": 1.0,
+            "default": 0.5,
             "description": "First reconnect delay; doubles (backoff_factor) per failed attempt.",
         },
         "backoff_max_seconds": {
@@ -246,6 +247,7 @@ class BinanceSource:
         self.groups: list[list[str]] = split_evenly(sorted(self.channels), int(self.opts["max_streams_per_connection"]))
         self.attempts = SlidingWindowLimiter(int(self.opts["max_connection_attempts_per_5min"]), 300.0)
         self.connections: dict[int, Connection] = {}  # slot → current connection
+        self._live: set[Connection] = set()  # every connection not closed yet (2 per slot while rotating)
         self.stats = {
             "connects": 0,
             "reconnects": 0,
@@ -262,6 +264,8 @@ class BinanceSource:
         self._fillers: dict[str, asyncio.Task] = {}
         self._reported_hi: dict[str, int] = {}  # channel → highest missing id already reported
         self._open = 0
+        self._overlaps = 0  # rotations in progress (two connections deliver the same channels)
+        self._overlap_ended = float("-inf")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -290,8 +294,9 @@ class BinanceSource:
                 for task in self._fillers.values():
                     task.cancel()
                 await asyncio.gather(*tasks, *self._fillers.values(), return_exceptions=True)
-                await asyncio.gather(*(c.close(drain_timeout=0.5) for c in self.connections.values()), return_exceptions=True)
+                await asyncio.gather(*(c.close(drain_timeout=0.5) for c in list(self._live)), return_exceptions=True)
                 self._flush_metrics()
+                self._report_unfilled()
                 child = _metric(self.metrics, "connections_open", source=self.name)
                 if child is not None:
                     child.dec(self._open)
@@ -366,6 +371,8 @@ class BinanceSource:
                     )
                 continue
             conn.task = asyncio.create_task(conn.run(), name=f"{self.name}-read{slot}")
+            self._live.add(conn)
+            conn.task.add_done_callback(lambda _t, conn=conn: self._live.discard(conn))
             self.stats["connects"] += 1
             self._set_open(+1)
             self.log.info(f"connected to {conn.url}", source=self.name, connection=slot, streams=len(channels))
@@ -406,12 +413,20 @@ class BinanceSource:
 
     async def _rotate(self, slot: int, channels: list[str], old: Connection, backoff: Backoff) -> Connection:
         """Open the replacement, let both run until it is subscribed (+ overlap), close the old."""
-        o = self.opts
         age = time.monotonic() - old.opened_at
         self.log.info(
             f"rotating connection after {age / 3600:.2f} h (Binance closes at 24 h): opening its replacement first",
             source=self.name, connection=slot,
         )
+        self._overlaps += 1
+        try:
+            return await self._rotate_overlapping(slot, channels, old, backoff)
+        finally:
+            self._overlaps -= 1
+            self._overlap_ended = time.monotonic()
+
+    async def _rotate_overlapping(self, slot: int, channels: list[str], old: Connection, backoff: Backoff) -> Connection:
+        o = self.opts
         new = await self._connect(slot, channels, backoff, 0.0)
         self.connections[slot] = new
         ready_wait = asyncio.ensure_future(new.ready.wait())
@@ -439,7 +454,12 @@ class BinanceSource:
         tracker = ch.trades
         grace = float(self.opts["gap_fill_grace_seconds"])
         while True:
-            await asyncio.sleep(grace)
+            # Late trades can only come from a second connection: wait for them only while
+            # connections overlap (or just did); after a reconnect, fetch at once.
+            if self._overlaps or time.monotonic() - self._overlap_ended < grace:
+                await asyncio.sleep(grace)
+            else:
+                await asyncio.sleep(0)
             reported = self._reported_hi.get(ch.name, -1)
             new = [(lo, hi) for lo, hi in tracker.missing if hi > reported]
             new = [(max(lo, reported + 1), hi) for lo, hi in new]
@@ -526,6 +546,17 @@ class BinanceSource:
                 self.log.warning(
                     f"gap only partly filled: {ch.symbol} trade ids {lo}..{hi}, {filled[i]} fetched, {lost[i]} lost",
                     source=self.name, symbol=ch.symbol, filled=filled[i], lost=lost[i],
+                )
+
+    def _report_unfilled(self) -> None:
+        """At stop: say which trades are still missing (they were not fetched in time)."""
+        for ch in self.channels.values():
+            if ch.trades is not None and ch.trades.missing:
+                ranges = ", ".join(f"{a}..{b}" for a, b in ch.trades.missing[:5])
+                more = f" and {len(ch.trades.missing) - 5} more ranges" if len(ch.trades.missing) > 5 else ""
+                self.log.warning(
+                    f"stopping with {ch.trades.count_missing()} {ch.symbol} trades not fetched yet: ids {ranges}{more}",
+                    source=self.name, symbol=ch.symbol, stream=ch.stream,
                 )
 
     # -- metrics -------------------------------------------------------------------------------
