@@ -260,3 +260,213 @@ def test_invalid_record_raised_from_transform_keeps_reason():
     engine = make_engine([trade_payload(1)], stream_transforms=[("validate", {}), ("strict", {})], extra_transforms=extra)
     sink = run(engine)
     assert [(d.reason, d.plugin) for d in sink.letters] == [("too strict", "strict")]
+
+
+# -- real processes: `tickwire run` -------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = REPO / "schemas" / "trade.schema.json"
+
+LOCAL_PLUGIN = '''
+import asyncio, time
+from framework.components import SinkSpec, SourceSpec
+
+class Counter:
+    """Trades 0, 1, 2, … as fast as the engine takes them (yielding now and then)."""
+    def __init__(self, name, options, ctx):
+        self.stream = ctx.streams[0].name
+    async def run(self, emit):
+        i = 0
+        while True:
+            now = int(time.time() * 1000)
+            await emit.record(self.stream, {"e": "trade", "E": now, "s": "BTCUSDT", "t": i, "p": f"{i}.10000000",
+                                            "q": "0.00100000", "T": now, "m": bool(i % 2)}, time.time_ns())
+            i += 1
+            if i % 200 == 0:
+                await asyncio.sleep(0.001)
+
+class Stuck:
+    supports_dead_letters = True
+    def __init__(self, name, options, ctx): pass
+    async def open(self): pass
+    async def write(self, stream, records): await asyncio.Event().wait()
+    async def write_dead_letters(self, letters): pass
+    async def close(self): pass
+
+def tickwire_register_sources(register):
+    register(SourceSpec(name="counter", factory=Counter, description="test: endless trades"))
+
+def tickwire_register_sinks(register):
+    register(SinkSpec(name="stuck", factory=Stuck, description="test: never commits", supports_dead_letters=True))
+'''
+
+CONFIG = """\
+version: 1
+sources:
+  gen:
+    type: {source_type}
+{source_options}
+symbols: [BTCUSDT]
+streams:
+  trade:
+    channel: "{{symbol}}@trade"
+    schema: {schema}
+    table: trades
+sinks:
+  sqlite:
+    type: sqlite
+    path: out/tickwire.db
+  stuck:
+    type: stuck
+  dead-letter-file:
+    type: jsonl
+    path: out/dead-letter.jsonl
+profiles:
+  local:
+    sinks: [sqlite]
+    dead_letter: dead-letter-file
+  stuck:
+    sinks: [stuck]
+engine:
+  batch_size: 500
+  linger_ms: 50
+"""
+
+
+def write_project(tmp_path: Path, source_type: str = "counter", source_options: str = "") -> Path:
+    (tmp_path / "plugins.local").mkdir()
+    (tmp_path / "plugins.local" / "fakes.py").write_text(LOCAL_PLUGIN)
+    cfg = tmp_path / "streams.yaml"
+    cfg.write_text(CONFIG.format(source_type=source_type, source_options=source_options, schema=SCHEMA))
+    return cfg
+
+
+def tickwire(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "framework.cli", "-c", str(tmp_path / "streams.yaml"),
+           "--plugins-dir", str(tmp_path / "plugins.local"), "run", "--metrics-port", "-1", "--log-format", "json", *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)})
+
+
+def summary_of(stderr: str) -> dict:
+    for line in stderr.splitlines():
+        if line.startswith("{") and '"summary"' in line:
+            return json.loads(line)
+    raise AssertionError(f"no summary in:\n{stderr[-3000:]}")
+
+
+def count_rows(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def wait_for_rows(db: Path, proc: subprocess.Popen, n: int = 1, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while count_rows(db) < n:
+        if proc.poll() is not None:
+            raise AssertionError(f"tickwire run exited {proc.returncode}:\n{proc.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, "no rows in time"
+        time.sleep(0.05)
+
+
+def test_sigterm_flushes_everything_received_and_exits_0(tmp_path):
+    write_project(tmp_path)
+    proc = tickwire(tmp_path, "--progress-interval", "0.5")
+    db = tmp_path / "out" / "tickwire.db"
+    wait_for_rows(db, proc, 5000)
+    time.sleep(1.0)  # at least one progress line
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, err[-3000:]
+    assert took < 5, f"took {took:.1f}s to stop"
+    received = summary_of(err)["streams"]["trade"]["received"]
+    assert received > 5000
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*), min(trade_id), max(trade_id) FROM trades").fetchone() == (received, 0, received - 1)
+    assert conn.execute("SELECT price FROM trades WHERE trade_id = 4321").fetchone() == ("4321.10000000",)
+    assert '"progress"' in err and "SIGTERM: stopping" in err
+
+
+def test_duration_stops_by_itself(tmp_path):
+    write_project(tmp_path)
+    proc = tickwire(tmp_path, "--duration", "1.5")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    summary = summary_of(err)
+    assert summary["streams"]["trade"]["received"] == summary["streams"]["trade"]["written"]["sqlite"] > 0
+    assert "-> sqlite: SQLite" in err and "ran " in err
+
+
+def test_second_sigint_forces_exit_with_a_message(tmp_path):
+    write_project(tmp_path)
+    proc = tickwire(tmp_path, "--profile", "stuck")
+    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while "tickwire run: profile" not in (line := proc.stderr.readline()):
+        assert time.monotonic() < deadline and line, "did not start"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the stuck sink keeps the first stop waiting"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert "forced exit on second SIGINT" in err and "records were not committed" in err
+
+
+def test_unknown_profile_is_a_clear_error(tmp_path):
+    write_project(tmp_path)
+    proc = tickwire(tmp_path, "--profile", "nope")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "no profile 'nope'" in err
+
+
+# -- end to end with the Binance source and the simulator -----------------------------------------
+
+BINANCE_OPTIONS = "    url: {url}\n    rest_url: {rest}\n"
+
+
+def run_against(simulator_proc, tmp_path: Path, *args: str) -> subprocess.Popen:
+    write_project(tmp_path, "binance", BINANCE_OPTIONS.format(url=simulator_proc.ws_url, rest=simulator_proc.rest_url))
+    return tickwire(tmp_path, *args)
+
+
+def test_every_simulated_trade_exactly_once_with_exact_decimals(simulator, tmp_path):
+    sim = simulator(rate=2000, symbols="BTCUSDT", malformed_every=97)
+    proc = run_against(sim, tmp_path)
+    db = tmp_path / "out" / "tickwire.db"
+    wait_for_rows(db, proc, 4000)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    summary = summary_of(err)["streams"]["trade"]
+    conn = sqlite3.connect(db)
+    stored = conn.execute("SELECT trade_id, price, quantity, buyer_is_maker, trade_time FROM trades ORDER BY trade_id").fetchall()
+    assert len(stored) == summary["written"]["sqlite"]
+    ids = [r[0] for r in stored]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "no gaps, no duplicates"
+    sent = {t["id"]: t for t in sim.trades("BTCUSDT", from_id=ids[0], limit=len(ids))}
+    for trade_id, price, qty, maker, trade_time in stored:
+        t = sent[trade_id]
+        assert (price, qty, bool(maker)) == (t["price"], t["qty"], t["isBuyerMaker"])
+    assert stored[0][4].endswith("Z") and len(stored[0][4]) == 24
+    # malformed frames became dead letters in the local profile's JSON-lines file
+    letters = [json.loads(line) for line in (tmp_path / "out" / "dead-letter.jsonl").read_text().splitlines()]
+    assert letters and all({"stream", "reason", "plugin", "raw", "received_at"} <= set(d) for d in letters)
+    assert sum(sim.stats()["malformed_sent"].values()) >= len(letters) > 0

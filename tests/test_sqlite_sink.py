@@ -1,0 +1,196 @@
+"""The SQLite sink on its own and under the engine: WAL, exact decimals, idempotent replays,
+readers while it writes, lock contention retried by the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+
+from structlog.testing import capture_logs
+
+import plugins.normalize
+import plugins.sqlite_sink
+import plugins.validate
+from framework.engine import Engine, EngineSettings
+from framework.testing import LIST_SOURCE, make_context, normalized, stream_spec, trade_payload
+from plugins.sqlite_sink import ROWS_PER_STATEMENT, SQLiteSink
+
+TRADE = stream_spec("trade")
+
+
+def sink_spec():
+    found = []
+    plugins.sqlite_sink.tickwire_register_sinks(register=found.append)
+    return found[0]
+
+
+def open_sink(tmp_path, **options):
+    ctx = make_context([TRADE], tmp_path)
+    sink = SQLiteSink("sqlite", {"path": "data/t.db", **options}, ctx)
+    return sink, ctx
+
+
+def rows(path, sql="SELECT * FROM trades ORDER BY trade_id"):
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+def test_wal_mode_parent_folders_and_tables(tmp_path):
+    async def main():
+        sink, _ = open_sink(tmp_path)
+        await sink.open()
+        await sink.close()
+
+    asyncio.run(main())
+    db = tmp_path / "data" / "t.db"
+    assert db.exists()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"trades", "dead_letters"} <= tables
+    pk = [r[1] for r in sorted(conn.execute("PRAGMA table_info(trades)"), key=lambda r: r[5]) if r[5]]
+    assert pk == ["symbol", "trade_id"]
+
+
+def test_exact_decimals_round_trip(tmp_path):
+    prices = ["16500.12000000", "0.00000001", "123456789012345678.123456789012345678", "-0.10", "100"]
+    payloads = [trade_payload(i, price=p, quantity=p.lstrip("-")) for i, p in enumerate(prices)]
+
+    async def main():
+        sink, _ = open_sink(tmp_path)
+        await sink.open()
+        await sink.write(TRADE, normalized(TRADE, payloads))
+        await sink.close()
+
+    asyncio.run(main())
+    stored = rows(tmp_path / "data" / "t.db")
+    assert [r["price"] for r in stored] == prices
+    assert all(type(r["price"]) is str for r in stored)
+    assert rows(tmp_path / "data" / "t.db", "SELECT typeof(price) AS t FROM trades") == [{"t": "text"}] * 5
+    assert stored[1]["event_time"] == "2023-01-01T00:00:00.002Z" and stored[1]["buyer_is_maker"] == 1
+
+
+def test_replays_and_overlaps_never_duplicate_and_are_counted(tmp_path):
+    async def main():
+        sink, ctx = open_sink(tmp_path)
+        await sink.open()
+        first = normalized(TRADE, [trade_payload(i) for i in range(100)])
+        await sink.write(TRADE, first)
+        await sink.write(TRADE, first)
+        await sink.write(TRADE, normalized(TRADE, [trade_payload(i) for i in range(50, 150)]))
+        await sink.close()
+        return ctx.metrics.value("tickwire_duplicates_dropped_total", stream="trade")
+
+    dups = asyncio.run(main())
+    stored = rows(tmp_path / "data" / "t.db")
+    assert [r["trade_id"] for r in stored] == list(range(150))
+    assert dups == 150
+
+
+def test_batches_larger_than_one_statement(tmp_path):
+    n = ROWS_PER_STATEMENT * 2 + 17
+
+    async def main():
+        sink, _ = open_sink(tmp_path)
+        await sink.open()
+        await sink.write(TRADE, normalized(TRADE, [trade_payload(i) for i in range(n)]))
+        await sink.close()
+
+    asyncio.run(main())
+    assert rows(tmp_path / "data" / "t.db", "SELECT count(*) AS n FROM trades") == [{"n": n}]
+
+
+def test_readers_see_committed_batches_while_the_sink_writes(tmp_path):
+    """WAL: another connection reads (and never blocks the writer) during a stream of writes."""
+    db = tmp_path / "data" / "t.db"
+    seen: list[int] = []
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def reader():
+        while not db.exists():
+            time.sleep(0.001)
+        conn = sqlite3.connect(db, timeout=0.05)  # short: a blocked reader would fail
+        while not done.is_set():
+            try:
+                conn.execute("BEGIN")
+                n = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+                conn.execute("COMMIT")
+                seen.append(n)
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    errors.append(exc)
+        conn.close()
+
+    async def main():
+        sink, _ = open_sink(tmp_path)
+        await sink.open()
+        t = threading.Thread(target=reader)
+        t.start()
+        try:
+            for b in range(40):
+                await sink.write(TRADE, normalized(TRADE, [trade_payload(b * 500 + i) for i in range(500)]))
+                await asyncio.sleep(0.002)
+        finally:
+            done.set()
+            t.join()
+            await sink.close()
+
+    asyncio.run(main())
+    assert not errors
+    assert seen and all(n % 500 == 0 for n in seen), "readers only ever see whole batches"
+    assert seen == sorted(seen) and len(set(seen)) > 3
+
+
+def test_dead_letters_table(tmp_path):
+    from framework.components import DeadLetter
+
+    async def main():
+        sink, _ = open_sink(tmp_path)
+        await sink.open()
+        await sink.write_dead_letters([DeadLetter("trade", "bad", "validate", '{"p":"x"}', "2023-01-01T00:00:00.000Z")])
+        await sink.close()
+
+    asyncio.run(main())
+    (row,) = rows(tmp_path / "data" / "t.db", "SELECT stream, reason, plugin, payload, received_at FROM dead_letters")
+    assert row == {"stream": "trade", "reason": "bad", "plugin": "validate", "payload": '{"p":"x"}', "received_at": "2023-01-01T00:00:00.000Z"}
+
+
+def test_a_locked_database_is_retried_by_the_engine_and_nothing_is_lost(tmp_path):
+    """Another process holds the write lock: the write fails ('database is locked'), the engine
+    logs it with the sink, plugin and stream names and retries until the lock is gone."""
+    db = tmp_path / "data" / "t.db"
+    tr = []
+    plugins.validate.tickwire_register_transforms(register=tr.append)
+    plugins.normalize.tickwire_register_transforms(register=tr.append)
+    engine = Engine(
+        streams=[stream_spec("trade", sinks=["sqlite"])],
+        sources={"test": (LIST_SOURCE, {"payloads": [("trade", trade_payload(i)) for i in range(300)]})},
+        sinks={"sqlite": (sink_spec(), {"path": "data/t.db", "busy_timeout_ms": 10})},
+        transforms={t.name: t for t in tr},
+        settings=EngineSettings(batch_size=100, linger_ms=10, retry_initial_s=0.05),
+        config_dir=tmp_path,
+    )
+
+    async def main():
+        task = asyncio.create_task(engine.run())
+        await engine.ready.wait()
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # hold the write lock
+        await asyncio.sleep(0.4)
+        locker.execute("ROLLBACK")
+        locker.close()
+        await task
+
+    with capture_logs() as logs:
+        asyncio.run(main())
+    warnings = [e["event"] for e in logs if "retrying in" in e["event"]]
+    assert warnings and warnings[0].startswith("sink 'sqlite' (plugin sqlite), stream 'trade': database is locked; retrying in 0.05s")
+    assert [r["trade_id"] for r in rows(db)] == list(range(300))
+    assert engine.metrics.value("tickwire_messages_written_total", stream="trade", sink="sqlite") == 300
