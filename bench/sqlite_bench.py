@@ -217,9 +217,8 @@ def run_tickwire(sim, args, workdir: Path, label: str) -> dict:
         if not line:
             raise SystemExit(f"{label}: tickwire run exited early:\n{''.join(head)}")
         head.append(line)
-        m = re.search(r"metrics: (http://[0-9.]+:\d+/metrics)", line)
-        if m:
-            port = m.group(1)
+        if line.startswith("{") and '"starting"' in line:
+            port = json.loads(line)["metrics"]
     drain = threading.Thread(target=lambda: head.extend(proc.stderr), daemon=True)
     drain.start()
     w = Window(proc.pid, workdir / "bench.db")

@@ -21,6 +21,20 @@ FORMATS = ("auto", "console", "json")
 LEVELS = ("debug", "info", "warning", "error")
 
 
+class _Stderr:
+    """Writes to whatever ``sys.stderr`` is *now*, so rich's live display (which swaps it for a
+    proxy) can print log lines above the table instead of being torn by them."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def _orjson_dumps(obj, default=None, **_kw) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
@@ -34,7 +48,7 @@ def resolve_format(fmt: str, stream=None) -> str:
 
 def configure(fmt: str = "auto", level: str = "info", stream=None) -> str:
     """Configure structlog globally; return the effective format (``console`` or ``json``)."""
-    stream = stream or sys.stderr
+    stream = stream or _Stderr()
     fmt = resolve_format(fmt, stream)
     processors = [
         structlog.contextvars.merge_contextvars,

@@ -1,7 +1,9 @@
 """``tickwire run``: the pipeline of one profile, until Ctrl-C / SIGTERM / ``--duration``.
 
 At start it prints where the data goes; while running it shows a live table on a terminal or
-logs a progress line (JSON logs elsewhere); at exit it prints a summary. SIGINT/SIGTERM stop
+logs a progress line (JSON logs elsewhere); at exit it prints a summary. With JSON logs, the
+start (event ``starting``: destinations, metrics URL) and the summary (event ``summary``) are
+log events too, so stderr is nothing but JSON lines. SIGINT/SIGTERM stop
 the sources, flush every buffer, wait for the sinks to commit, close them and exit 0. A second
 SIGINT exits at once (code 130), saying how many records were not committed.
 """
@@ -61,7 +63,7 @@ def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_
     settings = getattr(config, "metrics", None) or {}
     host = settings.get("host", DEFAULT_HOST)
     port = metrics_port if metrics_port is not None else int(settings.get("port", DEFAULT_PORT))
-    code = asyncio.run(_main(engine, log, prof.name, host, port, duration, live, progress_interval))
+    code = asyncio.run(_main(engine, log, prof.name, host, port, duration, live, progress_interval, fmt == "json"))
     sys.exit(code)
 
 
@@ -70,7 +72,7 @@ def _say(text: str) -> None:
 
 
 async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, duration: float | None,
-                live: bool, progress_interval: float) -> int:
+                live: bool, progress_interval: float, json_logs: bool) -> int:
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
 
@@ -97,12 +99,16 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
     ready = asyncio.create_task(engine.ready.wait())
     await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()
+    metrics_url = f"http://{host}:{bound}/metrics" if bound else None
     if not task.done():
-        streams = ", ".join(engine.streams)
-        _say(f"tickwire run: profile '{profile}', streams {streams}")
-        for line in engine.destinations():
-            _say(f"  -> {line}")
-        _say(f"  metrics: http://{host}:{bound}/metrics" if bound else "  metrics: off")
+        if json_logs:
+            log.info("starting", profile=profile, streams=list(engine.streams), destinations=engine.destinations(),
+                     metrics=metrics_url)
+        else:
+            _say(f"tickwire run: profile '{profile}', streams {', '.join(engine.streams)}")
+            for line in engine.destinations():
+                _say(f"  -> {line}")
+            _say(f"  metrics: {metrics_url or 'off'}")
     if duration is not None:
         loop.call_later(duration, engine.stop)
     view = None
@@ -138,9 +144,11 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     snapshot = engine.snapshot()
-    for line in summary_lines(snapshot):
-        _say(line)
-    log.info("summary", **{k: v for k, v in snapshot.items() if k != "sources"})
+    if json_logs:  # stderr stays pure JSON lines for log shippers
+        log.info("summary", text=summary_lines(snapshot), **{k: v for k, v in snapshot.items() if k != "sources"})
+    else:
+        for line in summary_lines(snapshot):
+            _say(line)
     return code
 
 

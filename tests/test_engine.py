@@ -410,7 +410,10 @@ def test_duration_stops_by_itself(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     summary = summary_of(err)
     assert summary["streams"]["trade"]["received"] == summary["streams"]["trade"]["written"]["sqlite"] > 0
-    assert "-> sqlite: SQLite" in err and "ran " in err
+    starting = [json.loads(line) for line in err.splitlines() if '"starting"' in line][0]
+    assert any(d.startswith("sqlite: SQLite") and d.endswith("out/tickwire.db") for d in starting["destinations"])
+    assert summary["text"][0].startswith("ran ")
+    assert all(line.startswith("{") for line in err.splitlines()), "JSON logs: nothing but JSON on stderr"
 
 
 def test_second_sigint_forces_exit_with_a_message(tmp_path):
@@ -418,7 +421,7 @@ def test_second_sigint_forces_exit_with_a_message(tmp_path):
     proc = tickwire(tmp_path, "--profile", "stuck")
     time.sleep(0.3)
     deadline = time.monotonic() + 30
-    while "tickwire run: profile" not in (line := proc.stderr.readline()):
+    while '"starting"' not in (line := proc.stderr.readline()):
         assert time.monotonic() < deadline and line, "did not start"
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
