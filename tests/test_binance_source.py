@@ -211,6 +211,15 @@ def test_token_bucket_async_rate():
     assert min(b - a for a, b in zip(stamps, stamps[1:])) >= 0.05 - 0.005
 
 
+def test_token_bucket_charge_delays_the_next_send():
+    clock = FakeClock()
+    tb = TokenBucket(4.0, capacity=1.0, clock=clock)
+    tb.charge()  # a pong went out: the bucket is empty
+    assert tb.try_take() == pytest.approx(0.25)
+    tb.charge()  # another one: in debt
+    assert tb.try_take() == pytest.approx(0.5)
+
+
 def test_send_rate_leaves_room_for_pongs():
     assert send_rate(5) < 4.0  # so no 1 s window holds more than 4 of ours
     assert 1 / send_rate(5) > 0.25
@@ -448,6 +457,23 @@ def test_1500_streams_use_two_connections_within_the_message_rate(simulator):
     assert max(c["max_client_msg_rate"] for c in conns) <= 4  # below 5/s, one spare for pongs
     assert elapsed >= 14 / 4  # 15 requests paced below 4/s take at least 3.5 s
     assert src.ctx.metrics.value("tickwire_connections_open", source="binance") == 0  # after stop
+    no_violations(st)
+
+
+def test_pongs_share_the_message_budget(simulator):
+    # the simulator pings every second (Binance: every 20 s) while we send 18 SUBSCRIBEs
+    sim = simulator(rate=20, ping_interval=1)
+    symbols = [f"P{i:02d}USDT" for i in range(60)]
+    src = make_source(sim, symbols=symbols, kinds=("trade", "ticker_1h", "ticker"), subscribe_chunk_size=10)
+    emit = Collector()
+
+    def subscribed():
+        return bool(src.connections) and src.connections[0].ready.is_set()
+
+    asyncio.run(run_source(src, emit, 30.0, until=subscribed))
+    st = sim.stats()
+    assert len(st["connections"]) == 1 and src.connections[0].ws.pings_answered >= 3
+    assert st["connections"][0]["max_client_msg_rate"] <= 5
     no_violations(st)
 
 

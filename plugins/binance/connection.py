@@ -13,12 +13,32 @@ import time
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import Opcode
 
 from plugins.binance.ratelimit import TokenBucket
 
 # Frames above max_frame_bytes become dead letters; only frames above this hard cap make the
 # websockets library close the connection (it must buffer a frame to look at it).
 HARD_FRAME_CAP = 64 * 2**20
+
+
+class PacedClientConnection(ClientConnection):
+    """A websockets connection whose automatic pongs and keepalive pings take tokens from the
+    connection's bucket too, so they count against Binance's 5 messages per second."""
+
+    bucket: TokenBucket | None = None
+    pings_answered = 0
+
+    def process_event(self, event) -> None:
+        if self.bucket is not None and getattr(event, "opcode", None) is Opcode.PING:
+            self.bucket.charge()  # websockets has already queued the pong
+            self.pings_answered += 1
+        super().process_event(event)
+
+    async def ping(self, *args, **kwargs):
+        if self.bucket is not None:
+            await self.bucket.take()
+        return await super().ping(*args, **kwargs)
 
 
 def combined_stream_url(url: str) -> str:
@@ -32,8 +52,8 @@ def combined_stream_url(url: str) -> str:
 
 
 def send_rate(max_messages_per_second: float) -> float:
-    """Tokens per second for our own requests: one message per second is left for the pongs
-    websockets sends by itself (and our rare keepalive pings), and 5% of the rest as margin."""
+    """Tokens per second: one message per second below the limit and 5% of the rest as margin,
+    because a pong cannot wait for a token (it is charged afterwards)."""
     mps = float(max_messages_per_second)
     return max(0.5, (mps - 1.0) * 0.95) if mps > 1 else mps * 0.5
 
@@ -92,7 +112,9 @@ class Connection:
             max_queue=64,
             compression=None,
             user_agent_header="tickwire",
+            create_connection=PacedClientConnection,
         )
+        self.ws.bucket = self.bucket
         self.opened_at = time.monotonic()
 
     async def send(self, message: dict) -> None:

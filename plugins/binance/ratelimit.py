@@ -39,6 +39,12 @@ class TokenBucket:
         self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
+    def charge(self, n: float = 1.0) -> None:
+        """Account for a message that was sent without asking (a pong must go out at once):
+        the tokens may go negative, which delays the next :meth:`take`."""
+        self._refill()
+        self._tokens = max(self._tokens - n, -4 * self.capacity - n)
+
     def try_take(self, n: float = 1.0) -> float:
         """Take ``n`` tokens if there are enough and return 0, else return the seconds to wait."""
         self._refill()
