@@ -609,3 +609,13 @@ def test_handshake_429_waits_for_retry_after():
     assert 2 <= len(attempts) <= 3
     assert all(b - a >= 1.0 for a, b in zip(attempts, attempts[1:]))
     assert "HTTP 429" in src.ctx.log.text("warning") and "Retry-After" in src.ctx.log.text("warning")
+
+
+def test_stop_reports_trades_still_missing():
+    src = make_source(None, symbols=("BTCUSDT",))
+    tracker = src.channels["btcusdt@trade"].trades
+    tracker.accept(10)
+    tracker.accept(15)
+    src._report_unfilled()
+    warnings = src.ctx.log.text("warning")
+    assert "stopping with 4 BTCUSDT trades not fetched yet: ids 11..14" in warnings
