@@ -13,7 +13,10 @@ Guarantees:
 
 * **Backpressure**: each sink queue holds at most ``queue_batches`` batches; when it is full,
   ``Emitter.record`` waits in ``Queue.put``, so the source stops reading and memory stays
-  bounded (≈ (queue_batches + 2) × batch_size records per sink and stream).
+  bounded: per sink at most ``(queue_batches + coalesce_batches + 1) × batch_size`` records
+  (queue + the write in progress + the buffer being filled), per stream buffer.
+* **Coalescing**: when batches wait in a sink's queue (slow sink, shutdown flush), the worker
+  merges up to ``coalesce_batches`` consecutive batches of the same stream into one write.
 * **Acknowledgement**: ``tickwire_messages_written_total`` counts a record only after
   ``Sink.write`` returned. A failing write is retried with exponential backoff, forever; it is
   logged with the sink, plugin and stream names. Nothing is dropped.
@@ -60,6 +63,7 @@ class EngineSettings:
     retry_max_s: float = 10.0
     lag_sample_every: int = 64  # observe the event-time lag of one record in N (power of two)
     metrics_interval_s: float = 0.5  # how often plain counters are pushed into Prometheus
+    coalesce_batches: int = 4  # with a backlog, up to this many queued batches of a stream make one write
 
     @classmethod
     def from_options(cls, options: dict | None) -> EngineSettings:
@@ -516,11 +520,25 @@ class Engine:
         queue = runner.queue
         commit = self.metrics.batch_commit_seconds.labels(sink=runner.id)
         written_children: dict[str, Any] = {}
+        limit = self.settings.batch_size * max(1, self.settings.coalesce_batches)
+        carry: Any = _NOTHING
         while True:
-            item = await queue.get()
+            item = await queue.get() if carry is _NOTHING else carry
+            carry = _NOTHING
             if item is None:
                 return
             stream, records = item
+            # A backlog (slow sink, shutdown flush): merge the following batches of the same
+            # stream into one write — fewer commits, so the sink catches up faster.
+            merged = None
+            while queue.qsize() and len(records) < limit:
+                nxt = queue.get_nowait()
+                if nxt is None or nxt[0] is not stream:
+                    carry = nxt  # the next write starts with it
+                    break
+                if merged is None:
+                    merged = records = list(records)
+                merged.extend(nxt[1])
             n = len(records)
             t0 = await self._write_with_retry(runner, stream, records)
             elapsed = time.perf_counter() - t0
@@ -632,6 +650,9 @@ class Engine:
             role = " (dead letters)" if runner.id == self._dead_letter_id else ""
             lines.append(f"{runner.id}{role}: {where}")
         return lines
+
+
+_NOTHING = object()
 
 
 def _what(stream: StreamSpec | None) -> str:

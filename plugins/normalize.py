@@ -28,6 +28,8 @@ _prefixes: dict[int, str] = {}
 def _prefix(second: int) -> str:
     if len(_prefixes) > 8192:
         _prefixes.clear()
+    if second < 0:
+        raise ValueError(f"timestamp before 1970: {second}s")
     p = _prefixes[second] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
     return p
 
@@ -51,27 +53,44 @@ def now_iso() -> str:
 
 
 def make_normalizer(stream: StreamSpec, options: dict):
-    items = []
-    for col in stream.columns:
+    """Generate ``normalize(record) -> dict`` for ``stream`` (see the module docstring)."""
+    lines, items = [], []
+    for i, col in enumerate(stream.columns):
         if col.name == "ingested_at" and not col.field:
-            items.append(f"{col.name!r}: now_iso()")
+            # the clock is read per record, but formatted once per millisecond
+            lines += [
+                "n = _time_ns() // 1000000",
+                "if n != _last[0]:",
+                "    _last[0] = n; _last[1] = _iso_ms(n)",
+            ]
+            items.append(f"{col.name!r}: _last[1]")
+            continue
+        if col.logical == "timestamp_ms" and not col.nullable:
+            # iso_ms inlined: a dict lookup and a tuple index instead of a call
+            lines.append(f"x{i} = r[{col.field!r}]; s{i} = x{i} // 1000")
+            items.append(f"{col.name!r}: (_P.get(s{i}) or _prefix(s{i})) + _S[x{i} - s{i} * 1000]")
             continue
         get = f"r[{col.field!r}]" if not col.nullable else f"r.get({col.field!r})"
         if col.logical == "timestamp_ms":
-            get = f"iso_ms({get})" if not col.nullable else f"iso_ms_or_none({get})"
+            get = f"_iso_ms_or_none({get})"
         items.append(f"{col.name!r}: {get}")
+    body = ["        " + line for line in lines]
     src = "\n".join(
         [
             "def normalize(r):",
             "    try:",
+            *body,
             "        return {" + ", ".join(items) + "}",
             "    except KeyError as exc:",
             "        raise InvalidRecord(f'missing field {exc.args[0]!r}') from None",
-            "    except (TypeError, IndexError, ValueError, OverflowError) as exc:",
+            "    except (TypeError, IndexError, ValueError, OverflowError, OSError) as exc:",
             f"        raise InvalidRecord(f'cannot normalize {stream.name} record: {{exc}}') from None",
         ]
     )
-    ns = {"iso_ms": iso_ms, "iso_ms_or_none": iso_ms_or_none, "now_iso": now_iso, "InvalidRecord": InvalidRecord}
+    ns = {
+        "_P": _prefixes, "_S": _SUFFIX, "_prefix": _prefix, "_iso_ms": iso_ms, "_iso_ms_or_none": iso_ms_or_none,
+        "_time_ns": time.time_ns, "_last": [None, None], "InvalidRecord": InvalidRecord,
+    }
     exec(compile(src, f"<normalize {stream.name}>", "exec"), ns)
     fn = ns["normalize"]
     fn.source = src

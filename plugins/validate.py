@@ -137,7 +137,10 @@ class _Field:
             parts.append("(" + " or ".join(_TYPE_TEST[t].format(v=v) for t in self.types) + ")")
         if "const" in p:
             consts[f"{v}_const"] = p["const"]
-            parts.append(f"({v} == {v}_const and type({v}) is type({v}_const))")
+            if isinstance(p["const"], str):  # only a str equals a str: no type test needed
+                parts.append(f"{v} == {v}_const")
+            else:  # True == 1: compare types too
+                parts.append(f"({v} == {v}_const and type({v}) is type({v}_const))")
         if "enum" in p:
             consts[f"{v}_enum"] = list(p["enum"])
             parts.append(f"{v} in {v}_enum")
@@ -214,7 +217,10 @@ class Validator:
         if self.event_type is not None:
             consts["event_type"] = self.event_type
             e = names.get("e")
-            if e is None:
+            e_field = self.fields.get("e")
+            if e_field is not None and e_field.prop.get("const", None) == self.event_type:
+                pass  # the schema's const already checks it
+            elif e is None:
                 conds.append("r.get('e', event_type) == event_type")
             else:
                 conds.append(f"({e} is _MISSING or {e} == event_type)" if "e" not in self.required else f"{e} == event_type")
