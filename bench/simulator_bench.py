@@ -65,6 +65,7 @@ def main() -> None:
         try:
             server = psutil.Process(sim.proc.pid)
             cpu0 = sum(server.cpu_times()[:2])
+            client0 = time.process_time()
             t0 = time.perf_counter()
             if kind == "websockets":
                 frames = asyncio.run(websockets_client(sim.ws_url + path, args.seconds))
@@ -74,8 +75,10 @@ def main() -> None:
                 frames = conn["frames_sent"]  # everything written; the reader kept up (TCP-bounded)
             wall = time.perf_counter() - t0
             cpu = sum(server.cpu_times()[:2]) - cpu0
+            client = time.process_time() - client0
             print(f"{kind:>10}: {frames / wall:>9,.0f} frames/s   server CPU {cpu / wall:4.0%}"
-                  f"   ({frames / max(cpu, 1e-9):,.0f} frames per server CPU-second)")
+                  f" ({frames / max(cpu, 1e-9):,.0f} frames per server CPU-second)"
+                  f"   client CPU {client / wall:4.0%}   load {os.getloadavg()[0]:.1f}")
         finally:
             sim.stop()
 

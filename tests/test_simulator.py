@@ -352,7 +352,7 @@ def test_malformed_frames_cycle_and_consume_no_trade_ids(simulator):
     ids = [t["t"] for t in trades]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
     stats = sim.stats()
-    assert all(n == 1 for n in stats["malformed_sent"].values())
+    assert all(n >= 1 for n in stats["malformed_sent"].values())  # more may go out before our close lands
     assert stats["internal_errors"] == 0
 
 

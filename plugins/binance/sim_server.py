@@ -54,6 +54,7 @@ STREAM_RE = re.compile(r"^([a-z0-9]{2,20})@(trade|ticker|ticker_1h)$")
 MALFORMED_KINDS = ("truncated", "binary", "oversized", "unknown_event", "bad_trade")
 OVERSIZED_BYTES = 2**20 + 4096  # just over websockets' default max_size (1 MiB)
 SLOW_CONSUMER_BYTES = 64 * 2**20
+WRITE_HIGH_WATER = 2**20  # rate 0 waits for a client when this much is unsent
 DRAIN_TIMEOUT = 30.0
 KEEP_CLOSED = 1000  # closed connections kept in stats
 # text-frame headers for every payload size up to 4 KiB, so the hot path only appends
@@ -429,6 +430,8 @@ class Simulator:
         ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=2**20)
         await ws.prepare(request)
         conn = Connection(self, ws, request, combined)
+        if conn.transport is not None:  # fewer pause/resume round trips when clients lag a little
+            conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_HIGH_WATER // 4)
         self.conns[conn.id] = conn
         self.connections_total += 1
         self.subscribe(conn, names)
