@@ -205,7 +205,7 @@ def run_tickwire(sim, args, workdir: Path, label: str) -> dict:
                       schema=REPO / "schemas/trade.schema.json", batch_size=args.batch_size)
     )
     proc = subprocess.Popen(
-        [PYTHON, "-m", "framework.cli", "-c", str(workdir / "streams.yaml"), "run", "--metrics-port", "0",
+        [PYTHON, "-m", "framework.cli", "-c", str(workdir / "streams.yaml"), "run", "--metrics-port", "auto",
          "--log-format", "json", "--no-status", "--progress-interval", "3600"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

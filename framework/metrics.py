@@ -11,12 +11,13 @@ adds them to the counters a few times a second (see ``Engine``), so ``/metrics``
 that interval.
 
 Serving: :meth:`Metrics.serve` starts an HTTP server in a daemon thread that answers
-``GET /metrics``. Port semantics (also in ``tickwire run --help``):
+``GET /metrics``. Port semantics (the same in streams.yaml ``metrics.port`` and
+``tickwire run --metrics-port``):
 
 * ``port > 0`` — listen there (default 127.0.0.1:9464);
-* ``port == 0`` — let the OS pick a free port (handy for tests and parallel runs); the chosen
-  port is returned and printed at start;
-* ``port < 0`` — do not serve metrics.
+* ``port == 0`` — no endpoint (as the streams.yaml schema documents);
+* ``"auto"`` (``--metrics-port auto``) — let the OS pick a free port, for tests and parallel
+  runs; the chosen port is returned and shown at start.
 """
 
 from __future__ import annotations
@@ -124,11 +125,13 @@ class Metrics:
 
     # -- serving -----------------------------------------------------------------------------
 
-    def serve(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int | None:
-        """Serve ``/metrics``; return the bound port (``None`` when ``port < 0``: disabled)."""
-        if port is None or port < 0:
+    def serve(self, host: str = DEFAULT_HOST, port: int | str = DEFAULT_PORT) -> int | None:
+        """Serve ``/metrics``; return the bound port (``None`` when ``port`` is 0: disabled)."""
+        if port == "auto":
+            port = 0
+        elif not port or int(port) <= 0:
             return None
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
         self._server = server
         return server.server_address[1]
 

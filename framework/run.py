@@ -26,14 +26,29 @@ from framework.status import Progress, StatusView, summary_lines
 EXIT_FORCED = 130
 
 
+class MetricsPort(click.ParamType):
+    name = "port"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            port = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a port number nor 'auto'", param, ctx)
+        if not 0 <= port <= 65535:
+            self.fail(f"{port} is not a port (0-65535; 0 = no endpoint)", param, ctx)
+        return port
+
+
 @click.command("run")
 @click.option("--profile", default=None, help="Profile of streams.yaml to run (default: default_profile, i.e. 'local').")
 @click.option("--log-format", type=click.Choice(FORMATS), default="auto", show_default=True,
               help="auto: console on a terminal, JSON lines otherwise.")
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
-@click.option("--metrics-port", type=int, default=None,
-              help="Port of the Prometheus /metrics endpoint (default: metrics.port, 9464). 0 = a free port "
-                   "chosen by the OS (printed at start); negative = no endpoint.")
+@click.option("--metrics-port", type=MetricsPort(), default=None, metavar="PORT|auto",
+              help="Port of the Prometheus /metrics endpoint (default: metrics.port, 9464). 0 = no endpoint; "
+                   "auto = a free port chosen by the OS (shown at start).")
 @click.option("--duration", type=float, default=None, metavar="SECONDS",
               help="Stop by itself after this many seconds (flushes like Ctrl-C).")
 @click.option("--no-status", is_flag=True, help="No live table, even on a terminal (progress log lines instead).")
@@ -62,7 +77,7 @@ def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_
     live = fmt == "console" and not no_status and sys.stderr.isatty()
     settings = getattr(config, "metrics", None) or {}
     host = settings.get("host", DEFAULT_HOST)
-    port = metrics_port if metrics_port is not None else int(settings.get("port", DEFAULT_PORT))
+    port = metrics_port if metrics_port is not None else settings.get("port", DEFAULT_PORT)
     code = asyncio.run(_main(engine, log, prof.name, host, port, duration, live, progress_interval, fmt == "json"))
     sys.exit(code)
 
@@ -92,7 +107,7 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
     try:
         bound = engine.metrics.serve(host, port)
     except OSError as exc:
-        _say(f"tickwire: cannot serve metrics on {host}:{port}: {exc} (use --metrics-port 0 for a free port, -1 for none)")
+        _say(f"tickwire: cannot serve metrics on {host}:{port}: {exc} (--metrics-port auto picks a free port, 0 turns it off)")
         return 2
     task = asyncio.create_task(engine.run())
     # wait until the sinks are open, so their destinations can be printed (or the run failed)

@@ -362,7 +362,7 @@ def write_project(tmp_path: Path, source_type: str = "counter", source_options: 
 
 def tickwire(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "framework.cli", "-c", str(tmp_path / "streams.yaml"),
-           "--plugins-dir", str(tmp_path / "plugins.local"), "run", "--metrics-port", "-1", "--log-format", "json", *args]
+           "--plugins-dir", str(tmp_path / "plugins.local"), "run", "--metrics-port", "0", "--log-format", "json", *args]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)})
 
@@ -484,3 +484,28 @@ def test_every_simulated_trade_exactly_once_with_exact_decimals(simulator, tmp_p
     letters = [json.loads(line) for line in (tmp_path / "out" / "dead-letter.jsonl").read_text().splitlines()]
     assert letters and all({"stream", "reason", "plugin", "raw", "received_at"} <= set(d) for d in letters)
     assert sum(sim.stats()["malformed_sent"].values()) >= len(letters) > 0
+
+
+def test_metrics_endpoint_on_an_automatic_port(tmp_path):
+    import urllib.request
+
+    write_project(tmp_path)
+    cmd = [sys.executable, "-m", "framework.cli", "-c", str(tmp_path / "streams.yaml"), "--plugins-dir",
+           str(tmp_path / "plugins.local"), "run", "--metrics-port", "auto", "--log-format", "json"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        while '"starting"' not in (line := proc.stderr.readline()):
+            assert line, "did not start"
+        url = json.loads(line)["metrics"]
+        wait_for_rows(tmp_path / "out" / "tickwire.db", proc, 1000)
+        time.sleep(0.6)  # a metrics push
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    for name in ("tickwire_messages_received_total{stream=\"trade\"}", "tickwire_messages_written_total{sink=\"sqlite\",stream=\"trade\"}",
+                 "tickwire_batch_commit_seconds_bucket", "tickwire_event_lag_seconds_count", "tickwire_queue_depth{sink=\"sqlite\"}",
+                 "process_resident_memory_bytes"):
+        assert name in text, name
