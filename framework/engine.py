@@ -227,7 +227,7 @@ class Engine:
         self._dead_since = 0.0
         self._dead_by_stream: dict[str, int] = {}
         self._dead_pushed: dict[str, int] = {}
-        self._dead_dropped_warned = False
+        self._dead_dropped_warned = 0
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the sinks are open and the sources started
         self._source_tasks: dict[str, asyncio.Task] = {}
@@ -445,10 +445,13 @@ class Engine:
         self._dead_by_stream[key] = self._dead_by_stream.get(key, 0) + 1
         letter = DeadLetter(stream=stream, reason=reason, plugin=plugin, raw=_raw_text(raw), received_at=iso_now(received_ns))
         if self._dead_letter_id is None:
-            if not self._dead_dropped_warned:
-                self._dead_dropped_warned = True
-                self.log.warning("no dead-letter destination in this profile: dead letters are only logged", stream=stream)
-            self.log.warning("dead letter", stream=stream, reason=reason, plugin=plugin)
+            # no destination: log the first few (not every one: that would be per-record
+            # logging), count them all in tickwire_dead_letters_total
+            self._dead_dropped_warned += 1
+            if self._dead_dropped_warned <= 5:
+                more = " (only the first 5 are logged)" if self._dead_dropped_warned == 5 else ""
+                self.log.warning(f"dead letter, and the profile has no dead_letter destination{more}: {reason}",
+                                 stream=stream, plugin=plugin, raw=letter.raw[:200])
             return
         if not self._dead:
             self._dead_since = time.monotonic()

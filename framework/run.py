@@ -148,7 +148,10 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
     try:
         await task
     except EngineError as exc:
-        _say(f"tickwire: {exc}")
+        if json_logs:
+            log.error(str(exc))
+        else:
+            _say(f"tickwire: {exc}")
         code = 1
     finally:
         if view is not None:

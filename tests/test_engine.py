@@ -509,3 +509,22 @@ def test_metrics_endpoint_on_an_automatic_port(tmp_path):
                  "tickwire_batch_commit_seconds_bucket", "tickwire_event_lag_seconds_count", "tickwire_queue_depth{sink=\"sqlite\"}",
                  "process_resident_memory_bytes"):
         assert name in text, name
+
+
+def test_without_a_dead_letter_destination_only_a_few_are_logged():
+    bad = [dict(trade_payload(i), p="x") for i in range(50)]
+    engine = make_engine(bad, dead_letter=None)
+    with capture_logs() as logs:
+        run(engine)
+    assert len([e for e in logs if e["event"].startswith("dead letter")]) == 5
+    assert engine.metrics.value("tickwire_dead_letters_total", stream="trade") == 50
+
+
+def test_a_sink_that_cannot_open_fails_the_run_with_its_names(tmp_path):
+    write_project(tmp_path)
+    cfg = tmp_path / "streams.yaml"
+    cfg.write_text(cfg.read_text().replace("path: out/tickwire.db", "path: /proc/no/such/dir/t.db"))
+    proc = tickwire(tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "sink 'sqlite' (plugin sqlite-sink): cannot open:" in err
