@@ -21,13 +21,14 @@ from pathlib import Path
 import psutil
 import websockets
 
+MAX_QUEUE = 16  # websockets default; --max-queue changes it
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fixtures.simulator import start_simulator  # noqa: E402
 
 
 async def websockets_client(url: str, seconds: float) -> int:
     n = 0
-    async with websockets.connect(url, max_size=None, compression=None) as ws:
+    async with websockets.connect(url, max_size=None, compression=None, max_queue=MAX_QUEUE) as ws:
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             await ws.recv()
@@ -58,7 +59,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", default="0")
     ap.add_argument("--streams", default="btcusdt@trade,ethusdt@trade,solusdt@trade")
+    ap.add_argument("--max-queue", type=int, default=16, help="websockets client's max_queue (frames)")
     args = ap.parse_args()
+    global MAX_QUEUE
+    MAX_QUEUE = args.max_queue
     path = "/stream?streams=" + "/".join(args.streams.split(","))
     for kind in ("websockets", "raw socket"):
         sim = start_simulator(rate=args.rate)
