@@ -52,6 +52,11 @@ from plugins.binance.market import Market, SymbolState, parse8
 
 STREAM_RE = re.compile(r"^([a-z0-9]{2,20})@(trade|ticker|ticker_1h)$")
 MALFORMED_KINDS = ("truncated", "binary", "oversized", "unknown_event", "bad_trade")
+# Opt-in (not in the default cycle): an event that is new to the client, so it passes duplicate
+# detection and must be rejected by schema validation — a ticker with a fresh E and a last price
+# that is not a decimal, or a trade without its id.
+EXTRA_MALFORMED_KINDS = ("invalid_event",)
+ALL_MALFORMED_KINDS = MALFORMED_KINDS + EXTRA_MALFORMED_KINDS
 OVERSIZED_BYTES = 2**20 + 4096  # just over websockets' default max_size (1 MiB)
 SLOW_CONSUMER_BYTES = 64 * 2**20
 WRITE_HIGH_WATER = 2**20  # rate 0 waits for a client when this much is unsent
@@ -260,6 +265,14 @@ class Connection:
             obj = orjson.loads(raw)
             event = {"e": "mysteryEvent", "E": _now_ms(), "s": obj.get("s", "")}
             self._frame(self._wrap(stream, orjson.dumps(event)))
+        elif kind == "invalid_event":
+            obj = orjson.loads(raw)
+            if obj.get("e") == "trade":
+                del obj["t"]
+            else:
+                obj["E"] += 1  # no real ticker of this symbol shares it: tickers come once a second
+                obj["c"] = "abc"
+            self._frame(self._wrap(stream, orjson.dumps(obj)))
         else:  # bad_trade: a copy of the event just sent with a price that is not a decimal
             obj = orjson.loads(raw)
             obj["p" if obj.get("e") == "trade" else "c"] = "abc"
@@ -307,7 +320,7 @@ class Simulator:
         self.tasks: list[asyncio.Task] = []
         self.violations: deque[dict] = deque(maxlen=1000)
         self.violation_counts: dict[str, int] = {}
-        self.malformed = {k: 0 for k in MALFORMED_KINDS}
+        self.malformed = {k: 0 for k in self.cfg.malformed_kinds}
         self.counters = {
             "drops": 0, "shutdown_notices": 0, "rest_requests": 0, "rest_429": 0, "rate_shortfall": 0, "internal_errors": 0,
         }

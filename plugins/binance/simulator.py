@@ -30,7 +30,7 @@ except ImportError:  # the core is not there yet: the same marker
 
     hookimpl = pluggy.HookimplMarker("tickwire")
 
-from plugins.binance.sim_server import MALFORMED_KINDS, SimConfig, Simulator
+from plugins.binance.sim_server import ALL_MALFORMED_KINDS, MALFORMED_KINDS, SimConfig, Simulator
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -64,7 +64,7 @@ async def _run_until_signal(coro_start, coro_stop) -> None:
 @click.option("--drop-every", type=int, default=0, help="Drop each connection (no close frame) after N data messages.")
 @click.option("--shutdown-every", type=int, default=0, help="Send serverShutdown and close after N data messages.")
 @click.option("--malformed-every", type=int, default=0, help="Inject one malformed frame after every N data messages.")
-@click.option("--malformed-kinds", default=",".join(MALFORMED_KINDS), show_default=True, help="Malformed frames to cycle through.")
+@click.option("--malformed-kinds", default=",".join(MALFORMED_KINDS), show_default=True, help="Malformed frames to cycle through (also: invalid_event, which passes duplicate detection and fails schema validation).")
 @click.option("--rest-429-every", type=int, default=0, help="Answer every N-th REST request with 429 and Retry-After.")
 @click.option("--retry-after", type=int, default=1, show_default=True, help="Retry-After seconds of those 429s.")
 @click.option("--history", type=int, default=200_000, show_default=True, help="Trades kept per symbol for REST.")
@@ -73,9 +73,9 @@ async def _run_until_signal(coro_start, coro_stop) -> None:
 def simulate(**opts) -> None:
     """Serve a Binance-compatible market-data endpoint (WebSocket + REST) for tests and benchmarks."""
     kinds = _csv(opts.pop("malformed_kinds"))
-    unknown = [k for k in kinds if k not in MALFORMED_KINDS]
+    unknown = [k for k in kinds if k not in ALL_MALFORMED_KINDS]
     if unknown or not kinds:
-        raise click.BadParameter(f"unknown kinds {unknown}; choose from {', '.join(MALFORMED_KINDS)}", param_hint="--malformed-kinds")
+        raise click.BadParameter(f"unknown kinds {unknown}; choose from {', '.join(ALL_MALFORMED_KINDS)}", param_hint="--malformed-kinds")
     symbols = tuple(s.upper() for s in _csv(opts.pop("symbols")))
     if opts["seed"] is None:
         opts["seed"] = random.SystemRandom().randrange(2**31)
