@@ -177,7 +177,11 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 
 def _die_with_parent() -> None:
     """preexec_fn: have the kernel SIGKILL the broker if the test process dies, so an aborted
-    test run never leaves a JVM holding ports."""
+    test run never leaves a JVM holding ports.
+
+    The kernel ties this to the *thread* that started the broker, not the process: call
+    ``start()`` from a thread that lives as long as the broker should (the main thread), never
+    from an executor thread, or the broker dies when that thread is retired."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 

@@ -244,7 +244,9 @@ def test_broker_killed_mid_stream_spools_then_drains_in_order(kafka_broker, topi
             await sink.write(stream, records[2000:])       # straight to the spool
             assert loop.time() - started < 5, "writes must not block for the whole outage"
             assert metrics.value("tickwire_spool_records", sink="kafka") >= 1000
-            await loop.run_in_executor(None, kafka_broker.start)
+            # on this (main) thread: a broker started from an executor thread dies with it (see
+            # scripts/kafka_broker.py: _die_with_parent); the sink just waits meanwhile
+            kafka_broker.start()
             for _ in range(200):
                 if metrics.value("tickwire_spool_records", sink="kafka") == 0 and not sink._spooling:
                     break
