@@ -275,12 +275,9 @@ def build(argv: list[str]) -> tuple[click.Group, App]:
     manager = PluginManager(block=block + config_block, directories=dirs + config_dirs)
     group = copy.copy(cli)
     group.commands = dict(cli.commands)
-    try:  # TODO(lead): unconditional once framework/run.py lands
-        from framework.run import run as run_command
+    from framework.run import run as run_command  # here: the engine imports the plugin machinery
 
-        group.add_command(run_command)
-    except ModuleNotFoundError:
-        pass
+    group.add_command(run_command)
     manager.add_commands(group)
     for command in group.commands.values():
         accept_config_options(command)
