@@ -2,8 +2,9 @@
 
 For each batch of a query (on the driver):
 
-1. valid rows, deduplicated by the primary key, are rendered to CSV by Spark (``to_csv``, in the
-   JVM) and collected; dead-letter rows (reason, raw value, Kafka timestamp) are collected too;
+1. one Spark job renders valid rows to CSV (``to_csv``, in the JVM) and returns dead-letter rows
+   (reason, raw value, Kafka timestamp) as they are; valid rows are deduplicated by the primary
+   key on the driver (no shuffle);
 2. in ONE transaction: skip the batch if ``(query, batch_id)`` is already in the progress table
    (a batch replayed after a crash); else COPY the rows into a temp table, ``INSERT … ON CONFLICT
    (key) DO NOTHING`` (events) or ``DO UPDATE`` (candles), insert the dead letters, and record
@@ -106,33 +107,29 @@ class PostgresWriter:
                     histogram.observe(max(0.0, now - event_time))
 
     def collect(self, batch_df: DataFrame) -> tuple[list[tuple[str, float | None]], list[tuple]]:
+        """One Spark job, no shuffle: each row comes back as a CSV line (valid) or as a dead
+        letter; valid rows are deduplicated by the primary key here, on the driver."""
         t = self.target
-        has_reason = REASON in batch_df.columns
-        if has_reason:
-            batch_df = batch_df.persist()
-        try:
-            good = batch_df.where(F.col(REASON).isNull()) if has_reason else batch_df
-            good = good.dropDuplicates(t.primary_key)
-            event_time = F.col(self.event_time).cast("double") if self.event_time else F.lit(None).cast("double")
-            rows = [
-                (r[0], r[1])
-                for r in good.select(
-                    F.to_csv(F.struct(*[F.col(f"`{c}`") for c in t.columns]), CSV_OPTIONS),
-                    event_time,
-                ).collect()
-            ]
-            letters = []
-            if has_reason:
-                letters = [
-                    (r[0], r[1], r[2])
-                    for r in batch_df.where(F.col(REASON).isNotNull())
-                    .select(REASON, RAW, F.col(KAFKA_TS))
-                    .collect()
-                ]
-        finally:
-            if has_reason:
-                batch_df.unpersist()
-        return rows, letters
+        reason = F.col(REASON) if REASON in batch_df.columns else F.lit(None).cast("string")
+        ok = reason.isNull()
+        event_time = F.col(self.event_time).cast("double") if self.event_time else F.lit(None).cast("double")
+        dead = (F.col(RAW), F.col(KAFKA_TS)) if REASON in batch_df.columns else (F.lit(None), F.lit(None))
+        collected = batch_df.select(
+            F.when(ok, F.to_csv(F.struct(*[F.col(f"`{c}`") for c in t.columns]), CSV_OPTIONS)),
+            F.when(ok, F.to_json(F.struct(*[F.col(f"`{c}`") for c in t.primary_key]))),
+            event_time,
+            reason,
+            F.when(~ok, dead[0]),
+            F.when(~ok, dead[1]),
+        ).collect()
+        rows: dict[str, tuple[str, float | None]] = {}
+        letters = []
+        for line, key, et, why, raw, received in collected:
+            if why is None:
+                rows.setdefault(key, (line, et))
+            else:
+                letters.append((why, raw, received))
+        return list(rows.values()), letters
 
     # -- PostgreSQL side ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,12 +116,12 @@ def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
         def __init__(self):
             self.topic = topic
 
-        def start(self) -> JobProcess:
+        def start(self, ui_port: int = -1) -> JobProcess:
             args = [
                 str(TICKWIRE), "-c", str(config), "spark", "submit",
                 "--bootstrap", kafka_broker.bootstrap, "--dsn", writer_dsn,
                 "--checkpoint-dir", str(tmp_path / "checkpoints"), "--master", "local[2]",
-                "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "0", "--ui-port", "-1",
+                "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "0", "--ui-port", str(ui_port),
                 "--retry-seconds", "180",
             ]
             job = JobProcess(args, tmp_path / f"job-{len(jobs)}.log")
@@ -163,6 +164,12 @@ def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
     for job in jobs:
         if not job.log.closed:
             job.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def trades(first_id: int, count: int, start_ms: int, step_ms: int, symbols=SYMBOLS) -> list[dict]:
@@ -219,7 +226,8 @@ def test_events_once_candles_and_dead_letters(pipeline):
         b"\x00\x01 binary garbage",
     ]
     p.produce(batch + batch[:120] + invalid)
-    job = p.start()
+    ui_port = free_port()
+    job = p.start(ui_port=ui_port)
     p.wait_for("SELECT count(*) FROM trades", [(300,)], job)
     p.wait_for("SELECT count(*) FROM dead_letters", [(6,)], job)
     p.wait_for("SELECT count(*) FROM candles_1m", [(len(tw.expected_candles(batch)),)], job)
@@ -252,6 +260,10 @@ def test_events_once_candles_and_dead_letters(pipeline):
     assert re.search(r'tickwire_e2e_latency_seconds_count\{query="trade"\} [1-9]', text), text
     assert 'tickwire_spark_input_rows_per_second{query="trade"}' in text
     assert 'tickwire_spark_kafka_offset_lag{query="candles_1m"}' in text
+    # Spark's own metrics through its PrometheusServlet (metrics.properties, spark.ui.prometheus.enabled)
+    for path in ("/metrics/prometheus", "/metrics/executors/prometheus"):
+        body = urllib.request.urlopen(f"http://127.0.0.1:{ui_port}{path}", timeout=10).read().decode()
+        assert "spark_" in body or "metrics_" in body, (path, body[:500])
     job.stop()
     assert job.proc.returncode == 0, job.tail()
 

@@ -1,0 +1,107 @@
+"""The Spark job's pieces that need no Spark: the generated mapping, jar selection, the listener's
+offset arithmetic, the FAIR pools and the printed spark-submit line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spark import mapping as mapping_module
+from spark.jars import artifact_name
+from spark.job import JobOptions, fair_scheduler_xml, spark_conf
+from spark.listener import kafka_lag
+from spark.testing import config_yaml, expected_candles, trade_record
+
+REPO = Path(__file__).resolve().parent.parent
+TICKWIRE = Path(sys.executable).parent / "tickwire"
+
+
+def generated(tmp_path: Path, config_text: str | None = None) -> dict:
+    config = tmp_path / "streams.yaml"
+    config.write_text(config_text or config_yaml("t1"))
+    out = subprocess.run([str(TICKWIRE), "-c", str(config), "generate", "spark"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_generated_mapping_loads(tmp_path):
+    m = mapping_module.parse(generated(tmp_path))
+    assert m.query_names == ["trade", "candles_1m"]
+    trade = m.stream("trade")
+    assert trade.topic == "t1" and trade.primary_key == ("symbol", "trade_id")
+    assert trade.column("price").logical == "decimal" and not trade.column("price").nullable
+    assert m.derived[0].source == "trade" and m.progress_table == "stream_progress"
+
+
+def test_a_derived_stream_added_in_the_config_is_a_query(tmp_path):
+    both = ("candles_1m: {kind: candles, from: trade, interval: 1 minute, watermark: 30 seconds, table: candles_1m}\n"
+            "  candles_5m: {kind: candles, from: trade, interval: 5 minutes, watermark: 1 minute, table: candles_5m}")
+    m = mapping_module.parse(generated(tmp_path, config_yaml("t1", derived=both)))
+    assert m.query_names == ["trade", "candles_1m", "candles_5m"]
+    assert m.derived[1].interval == "5 minutes"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["streams"][0].pop("topic"), r"streams\[0\]: missing key 'topic'"),
+    (lambda d: d["streams"][0]["columns"][0].update(logical="float"), r"columns\[0\]\.logical: 'float'"),
+    (lambda d: d["streams"][0].update(primary_key=["nope"]), r"'nope' is not one of its columns"),
+    (lambda d: d["derived"][0].update({"from": "ticker"}), r"derived\[0\]\.from: no stream named 'ticker'"),
+    (lambda d: d["derived"][0].update(name="trade"), r"query names must be unique"),
+])
+def test_a_broken_mapping_is_reported_with_its_place(tmp_path, change, message):
+    doc = generated(tmp_path)
+    change(doc)
+    with pytest.raises(mapping_module.MappingError, match=message):
+        mapping_module.parse(doc)
+
+
+def test_jar_names_compare_without_versions():
+    assert artifact_name("spark-sql-kafka-0-10_2.13-4.2.0.jar") == "spark-sql-kafka-0-10_2.13"
+    assert artifact_name("kafka-clients-3.9.2.jar") == "kafka-clients"
+    assert artifact_name("zstd-jni-1.5.7-7.jar") == "zstd-jni"
+    assert artifact_name("commons-pool2-2.13.1.jar") != artifact_name("commons-pool-1.5.4.jar")
+
+
+def test_kafka_lag_sums_partitions():
+    assert kafka_lag('{"t":{"0":10,"1":5}}', '{"t":{"0":15,"1":5}}') == 5
+    assert kafka_lag({"t": {"0": 3}}, {"t": {"0": 10, "1": 4}}) == 11
+    assert kafka_lag('{"t":{"0":3}}', None) is None
+
+
+def test_conf_has_fair_pools_and_the_prometheus_servlet():
+    xml = fair_scheduler_xml(["trade", "candles_1m"])
+    assert '<pool name="trade">' in xml and '<pool name="candles_1m">' in xml
+    conf = spark_conf(JobOptions(mapping="m", bootstrap="b", dsn="d", master="spark://h:7077", jars=["a.jar", "b.jar"]),
+                      ["trade"], "/tmp/fair.xml")
+    assert conf["spark.master"] == "spark://h:7077" and conf["spark.jars"] == "a.jar,b.jar"
+    assert conf["spark.scheduler.mode"] == "FAIR" and conf["spark.scheduler.allocation.file"] == "/tmp/fair.xml"
+    assert conf["spark.ui.prometheus.enabled"] == "true" and Path(conf["spark.metrics.conf"]).is_file()
+    assert conf["spark.sql.ansi.enabled"] == "false"  # bad values cast to NULL → dead letters
+
+
+def test_print_command_is_a_spark_submit_line_without_the_password(tmp_path):
+    config = tmp_path / "streams.yaml"
+    config.write_text(config_yaml("t1"))
+    env = dict(os.environ, TICKWIRE_SPARK_PG_DSN="postgresql://w:secret@h/db")
+    out = subprocess.run([str(TICKWIRE), "-c", str(config), "spark", "submit", "--print-command",
+                          "--master", "spark://h:7077"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("spark-submit \\\n  --master spark://h:7077")
+    assert "spark-sql-kafka-0-10_2.13" in out.stdout and "spark/job.py" in out.stdout
+    assert "secret" not in out.stdout and '--dsn "$TICKWIRE_SPARK_PG_DSN"' in out.stdout
+    assert (tmp_path / "spark-mapping.json").is_file()
+
+
+def test_expected_candles_orders_by_time_then_id():
+    t0 = 1_700_000_040_000
+    trades = [trade_record("X", 2, "2", "1", t0 + 5), trade_record("X", 1, "1", "1", t0 + 5),
+              trade_record("X", 3, "3", "2", t0 + 59_999), trade_record("X", 3, "3", "2", t0 + 59_999)]
+    [(key, c)] = expected_candles(trades).items()
+    assert (c["open"], c["close"], c["trade_count"], c["volume"]) == (1, 3, 3, 4)
+    assert c["vwap"] == (1 + 2 + 6) / 4
