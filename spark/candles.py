@@ -24,6 +24,9 @@ from pyspark.sql import functions as F
 
 from spark.mapping import DerivedMapping, StreamMapping
 
+# Computed by the upsert from the staged row: VWAP with PostgreSQL's numeric division (the
+# numerator's scale 24 makes the quotient exact to more than the 18 places kept).
+COMPUTED_COLUMNS = {"vwap": "round(trunc(quote_volume, 24) / NULLIF(volume, 0), 18)", "updated_at": "now()"}
 OUTPUT_COLUMNS = (
     "symbol", "window_start", "window_end", "open", "high", "low", "close",
     "volume", "quote_volume", "trade_count",

@@ -167,7 +167,7 @@ class Job:
             frame = candle_queries.candles(records.valid(parsed), derived, source)
             target = TableTarget(
                 derived.table, list(candle_queries.OUTPUT_COLUMNS), list(derived.primary_key), upsert=True,
-                computed={"vwap": "round(quote_volume / NULLIF(volume, 0), 18)", "updated_at": "now()"},
+                computed=dict(candle_queries.COMPUTED_COLUMNS),
             )
             writer = self._writer(name, derived.source, target, EVENT_TIME, False)
             mode = "update"

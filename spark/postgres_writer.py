@@ -227,7 +227,7 @@ class PostgresWriter:
             }.get(kind, sql.SQL("%s"))
         cur.executemany(
             sql.SQL(
-                "INSERT INTO {} (stream, reason, plugin, payload, received_at) VALUES (%s, %s, 'spark', {}, %s)"
+                "INSERT INTO {} (stream, reason, plugin, payload, received_at) VALUES (%s, %s, 'spark', {}, COALESCE(%s, now()))"
             ).format(sql.Identifier(self.dead_letter_table), self._payload_sql),
             [(self.stream, _text(reason), _text(raw), received) for reason, raw, received in letters],
         )
