@@ -78,8 +78,8 @@ def jars_command() -> None:
               help="Where a query without a checkpoint starts: earliest or latest.")
 @click.option("--max-offsets-per-trigger", type=int, default=200_000, show_default=True)
 @click.option("--shuffle-partitions", type=int, default=4, show_default=True)
-@click.option("--metrics-port", type=int, default=9465, show_default=True,
-              help="tickwire_spark_* metrics: 0 = any free port, <0 = off.")
+@click.option("--metrics-port", default="9465", show_default=True,
+              help="tickwire_spark_* metrics: auto = any free port, 0 = off.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--ui-port", type=int, default=None, help="Spark UI (and its PrometheusServlet); <0 = no UI.")
 @click.option("--retry-seconds", type=float, default=600.0, show_default=True,

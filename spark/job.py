@@ -52,7 +52,7 @@ class JobOptions:
     max_offsets_per_trigger: int | None = 200_000
     shuffle_partitions: int = 4
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9465  # 0 = any free port, < 0 = off
+    metrics_port: int | str = 9465  # "auto" = any free port, 0 = off (as `tickwire run`)
     ui_port: int | None = None  # None = Spark's default (4040, next free); < 0 = no UI
     retry_seconds: float = 600.0
     run_seconds: float | None = None  # stop after this long (tests, benchmarks)
@@ -242,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--starting-offsets", default="earliest")
     p.add_argument("--max-offsets-per-trigger", type=int, default=200_000)
     p.add_argument("--shuffle-partitions", type=int, default=4)
-    p.add_argument("--metrics-port", type=int, default=9465, help="0 = any free port, <0 = off")
+    p.add_argument("--metrics-port", default="9465", help="auto = any free port, 0 = off")
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--ui-port", type=int, default=None, help="<0 = no Spark UI")
     p.add_argument("--retry-seconds", type=float, default=600.0)
@@ -278,7 +278,7 @@ def run(opts: JobOptions) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = Metrics()
-    port = metrics.serve(opts.metrics_host, opts.metrics_port)
+    port = metrics.serve(opts.metrics_host, opts.metrics_port if opts.metrics_port == "auto" else int(opts.metrics_port))
     if port is not None:
         print(f"tickwire spark metrics on http://{opts.metrics_host}:{port}/metrics", flush=True)
     job = Job(opts, metrics)

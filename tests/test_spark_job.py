@@ -121,7 +121,7 @@ def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
                 str(TICKWIRE), "-c", str(config), "spark", "submit",
                 "--bootstrap", kafka_broker.bootstrap, "--dsn", writer_dsn,
                 "--checkpoint-dir", str(tmp_path / "checkpoints"), "--master", "local[2]",
-                "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "0", "--ui-port", str(ui_port),
+                "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "auto", "--ui-port", str(ui_port),
                 "--retry-seconds", "180",
             ]
             job = JobProcess(args, tmp_path / f"job-{len(jobs)}.log")
