@@ -528,3 +528,23 @@ def test_a_sink_that_cannot_open_fails_the_run_with_its_names(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "sink 'sqlite' (plugin sqlite-sink): cannot open:" in err
+
+
+def test_dropped_connections_are_refilled_and_stored_exactly_once(simulator, tmp_path):
+    """The simulator cuts the connection every 700 messages; the source reconnects and fills the
+    gaps over REST; SQLite ends up with every trade id once, prices exactly as sent."""
+    sim = simulator(rate=1500, symbols="BTCUSDT", drop_every=700)
+    proc = run_against(sim, tmp_path)
+    db = tmp_path / "out" / "tickwire.db"
+    wait_for_rows(db, proc, 3000)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert sim.stats()["drops"] >= 2
+    conn = sqlite3.connect(db)
+    stored = conn.execute("SELECT trade_id, price, quantity FROM trades ORDER BY trade_id").fetchall()
+    ids = [r[0] for r in stored]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "contiguous: every gap filled, nothing twice"
+    sent = {t["id"]: (t["price"], t["qty"]) for t in sim.trades("BTCUSDT", from_id=ids[0], limit=len(ids))}
+    assert all(sent[i] == (p, q) for i, p, q in stored)
