@@ -285,7 +285,8 @@ class Engine:
 
     def _build_route(self, stream: StreamSpec) -> _Route:
         chain, names = [], []
-        for name, options in stream.transforms or DEFAULT_TRANSFORMS:
+        # None: the default chain; an explicit [] means records go to the sinks as received
+        for name, options in DEFAULT_TRANSFORMS if stream.transforms is None else stream.transforms:
             spec = self._transform_specs.get(name)
             if spec is None:
                 raise EngineError(
