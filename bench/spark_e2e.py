@@ -220,7 +220,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="tickwire-spark-bench-"))
     broker = KafkaBroker(work / "kafka", die_with_parent=True)
-    cluster = PostgresCluster.new(work / "pg")
+    cluster = PostgresCluster.new()  # its own world-traversable folder: the server runs as another user
     results = []
     try:
         broker.start()
