@@ -145,7 +145,22 @@ class _Field:
             consts[f"{v}_enum"] = list(p["enum"])
             parts.append(f"{v} in {v}_enum")
         str_parts, num_parts = [], []
-        if self.regex is not None:
+        if self.regex is not None and self.logical in ("text", None) and not ({"minLength", "maxLength"} & set(p)):
+            # text fields repeat (symbols): remember the values that matched, a set lookup
+            # instead of a regex per record; bounded, so arbitrary input cannot grow it
+            consts[f"{v}_seen"] = seen = set()
+            search = self.regex.search
+
+            def check(value, seen=seen, search=search):
+                if search(value) is None:
+                    return False
+                if len(seen) < 4096:
+                    seen.add(value)
+                return True
+
+            consts[f"{v}_check"] = check
+            str_parts.append(f"({v} in {v}_seen or {v}_check({v}))")
+        elif self.regex is not None:
             consts[f"{v}_re"] = self.regex.search
             str_parts.append(f"{v}_re({v}) is not None")
         if "minLength" in p:
