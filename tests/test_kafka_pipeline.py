@@ -53,7 +53,7 @@ class Pipeline:
         args = [sys.executable, "-m", "framework.cli"]
         for item in self.overrides:
             args += ["--set", item]
-        args += ["run", "--profile", "compose", "--metrics-port", "-1", "--no-status", "--log-format", "json", *extra]
+        args += ["run", "--profile", "compose", "--metrics-port", "0", "--no-status", "--log-format", "json", *extra]
         self.log_path = self.tmp_path / f"run-{self.runs}.log"
         return subprocess.Popen(args, cwd=REPOSITORY, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -29,7 +29,7 @@ def start_pipeline(sim, writer_dsn: str, duration: float, log_path) -> subproces
         "--set", f"sources.binance.url={sim.ws_url}", "--set", f"sources.binance.rest_url={sim.rest_url}",
         "--set", f"symbols=[{','.join(SYMBOLS)}]",
         "run", "--profile", "postgres", "--duration", str(duration), "--no-status",
-        "--log-format", "json", "--metrics-port", "-1",
+        "--log-format", "json", "--metrics-port", "0",
     ]
     env = {**os.environ, "TICKWIRE_PG_DSN": writer_dsn, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
