@@ -24,7 +24,6 @@ from framework.schemas import ANNOTATION, StreamSpec, TopicSpec, columns_of, loa
 
 DEFAULT_CONFIG = "streams.yaml"
 DEFAULT_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
-ENGINE_DEFAULTS = {"batch_size": 1000, "linger_ms": 200, "queue_batches": 32}
 METRICS_DEFAULTS = {"host": "127.0.0.1", "port": 9464}
 DEFAULT_TRANSFORMS = ["validate", "normalize"]
 
@@ -71,7 +70,8 @@ class Config:
 
     @property
     def engine(self) -> dict:
-        return {**ENGINE_DEFAULTS, **self.data.get("engine", {})}
+        """As written; the defaults belong to framework.engine.EngineSettings."""
+        return dict(self.data.get("engine", {}))
 
     @property
     def metrics(self) -> dict:
