@@ -96,9 +96,14 @@ class PostgresWriter:
     # -- Spark side ---------------------------------------------------------------------------
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
         rows, letters = self.collect(batch_df)
+        collected = time.monotonic()
         with self._lock:
             committed = self.write_with_retry(batch_id, rows, letters)
+        if rows or letters:
+            log.info("query %s batch %s: %d rows, %d dead letters: Spark %.2fs, PostgreSQL %.2fs",
+                     self.query, batch_id, len(rows), len(letters), collected - started, time.monotonic() - collected)
         if committed and self.metrics is not None and rows:
             now = time.time()
             histogram = self.metrics.e2e_latency_seconds.labels(query=self.query)
