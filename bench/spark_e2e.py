@@ -143,7 +143,7 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
         [*base, "spark", "submit", "--bootstrap", broker.bootstrap, "--dsn", writer["spark"],
          "--checkpoint-dir", str(work / f"checkpoints-{label}"), "--master", args.master,
          "--trigger", args.trigger, "--shuffle-partitions", "2", "--metrics-port", "auto", "--ui-port", "-1",
-         "--starting-offsets", "earliest"],
+         "--starting-offsets", "earliest", *[a for c in args.conf for a in ("--conf", c)]],
         cwd=REPO, stdout=open(spark_log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     procs = [spark]
     sim = None
@@ -214,6 +214,7 @@ def main() -> None:
     ap.add_argument("--drain-timeout", type=float, default=180.0)
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--trigger", default="1 second")
+    ap.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting for the job")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()

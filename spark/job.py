@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -116,7 +117,8 @@ class Job:
         from pyspark.sql import SparkSession
 
         queries = self.mapping.query_names
-        allocation = Path(tempfile.mkdtemp(prefix="tickwire-spark-")) / "fairscheduler.xml"
+        self._scratch = Path(tempfile.mkdtemp(prefix="tickwire-spark-"))
+        allocation = self._scratch / "fairscheduler.xml"
         allocation.write_text(fair_scheduler_xml(queries))
         builder = SparkSession.builder
         for key, value in spark_conf(self.opts, queries, str(allocation)).items():
@@ -229,6 +231,9 @@ class Job:
         if self.spark is not None:
             self.spark.stop()
             self.spark = None
+        if getattr(self, "_scratch", None) is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
 def parser() -> argparse.ArgumentParser:
