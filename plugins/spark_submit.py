@@ -66,21 +66,24 @@ def jars_command() -> None:
 @spark_group.command("submit")
 @click.option("--mapping", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="The JSON of `tickwire generate spark` (default: generate it from the config).")
-@click.option("--master", default="local[*]", show_default=True, help="local[N], local[*] or spark://host:port.")
+@click.option("--master", envvar="TICKWIRE_SPARK_MASTER", show_envvar=True, default="local[*]", show_default=True,
+              help="local[N], local[*] or spark://host:port.")
 @click.option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", show_envvar=True, default="127.0.0.1:9092",
               show_default=True, help="Kafka bootstrap servers.")
-@click.option("--dsn", envvar="TICKWIRE_SPARK_PG_DSN", show_envvar=True, required=True,
+@click.option("--dsn", envvar=["TICKWIRE_SPARK_PG_DSN", "TICKWIRE_PG_DSN"], show_envvar=True, required=True,
               help="PostgreSQL connection of the writer role (prefer the environment variable).")
-@click.option("--checkpoint-dir", default="spark-checkpoints", show_default=True,
+@click.option("--checkpoint-dir", envvar="TICKWIRE_SPARK_CHECKPOINT_DIR", show_envvar=True,
+              default="spark-checkpoints", show_default=True,
               help="One subfolder per query; a local path or any Hadoop URI (hdfs://, s3a://).")
 @click.option("--trigger", default="5 seconds", show_default=True, help="Micro-batch interval.")
 @click.option("--starting-offsets", default="earliest", show_default=True,
               help="Where a query without a checkpoint starts: earliest or latest.")
 @click.option("--max-offsets-per-trigger", type=int, default=200_000, show_default=True)
 @click.option("--shuffle-partitions", type=int, default=4, show_default=True)
-@click.option("--metrics-port", default="9465", show_default=True,
+@click.option("--metrics-port", envvar="TICKWIRE_SPARK_METRICS_PORT", show_envvar=True, default="9465", show_default=True,
               help="tickwire_spark_* metrics: auto = any free port, 0 = off.")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option("--metrics-host", envvar=["TICKWIRE_SPARK_METRICS_HOST", "TICKWIRE_METRICS_HOST"], show_envvar=True,
+              default="127.0.0.1", show_default=True, help="0.0.0.0 in a container, for Prometheus.")
 @click.option("--ui-port", type=int, default=None, help="Spark UI (and its PrometheusServlet); <0 = no UI.")
 @click.option("--retry-seconds", type=float, default=600.0, show_default=True,
               help="How long a batch retries PostgreSQL before its query fails and restarts.")
