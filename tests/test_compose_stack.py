@@ -229,3 +229,29 @@ def test_dashboard_sql_returns_rows_on_migrated_postgres(postgres_db):
         for where, sql in queries:
             rows = conn.execute(grafana_macros(sql, now - dt.timedelta(hours=3), now, "BTCUSDT")).fetchall()
             assert rows, f"{where}: no rows"
+
+
+def test_every_tickwire_command_in_the_stack_parses_with_the_real_cli():
+    """A container running a tickwire command that does not exist (or an option it lacks) would
+    only fail at `docker compose up`; parse each one with the CLI instead, as `--help` does."""
+    from click.testing import CliRunner
+
+    from framework.cli import build
+
+    compose = yaml.safe_load((vs.ROOT / "compose" / "docker-compose.yml").read_text())
+    commands = {}
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if not command or not str(service.get("image", "")).startswith("tickwire/"):
+            continue
+        args = list(command)
+        if args[0] == "tickwire":
+            args = args[1:]
+        elif service["image"].startswith("tickwire/spark-job"):
+            continue  # spark-class master/worker commands
+        commands[name] = args
+    assert {"tickwire", "db-migrate", "spark-job"} <= set(commands), commands
+    for name, args in commands.items():
+        group, app = build(args)
+        result = CliRunner().invoke(group, [*args, "--help"], obj=app)
+        assert result.exit_code == 0, f"service {name}: `tickwire {' '.join(args)}` does not parse:\n{result.output}"
