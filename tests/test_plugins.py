@@ -203,3 +203,88 @@ def test_a_third_party_sink_package_is_listed_validated_and_runs(csv_plugin_inst
     with sqlite3.connect(tmp_path / "data" / "tickwire.db") as db:
         stored = db.execute("select count(*) from trades").fetchone()[0]
     assert len(rows) - 1 == stored > 100
+
+
+def test_every_hook_has_an_implementation_and_a_test():
+    manager = PluginManager()
+    tests = "".join(p.read_text() for p in (REPO / "tests").rglob("test_*.py"))
+    for name in (n for n in dir(hookspecs) if n.startswith("tickwire_")):
+        implementers = [impl.plugin_name for impl in getattr(manager.pm.hook, name).get_hookimpls()]
+        assert implementers, f"no built-in plugin implements {name}"
+        assert name in tests, f"no test names {name}"
+
+
+EVERY_HOOK_PLUGIN = '''
+import click
+
+from framework.components import CodegenSpec, SinkSpec, SourceSpec, TransformSpec
+from framework.hookspecs import hookimpl
+
+
+class NullSink:
+    supports_dead_letters = False
+
+    def __init__(self, name, options, ctx):
+        pass
+
+
+def uppercase_symbol(stream, options):
+    def transform(record):
+        return {**record, "symbol": record["symbol"].upper()}
+    return transform
+
+
+@hookimpl
+def tickwire_register_sources(register):
+    register(SourceSpec(name="silence", factory=object, description="Produces nothing."))
+
+
+@hookimpl
+def tickwire_register_transforms(register):
+    register(TransformSpec(name="uppercase", factory=uppercase_symbol, description="Uppercase the symbol."))
+
+
+@hookimpl
+def tickwire_register_sinks(register):
+    register(SinkSpec(name="discard", factory=NullSink, description="Discards records."))
+
+
+@hookimpl
+def tickwire_register_codegen_targets(register):
+    register(CodegenSpec(name="tables-list", description="One table name per line.",
+                         factory=lambda config: {"tables.txt": "".join(s.table + "\\\\n" for s in config.streams.values())}))
+
+
+@hookimpl
+def tickwire_register_commands(cli):
+    @cli.command("hello")
+    def hello():
+        """Say hello."""
+        click.echo("hello from a plugin")
+
+
+@hookimpl
+def tickwire_register_config(register):
+    register("greeting", {"type": "object", "additionalProperties": False,
+                          "properties": {"text": {"type": "string"}}})
+'''
+
+
+def test_a_local_plugin_can_use_every_hook(tmp_path):
+    write_plugin(tmp_path / "local", "every_hook", EVERY_HOOK_PLUGIN)
+    config = (REPO / "streams.yaml").read_text().replace("schema: schemas/", f"schema: {REPO}/schemas/")
+    config += "greeting:\n  text: hi\nplugins:\n  directories: [local]\n"
+    config = config.replace('    channel: "{symbol}@trade"\n', '    channel: "{symbol}@trade"\n    transforms: [validate, normalize, uppercase]\n', 1)
+    config = config.replace("profiles:\n", "  nowhere:\n    type: discard\nprofiles:\n", 1)
+    (tmp_path / "streams.yaml").write_text(config)
+
+    listing = tickwire("plugins", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    for registered in ("source    silence", "transform uppercase", "sink      discard", "codegen   tables-list",
+                       "command   hello", "config    greeting"):
+        assert registered in listing.stdout, listing.stdout
+    assert tickwire("validate", cwd=tmp_path).returncode == 0
+    assert tickwire("generate", "tables-list", cwd=tmp_path).stdout == "trades\nticker_1h\nticker_1d\n"
+    assert tickwire("hello", cwd=tmp_path).stdout == "hello from a plugin\n"
+    bad = tickwire("--set", "greeting.txt=hi", "validate", cwd=tmp_path)
+    assert bad.returncode == 2 and "greeting.txt: unknown field 'txt' (did you mean 'text'?)" in bad.stderr
