@@ -55,16 +55,27 @@ def artifact_name(jar: Path | str) -> str:
     return match.group("artifact") if match else name
 
 
+def bundled_jar_dirs() -> list[Path]:
+    """Where Spark already has jars: PySpark's own, and ``$SPARK_HOME/jars`` (a Spark image)."""
+    dirs = [pyspark_jars_dir()]
+    if os.environ.get("SPARK_HOME"):
+        dirs.append(Path(os.environ["SPARK_HOME"]) / "jars")
+    return [d for d in dirs if d.is_dir()]
+
+
 def fetch_jars(version: str | None = None, pom: Path = POM, quiet: bool = False) -> list[Path]:
     """Return the connector jars for Spark ``version`` (default: the installed PySpark),
-    fetching them when the cache lacks them. Safe to call from concurrent processes."""
+    fetching them when the cache lacks them; none when Spark already ships the connector (an
+    image with it in ``$SPARK_HOME/jars``). Safe to call from concurrent processes."""
     version = version or pyspark_version()
+    if any(any(d.glob(f"{CONNECTOR}-*.jar")) for d in bundled_jar_dirs()):
+        return []
     jars_dir = cache_root() / "spark-jars" / version
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     marker = jars_dir / ".complete"
     if not (marker.exists() and marker.read_text().strip() == digest):
         _fetch(version, pom, jars_dir, digest, quiet)
-    shipped = {artifact_name(j) for j in pyspark_jars_dir().glob("*.jar")}
+    shipped = {artifact_name(j) for d in bundled_jar_dirs() for j in d.glob("*.jar")}
     jars = sorted(j for j in jars_dir.glob("*.jar") if artifact_name(j) not in shipped)
     if not any(artifact_name(j) == CONNECTOR for j in jars):
         raise JarsError(f"{jars_dir} holds no {CONNECTOR} jar; delete it and fetch again")

@@ -68,6 +68,16 @@ def test_jar_names_compare_without_versions():
     assert artifact_name("commons-pool2-2.13.1.jar") != artifact_name("commons-pool-1.5.4.jar")
 
 
+def test_no_fetch_when_spark_home_has_the_connector(tmp_path, monkeypatch):
+    from spark import jars
+
+    (tmp_path / "jars").mkdir()
+    (tmp_path / "jars" / "spark-sql-kafka-0-10_2.13-9.9.9.jar").write_bytes(b"")
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path))
+    monkeypatch.setattr(jars, "_fetch", lambda *a: pytest.fail("fetched although Spark has the connector"))
+    assert jars.fetch_jars("9.9.9", pom=tmp_path / "missing-pom.xml") == []
+
+
 def test_kafka_lag_sums_partitions():
     assert kafka_lag('{"t":{"0":10,"1":5}}', '{"t":{"0":15,"1":5}}') == 5
     assert kafka_lag({"t": {"0": 3}}, {"t": {"0": 10, "1": 4}}) == 11
