@@ -252,7 +252,7 @@ def tickwire_register_sinks(register):
 @hookimpl
 def tickwire_register_codegen_targets(register):
     register(CodegenSpec(name="tables-list", description="One table name per line.",
-                         factory=lambda config: {"tables.txt": "".join(s.table + "\\\\n" for s in config.streams.values())}))
+                         factory=lambda config: {"tables.txt": "".join(s.table + "\\n" for s in config.streams.values())}))
 
 
 @hookimpl
