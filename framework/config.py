@@ -416,7 +416,8 @@ def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -
             transforms.append((tname, opts or {}))
     return StreamSpec(
         name=name,
-        source=block.get("source") or next(iter(config.data["sources"])),
+        # a missing sources: section is reported by the schema check; don't crash building this
+        source=block.get("source") or next(iter(config.data.get("sources") or {}), ""),
         channel=block["channel"],
         symbols=list(block.get("symbols") or config.symbols),
         schema_path=config.resolve_path(block["schema"]),

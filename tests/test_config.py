@@ -207,3 +207,11 @@ def test_sample_that_breaks_its_schema_is_reported(project):
     result = run_cli("validate", cwd=project)
     assert result.returncode == 2
     assert "tests/samples/trade.jsonl:2:1: trade: does not match trade.schema.json: 0.001 is not of type 'string'" in result.stderr
+
+
+def test_missing_sections_are_reported_not_crashed_on(project, manager):
+    text = (project / "streams.yaml").read_text()
+    start, end = text.index("sources:\n"), text.index("symbols:")
+    (project / "streams.yaml").write_text(text[:start] + text[end:])
+    [problem] = problems_of(project / "streams.yaml", manager)
+    assert problem == "streams.yaml:4:1: missing required field 'sources'"
