@@ -52,8 +52,12 @@ def now_iso() -> str:
     return iso_ms(time.time_ns() // 1_000_000)
 
 
-def make_normalizer(stream: StreamSpec, options: dict):
-    """Generate ``normalize(record) -> dict`` for ``stream`` (see the module docstring)."""
+def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None) -> tuple[list[str], str, dict]:
+    """The body of the generated normalizer: statement lines, the record's dict display and the
+    names they use. ``value_of`` maps a payload field to an expression already holding its value
+    (the fused validate → normalize function passes its local variables); other fields are read
+    from ``r``."""
+    value_of = value_of or {}
     lines, items = [], []
     for i, col in enumerate(stream.columns):
         if col.name == "ingested_at" and not col.field:
@@ -65,35 +69,45 @@ def make_normalizer(stream: StreamSpec, options: dict):
             ]
             items.append(f"{col.name!r}: _last[1]")
             continue
+        value = value_of.get(col.field) or f"r[{col.field!r}]"
         if col.logical == "timestamp_ms" and not col.nullable:
             # iso_ms inlined: a dict lookup and a tuple index instead of a call
-            lines.append(f"x{i} = r[{col.field!r}]; s{i} = x{i} // 1000")
+            lines.append(f"x{i} = {value}; s{i} = x{i} // 1000")
             items.append(f"{col.name!r}: (_P.get(s{i}) or _prefix(s{i})) + _S[x{i} - s{i} * 1000]")
             continue
-        get = f"r[{col.field!r}]" if not col.nullable else f"r.get({col.field!r})"
+        if col.nullable:
+            value = value_of.get(col.field) or f"r.get({col.field!r})"
         if col.logical == "timestamp_ms":
-            get = f"_iso_ms_or_none({get})"
-        items.append(f"{col.name!r}: {get}")
+            value = f"_iso_ms_or_none({value})"
+        items.append(f"{col.name!r}: {value}")
+    namespace = {
+        "_P": _prefixes, "_S": _SUFFIX, "_prefix": _prefix, "_iso_ms": iso_ms, "_iso_ms_or_none": iso_ms_or_none,
+        "_time_ns": time.time_ns, "_last": [None, None], "InvalidRecord": InvalidRecord,
+    }
+    return lines, "{" + ", ".join(items) + "}", namespace
+
+
+def make_normalizer(stream: StreamSpec, options: dict):
+    """Generate ``normalize(record) -> dict`` for ``stream`` (see the module docstring)."""
+    lines, display, ns = normalize_code(stream)
     body = ["        " + line for line in lines]
     src = "\n".join(
         [
             "def normalize(r):",
             "    try:",
             *body,
-            "        return {" + ", ".join(items) + "}",
+            "        return " + display,
             "    except KeyError as exc:",
             "        raise InvalidRecord(f'missing field {exc.args[0]!r}') from None",
             "    except (TypeError, IndexError, ValueError, OverflowError, OSError) as exc:",
             f"        raise InvalidRecord(f'cannot normalize {stream.name} record: {{exc}}') from None",
         ]
     )
-    ns = {
-        "_P": _prefixes, "_S": _SUFFIX, "_prefix": _prefix, "_iso_ms": iso_ms, "_iso_ms_or_none": iso_ms_or_none,
-        "_time_ns": time.time_ns, "_last": [None, None], "InvalidRecord": InvalidRecord,
-    }
     exec(compile(src, f"<normalize {stream.name}>", "exec"), ns)
     fn = ns["normalize"]
     fn.source = src
+    fn.stream = stream
+    fn.normalize_code = normalize_code  # lets validate fuse itself with this step
     return fn
 
 

@@ -217,7 +217,7 @@ class Validator:
 
     def _compile(self) -> Callable[[dict], dict]:
         consts: dict[str, Any] = {"_MISSING": _MISSING, "InvalidRecord": InvalidRecord, "explain": self.explain}
-        names = {}
+        self.names = names = {}
         required_lines, optional_lines, conds = [], [], []
         for i, f in enumerate(self.fields.values()):
             v = names[f.name] = f"v{i}"
@@ -249,13 +249,50 @@ class Validator:
             src.extend("    " + line for line in optional_lines)
             src.append("    except (TypeError, AttributeError):")
             src.append("        raise InvalidRecord(explain(r)) from None")
-        src.append("    if " + " and \\\n       ".join(conds or ["True"]) + ":")
+        condition = " and \\\n       ".join(conds or ["True"])
+        src.append("    if " + condition + ":")
         src.append("        return r")
         src.append("    raise InvalidRecord(explain(r))")
         self.source = "\n".join(src)
+        # kept for fuse(): the same reads and the same condition, without the error handling
+        self._reads = [line.strip() for line in required_lines + optional_lines]
+        self._condition = condition
+        self._consts = consts
         code = compile(self.source, f"<validate {self.stream.name}>", "exec")
         exec(code, consts)
-        return consts["validate"]
+        fn = consts["validate"]
+        fn.source = self.source
+        fn.fuse = self.fuse
+        return fn
+
+    def fuse(self, following: Callable) -> Callable[[dict], dict] | None:
+        """One function doing this validation and then ``following`` when that is the generated
+        ``normalize`` of the same stream; else None.
+
+        It reads each field once into a local that both halves use, and saves a call per record.
+        It is for the happy path only: on any error it raises without a good reason, and the
+        engine then runs the transforms one by one to name the reason and the transform."""
+        normalize_code = getattr(following, "normalize_code", None)
+        if normalize_code is None or getattr(following, "stream", None) is not self.stream:
+            return None
+        # only required fields: an optional one's local may hold _MISSING, not the value
+        value_of = {name: v for name, v in self.names.items() if self.fields[name].required}
+        lines, display, namespace = normalize_code(self.stream, value_of)
+        src = [
+            "def validate_normalize(r):",
+            *("    " + line for line in self._reads or ["r.get"]),
+            "    if not (" + self._condition + "):",
+            "        raise InvalidRecord('invalid: run validate alone for the reason')",
+            *("    " + line for line in lines),
+            "    return " + display,
+        ]
+        namespace.update(self._consts)
+        namespace.pop("validate", None)
+        source = "\n".join(src)
+        exec(compile(source, f"<validate+normalize {self.stream.name}>", "exec"), namespace)
+        fused = namespace["validate_normalize"]
+        fused.source = source
+        return fused
 
 
 def _fields_of(schema: dict) -> dict[str, _Field]:

@@ -120,6 +120,34 @@ def test_compiled_validator_agrees_with_jsonschema(payload):
     assert got_valid == expected_valid, payload
 
 
+@pytest.mark.parametrize("stream", [TRADE, TICKER_1H, TICKER_24H], ids=lambda s: s.name)
+def test_fused_validate_normalize_equals_the_chain(stream):
+    """The engine's fast path (one compiled function for validate → normalize) returns what the
+    two transforms return, and rejects what they reject (the engine then asks them for the reason)."""
+    v, n = make_validator(stream, {}), make_normalizer(stream, {})
+    fused = v.fuse(n)
+    assert fused is not None and "def validate_normalize(r):" in fused.source
+    if stream is TRADE:
+        samples = _samples()
+    else:
+        base = ticker_payload("1hTicker" if stream is TICKER_1H else "24hrTicker")
+        samples = [base, {**base, "o": "x"}, {**base, "E": "1"}, {k: v for k, v in base.items() if k != "C"}]
+    accepted = 0
+    for payload in samples:
+        try:
+            expected = n(v(payload))
+        except InvalidRecord:
+            with pytest.raises(Exception):
+                fused(payload)
+            continue
+        got = fused(payload)
+        expected.pop("ingested_at", None), got.pop("ingested_at", None)  # the clock moved on
+        assert got == expected, payload
+        accepted += 1
+    assert accepted
+    assert v.fuse(make_normalizer(TICKER_1H if stream is TRADE else TRADE, {})) is None  # another stream's
+
+
 def test_fastjsonschema_implementation_is_available():
     assert reason(TRADE, {**trade_payload(1), "p": "abc"}, "fastjsonschema").startswith("data.p must match pattern")
 
