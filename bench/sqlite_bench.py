@@ -343,9 +343,11 @@ def offline_tickwire(frames: list[str], workdir: Path, batch_size: int) -> dict:
 
         async def run(self, emit):
             router = FrameRouter(self.channels, emit, 2**20, lambda ch: None)
-            handle, now = router.handle, time.time_ns
+            handle, now = router.handle_nowait, time.time_ns  # as Connection.run reads frames
             for raw in frames:
-                await handle(raw, now(), None)
+                pending = handle(raw, now(), None)
+                if pending is not None:
+                    await pending
 
     from framework.components import SourceSpec
 

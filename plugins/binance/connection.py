@@ -29,11 +29,20 @@ class PacedClientConnection(ClientConnection):
     bucket: TokenBucket | None = None
     pings_answered = 0
 
-    def process_event(self, event) -> None:
-        if self.bucket is not None and getattr(event, "opcode", None) is Opcode.PING:
-            self.bucket.charge()  # websockets has already queued the pong
-            self.pings_answered += 1
-        super().process_event(event)
+    def __init__(self, protocol, *args, **kwargs):
+        super().__init__(protocol, *args, **kwargs)
+        # Pongs are counted where they leave, in the protocol's send_frame: a client sends a
+        # handful of frames, while checking every received frame for a ping cost the hot path
+        # a call per frame.
+        send_frame = protocol.send_frame
+
+        def send_frame_paced(frame) -> None:
+            if frame.opcode is Opcode.PONG and self.bucket is not None:
+                self.bucket.charge()  # websockets answers a ping at once: charged, not waited for
+                self.pings_answered += 1
+            send_frame(frame)
+
+        protocol.send_frame = send_frame_paced
 
     async def ping(self, *args, **kwargs):
         if self.bucket is not None:
@@ -183,13 +192,16 @@ class Connection:
         """Subscribe and read until the connection ends (ConnectionClosed, ServerShutdown…)."""
         sub = asyncio.create_task(self._subscribe_all())
         recv = self.ws.recv
-        handle = self.router.handle
+        handle = self.router.handle_nowait  # awaits only when it must (see FrameRouter)
         time_ns = time.time_ns
+        sub_done = sub.done
         try:
             while True:
                 raw = await recv()
-                await handle(raw, time_ns(), self)
-                if sub.done() and sub.exception() is not None:
+                pending = handle(raw, time_ns(), self)
+                if pending is not None:
+                    await pending
+                if sub_done() and sub.exception() is not None:
                     raise sub.exception()
         finally:
             sub.cancel()

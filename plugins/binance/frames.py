@@ -44,7 +44,7 @@ class FrameRouter:
     ``on_reply(conn, msg, raw)`` is the connection's business (SUBSCRIBE answers).
     """
 
-    __slots__ = ("channels", "emit", "max_frame_bytes", "on_gap", "dead_letters", "frames")
+    __slots__ = ("channels", "emit", "max_frame_bytes", "on_gap", "dead_letters", "frames", "_record")
 
     def __init__(self, channels: dict[str, Channel], emit, max_frame_bytes: int, on_gap: Callable[[Channel], None]):
         self.channels = channels
@@ -53,6 +53,8 @@ class FrameRouter:
         self.on_gap = on_gap
         self.dead_letters = 0
         self.frames = 0
+        # the engine's Emitter has a no-coroutine variant; any other emitter gets record()
+        self._record = getattr(emit, "record_nowait", None) or emit.record
 
     async def dead(self, stream: str | None, reason: str, raw: str | bytes) -> None:
         self.dead_letters += 1
@@ -71,74 +73,76 @@ class FrameRouter:
         return None
 
     async def handle(self, raw: str | bytes, received_ns: int, conn) -> None:
+        pending = self.handle_nowait(raw, received_ns, conn)
+        if pending is not None:
+            await pending
+
+    def handle_nowait(self, raw: str | bytes, received_ns: int, conn):
+        """``handle`` without the coroutine: returns None, or a coroutine to await before the
+        next frame (a dead letter, a reply, or the engine handing a full batch to a sink). The
+        receive loop calls this, so a frame costs no coroutine layers of ours."""
         self.frames += 1
         if type(raw) is not str:
             reason = f"binary frame ({len(raw)} bytes): Binance market streams send JSON text"
-            await self.dead(self.stream_hint(raw), reason, raw)
-            return
+            return self.dead(self.stream_hint(raw), reason, raw)
         if len(raw) > self.max_frame_bytes:
-            await self.dead(
+            return self.dead(
                 self.stream_hint(raw),
                 f"oversized frame: {len(raw)} bytes > max_frame_bytes {self.max_frame_bytes}"
                 f" (first {DEAD_LETTER_SAMPLE_BYTES} kept)",
                 raw[:DEAD_LETTER_SAMPLE_BYTES],
             )
-            return
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            await self.dead(self.stream_hint(raw), f"malformed JSON: {exc}", raw)
-            return
+            return self.dead(self.stream_hint(raw), f"malformed JSON: {exc}", raw)
         if type(msg) is not dict:
-            await self.dead(None, f"unexpected frame: a JSON {type(msg).__name__}, not an object", raw)
-            return
+            return self.dead(None, f"unexpected frame: a JSON {type(msg).__name__}, not an object", raw)
 
         name = msg.get("stream")
         if name is None:
             if "id" in msg and ("result" in msg or "error" in msg):
-                await conn.on_reply(msg, raw)
-                return
+                return conn.on_reply(msg, raw)
             if msg.get("e") == "serverShutdown":
                 raise ServerShutdown()
-            await self.dead(None, "unexpected frame: neither a combined-stream event nor a request reply", raw)
-            return
+            return self.dead(None, "unexpected frame: neither a combined-stream event nor a request reply", raw)
 
         ch = self.channels.get(name)
         data = msg.get("data")
         if ch is None:
             if name == SHUTDOWN_STREAM or (type(data) is dict and data.get("e") == "serverShutdown"):
                 raise ServerShutdown()
-            await self.dead(None, f"unknown stream {name!r}: not subscribed by this source", raw)
-            return
+            return self.dead(None, f"unknown stream {name!r}: not subscribed by this source", raw)
         if type(data) is not dict:
-            await self.dead(ch.stream, f"{name}: 'data' is missing or not a JSON object", raw)
-            return
+            return self.dead(ch.stream, f"{name}: 'data' is missing or not a JSON object", raw)
         etype = ch.event_type
         if etype is not None and data.get("e") != etype:
             if data.get("e") == "serverShutdown":
                 raise ServerShutdown()
-            await self.dead(ch.stream, f"{name}: unexpected event type {data.get('e')!r} (expected {etype!r})", raw)
-            return
+            return self.dead(ch.stream, f"{name}: unexpected event type {data.get('e')!r} (expected {etype!r})", raw)
 
         tracker = ch.trades
         if tracker is not None:
             t = data.get("t")
             if type(t) is not int:
-                await self.dead(ch.stream, f"{name}: trade without an integer trade id 't'", raw)
-                return
-            verdict = tracker.accept(t)
-            if verdict == DUPLICATE:
-                ch.duplicates += 1
-                return
-            if verdict == GAP:
-                self.on_gap(ch)
+                return self.dead(ch.stream, f"{name}: trade without an integer trade id 't'", raw)
+            last = tracker.last
+            if last is not None and t == last + 1:
+                tracker.last = t  # the next trade in sequence: TradeIdTracker.accept's first case, inlined
+            else:
+                verdict = tracker.accept(t)
+                if verdict == DUPLICATE:
+                    ch.duplicates += 1
+                    return None
+                if verdict == GAP:
+                    self.on_gap(ch)
         else:
             event_time = data.get("E")
             if event_time is not None and not ch.recent.add(event_time):
                 ch.duplicates += 1
-                return
+                return None
         ch.accepted += 1
-        await self.emit.record(ch.stream, data, received_ns)
+        return self._record(ch.stream, data, received_ns)
 
 
 def build_channels(streams, source_name: str) -> dict[str, Channel]:
