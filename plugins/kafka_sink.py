@@ -286,7 +286,7 @@ class KafkaSink:
         self._spooling = False
         self._drainer: asyncio.Task | None = None
         self._partitions: dict[str, list[int]] = {}
-        self._partition_of_key: dict[tuple[str, bytes], int] = {}
+        self._partition_of_key: dict[str, dict[bytes | None, int]] = {}  # topic → key → partition
         self._key_bytes: dict[object, bytes] = {}
         self._stream_headers: dict[str, list[tuple[str, bytes]]] = {}
         self._topics: dict[str, str] = {}
@@ -373,10 +373,14 @@ class KafkaSink:
         base_headers = self._stream_headers[stream.name]
         dumps = orjson.dumps
         key_bytes = self._key_bytes
+        partition_of = self._partition_of_key.get(topic) or {}
         if len(key_bytes) > 100_000:  # a high-cardinality kafka_key: do not grow without bound
             key_bytes.clear()
-        messages = []
-        append = messages.append
+            partition_of.clear()
+        # Grouped by partition here, in the one loop over the records; keys not seen before go
+        # to the None group and get their partition in _send_unbounded. Either way all records
+        # of a key are in one group, in order.
+        groups: dict[int | None, list[Message]] = {}
         # The hot path (bench/kafka_bench.py): normalize stamps every record of one millisecond
         # with the same ingested_at string, and keys repeat (symbols), so the headers list and
         # the key bytes are built once and shared rather than once per record.
@@ -393,8 +397,12 @@ class KafkaSink:
                 encoded_key = key_bytes.get(key)
                 if encoded_key is None:
                     encoded_key = key_bytes[key] = str(key).encode()
-            append((topic, encoded_key, dumps(record), headers))
-        await self._deliver(messages)
+            partition = partition_of.get(encoded_key)
+            group = groups.get(partition)
+            if group is None:
+                group = groups[partition] = []
+            group.append((topic, encoded_key, dumps(record), headers))
+        await self._deliver({(topic, partition) if partition is not None else None: group for partition, group in groups.items()})
 
     async def write_dead_letters(self, letters: list[DeadLetter]) -> None:
         messages = []
@@ -408,14 +416,16 @@ class KafkaSink:
             ]
             raw = letter.raw.encode() if isinstance(letter.raw, str) else bytes(letter.raw)
             messages.append((self.dead_letter_topic, stream or None, raw, headers))
-        await self._deliver(messages)
+        await self._deliver({None: messages})
 
-    async def _deliver(self, messages: list[Message]) -> None:
-        if not messages:
+    async def _deliver(self, groups: dict[tuple[str, int] | None, list[Message]]) -> None:
+        """Send ``groups`` ((topic, partition) → messages; None: partition not known yet), or spool
+        them while Kafka is away."""
+        if not any(groups.values()):
             return
         if not self._spooling:
             try:
-                await self._send(messages)
+                await self._send(groups)
                 return
             except Exception as error:
                 if not _is_transient(error):
@@ -428,7 +438,8 @@ class KafkaSink:
                 self._spooling = True
                 await self._stop_producer(abandon=True)
                 self._start_drainer()
-        await self._spool(messages)
+        # group after group: a key's records are all in one group, so its order is kept
+        await self._spool([message for group in groups.values() for message in group])
 
     async def _spool(self, messages: list[Message]) -> None:
         payloads = [encode_spooled(message) for message in messages]
@@ -509,18 +520,21 @@ class KafkaSink:
                 "run `tickwire kafka provision` or set `provision: true` on the sink"
             )
 
-    async def _send(self, messages: list[Message]) -> None:
+    async def _send(self, groups: dict[tuple[str, int] | None, list[Message]]) -> None:
         """Send in order and wait until the broker acknowledged every message."""
-        await asyncio.wait_for(self._send_unbounded(messages), self.send_timeout + 1)
+        await asyncio.wait_for(self._send_unbounded(groups), self.send_timeout + 1)
 
-    async def _send_unbounded(self, messages: list[Message]) -> None:
+    async def _send_unbounded(self, groups: dict[tuple[str, int] | None, list[Message]]) -> None:
         producer = self.producer
         if producer is None:
             raise ConnectionError("no producer: Kafka was unreachable")
         by_partition: dict[tuple[str, int], list[Message]] = defaultdict(list)
-        for message in messages:
+        for where, group in groups.items():
+            if where is not None:
+                by_partition[where].extend(group)
+        for message in groups.get(None, ()):  # a new copy: the caller may still spool ``groups``
             topic, key = message[0], message[1]
-            partition = self._partition_of_key.get((topic, key))
+            partition = self._partition_of_key.get(topic, {}).get(key)
             if partition is None:
                 partition = await self._partition_for(topic, key)
             by_partition[(topic, partition)].append(message)
@@ -547,7 +561,7 @@ class KafkaSink:
         if key is None:
             return partitions[0]
         partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-        self._partition_of_key[(topic, key)] = partition
+        self._partition_of_key.setdefault(topic, {})[key] = partition
         return partition
 
     # -- spool replay ------------------------------------------------------------------------
@@ -579,7 +593,7 @@ class KafkaSink:
                 self.log.info(f"{self.who}: Kafka is back; replayed {replayed} spooled records in {time.monotonic() - started:.1f}s")
                 return
             try:
-                await self._send([decode_spooled(record) for record in records])
+                await self._send({None: [decode_spooled(record) for record in records]})
             except Exception as error:
                 self.spool.rewind()
                 self._send_errors.inc()
