@@ -70,7 +70,7 @@ class StatusView:
             committed = min(s["written"].values()) if s["written"] else 0
             table.add_row(
                 name,
-                f"{rates.get(name, 0.0):,.0f}",
+                _rate(rates.get(name, 0.0)),
                 _int(s["received"]),
                 _int(committed),
                 str(s["last_price"] or "–"),
@@ -81,7 +81,7 @@ class StatusView:
         parts = []
         for sid, s in snap["sources"].items():
             style = "green" if s["connections"] else "red"
-            parts.append(Text.assemble(f"source {sid}: ", (f"{int(s['connections'])} connections", style), f", {int(s['reconnects'])} reconnects"))
+            parts.append(Text.assemble(f"source {sid}: ", (_count(s["connections"], "connection"), style), f", {_count(s['reconnects'], 'reconnect')}"))
         for sid, s in snap["sinks"].items():
             mean = s["commit_seconds"] / s["commits"] * 1000 if s["commits"] else 0.0
             parts.append(Text(f"sink {sid}: {_int(s['pending'])} queued, {_int(s['commits'])} commits, {mean:.1f} ms/commit"))
@@ -132,3 +132,12 @@ def summary_lines(snapshot: dict) -> list[str]:
         if s["pending"]:
             lines.append(f"  sink {sid}: {_int(s['pending'])} records NOT committed")
     return lines
+
+
+def _rate(per_second: float) -> str:
+    # tickers arrive about once a second per symbol: show them as 1.7, not 0
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.1f}"
+
+
+def _count(n: float, noun: str) -> str:
+    return f"{int(n)} {noun}{'' if int(n) == 1 else 's'}"
