@@ -6,8 +6,9 @@ strings with milliseconds (``2023-01-01T00:00:00.136Z``), keeps integers, boolea
 as they are, and adds ``ingested_at``. Fields without a ``column`` are dropped.
 
 Like ``validate``, the per-stream function is generated at start-up: one dict display per
-record. Timestamps are formatted from a cached per-second prefix plus a precomputed
-``".mmmZ"`` suffix, so ``datetime`` runs once per distinct second, not per record.
+record. A timestamp is one lookup in a bounded millisecond → string dict; a new millisecond is
+formatted from a cached per-second prefix plus a precomputed ``".mmmZ"`` suffix, so
+``datetime`` runs once per distinct second, not per record.
 Run it after ``validate``: it assumes the types are right (a missing required field still
 raises :class:`InvalidRecord`).
 """
@@ -43,6 +44,18 @@ def iso_ms(ms: int) -> str:
     return p + _SUFFIX[ms - second * 1000]
 
 
+_strings: dict[int, str] = {}  # milliseconds → iso_ms(ms), for the generated functions
+
+
+def _iso_ms_remembered(ms: int) -> str:
+    """iso_ms(ms), remembered: at tens of thousands of trades per second many share a
+    millisecond (and a trade's E and T are often equal), so most lookups hit."""
+    if len(_strings) > 65536:
+        _strings.clear()
+    text = _strings[ms] = iso_ms(ms)  # iso_ms raises on a bad value: nothing is remembered
+    return text
+
+
 def iso_ms_or_none(ms: int | None) -> str | None:
     return None if ms is None else iso_ms(ms)
 
@@ -71,9 +84,9 @@ def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None) -
             continue
         value = value_of.get(col.field) or f"r[{col.field!r}]"
         if col.logical == "timestamp_ms" and not col.nullable:
-            # iso_ms inlined: a dict lookup and a tuple index instead of a call
-            lines.append(f"x{i} = {value}; s{i} = x{i} // 1000")
-            items.append(f"{col.name!r}: (_P.get(s{i}) or _prefix(s{i})) + _S[x{i} - s{i} * 1000]")
+            # one dict lookup per timestamp; iso_ms only for a millisecond not seen recently
+            lines.append(f"x{i} = {value}")
+            items.append(f"{col.name!r}: _T.get(x{i}) or _iso_ms_remembered(x{i})")
             continue
         if col.nullable:
             value = value_of.get(col.field) or f"r.get({col.field!r})"
@@ -81,7 +94,7 @@ def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None) -
             value = f"_iso_ms_or_none({value})"
         items.append(f"{col.name!r}: {value}")
     namespace = {
-        "_P": _prefixes, "_S": _SUFFIX, "_prefix": _prefix, "_iso_ms": iso_ms, "_iso_ms_or_none": iso_ms_or_none,
+        "_T": _strings, "_iso_ms_remembered": _iso_ms_remembered, "_iso_ms": iso_ms, "_iso_ms_or_none": iso_ms_or_none,
         "_time_ns": time.time_ns, "_last": [None, None], "InvalidRecord": InvalidRecord,
     }
     return lines, "{" + ", ".join(items) + "}", namespace
