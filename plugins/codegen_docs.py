@@ -28,7 +28,9 @@ def stream_tables(config) -> dict[str, str]:
 def _describe(name: str, schema: dict, depth: int, lines: list[str]) -> None:
     if "$ref" in schema:
         return
-    kind = schema.get("type", "enum" if "enum" in schema else "")
+    kind = schema.get("type") or ("enum" if "enum" in schema else f"= {json.dumps(schema['const'])}" if "const" in schema else "any")
+    if isinstance(kind, list):
+        kind = " or ".join(kind)
     extra = []
     if "default" in schema:
         extra.append(f"default `{json.dumps(schema['default'])}`")
