@@ -13,8 +13,15 @@ Guarantees:
 
 * **Backpressure**: each sink queue holds at most ``queue_batches`` batches; when it is full,
   ``Emitter.record`` waits in ``Queue.put``, so the source stops reading and memory stays
-  bounded: per sink at most ``(queue_batches + coalesce_batches + 1) × batch_size`` records
-  (queue + the write in progress + the buffer being filled), per stream buffer.
+  bounded: per sink at most ``(queue_batches + max_in_flight × coalesce_batches + 1) ×
+  batch_size`` records (queue + the writes in progress + the buffer being filled), per stream
+  buffer. ``max_in_flight`` is the sink's (below), 1 for most sinks.
+* **Writes in flight**: a sink that declares ``max_in_flight = N`` (attribute, default 1) gets up
+  to N ``write`` calls running concurrently, started in queue order (each call's code up to its
+  first ``await`` runs in that order); the worker takes a batch from the queue only when a slot is
+  free. Each write is counted written when it returns, whatever the order. Such a sink keeps its
+  own ordering (e.g. the Kafka sink enqueues into its producer in call order) and must not raise
+  for transient errors: a retried write runs again after writes that started later.
 * **Coalescing**: when batches wait in a sink's queue (slow sink, shutdown flush), the worker
   merges up to ``coalesce_batches`` consecutive batches of the same stream into one write.
 * **Acknowledgement**: ``tickwire_messages_written_total`` counts a record only after
@@ -22,8 +29,9 @@ Guarantees:
   logged with the sink, plugin and stream names. Nothing is dropped.
 * **Shutdown** (:meth:`Engine.stop`, SIGINT/SIGTERM in ``tickwire run``): sources are cancelled,
   a batch that was being handed over when a source was cancelled goes back to its buffer, every
-  buffer is flushed, the workers drain their queues, sinks are closed. An engine whose sources
-  all return by themselves (e.g. a replay) shuts down the same way.
+  buffer is flushed, the workers drain their queues and wait for every write in flight, sinks
+  are closed. An engine whose sources all return by themselves (e.g. a replay) shuts down the
+  same way.
 
 Per-record counters are plain integers on the route; the ticker task adds their deltas to the
 Prometheus counters several times a second and flushes buffers older than ``linger_ms``.
@@ -576,24 +584,17 @@ class Engine:
         commit = self.metrics.batch_commit_seconds.labels(sink=runner.id)
         written_children: dict[str, Any] = {}
         limit = self.settings.batch_size * max(1, self.settings.coalesce_batches)
+        # A sink may declare max_in_flight > 1: then up to that many writes run concurrently,
+        # started in queue order (the sink keeps its own ordering guarantees; see the module
+        # docstring). 1, the default, is one write at a time.
+        try:
+            max_in_flight = max(1, int(getattr(runner.sink, "max_in_flight", 1) or 1))
+        except (TypeError, ValueError):
+            max_in_flight = 1
+        in_flight: set[asyncio.Task] = set()
         carry: Any = _NOTHING
-        while True:
-            item = await queue.get() if carry is _NOTHING else carry
-            carry = _NOTHING
-            if item is None:
-                return
-            stream, records = item
-            # A backlog (slow sink, shutdown flush): merge the following batches of the same
-            # stream into one write — fewer commits, so the sink catches up faster.
-            merged = None
-            while queue.qsize() and len(records) < limit:
-                nxt = queue.get_nowait()
-                if nxt is None or nxt[0] is not stream:
-                    carry = nxt  # the next write starts with it
-                    break
-                if merged is None:
-                    merged = records = list(records)
-                merged.extend(nxt[1])
+
+        async def write_one(stream: StreamSpec | None, records: list) -> None:
             n = len(records)
             t0 = await self._write_with_retry(runner, stream, records)
             elapsed = time.perf_counter() - t0
@@ -609,6 +610,47 @@ class Engine:
                 route = self._routes.get(stream.name)
                 if route is not None:
                     route.written[runner.id] = route.written.get(runner.id, 0) + n
+
+        async def settle(return_when: str) -> None:
+            nonlocal in_flight
+            done, in_flight = await asyncio.wait(in_flight, return_when=return_when)
+            for task in done:
+                task.result()  # a bug in a write's bookkeeping: fail the worker as before
+
+        try:
+            while True:
+                if len(in_flight) >= max_in_flight:
+                    # wait for a free slot before taking more from the queue: what is in
+                    # flight counts toward the memory bound, the queue keeps the backpressure
+                    await settle(asyncio.FIRST_COMPLETED)
+                item = await queue.get() if carry is _NOTHING else carry
+                carry = _NOTHING
+                if item is None:
+                    if in_flight:
+                        await settle(asyncio.ALL_COMPLETED)  # shutdown waits for every write
+                    return
+                stream, records = item
+                # A backlog (slow sink, shutdown flush): merge the following batches of the same
+                # stream into one write — fewer commits, so the sink catches up faster.
+                merged = None
+                while queue.qsize() and len(records) < limit:
+                    nxt = queue.get_nowait()
+                    if nxt is None or nxt[0] is not stream:
+                        carry = nxt  # the next write starts with it
+                        break
+                    if merged is None:
+                        merged = records = list(records)
+                    merged.extend(nxt[1])
+                if max_in_flight == 1:
+                    await write_one(stream, records)
+                else:
+                    # tasks start in creation order: each write's first step runs in queue order
+                    in_flight.add(asyncio.create_task(write_one(stream, records), name=f"tickwire-sink-{runner.id}-write"))
+        finally:
+            for task in in_flight:
+                task.cancel()  # only when the worker itself is cancelled or failed
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _write_with_retry(self, runner: _SinkRunner, stream: StreamSpec | None, records: list) -> float:
         """Write until it succeeds; return the perf_counter of the successful attempt's start."""

@@ -181,6 +181,54 @@ def test_failing_write_is_retried_with_names_in_the_log_and_nothing_is_lost():
     assert written(engine) == 250
 
 
+class InFlightSink(RecordingSink):
+    """Declares max_in_flight = 3; each write takes a while, so writes overlap."""
+
+    max_in_flight = 3
+    active = 0
+    peak = 0
+    started: list[int] = []
+
+    async def write(self, stream, records):
+        InFlightSink.started.append(records[0]["trade_id"])
+        InFlightSink.active += 1
+        InFlightSink.peak = max(InFlightSink.peak, InFlightSink.active)
+        try:
+            # later writes finish first now and then: order of completion is not order of start
+            await asyncio.sleep(0.03 if records[0]["trade_id"] % 200 else 0.06)
+            await super().write(stream, records)
+        finally:
+            InFlightSink.active -= 1
+
+
+def test_a_sink_with_max_in_flight_gets_concurrent_writes_started_in_order_and_shutdown_waits():
+    InFlightSink.active = InFlightSink.peak = 0
+    InFlightSink.started = []
+    spec = SinkSpec(name="inflight", factory=InFlightSink, description="", plugin="test", supports_dead_letters=True)
+    s = EngineSettings(batch_size=100, linger_ms=10_000, queue_batches=2, coalesce_batches=1)
+    engine = make_engine([trade_payload(i) for i in range(2000)], sink_spec=spec, settings=s)
+    sink = run(engine)  # the source ends by itself: the shutdown flush + drain must wait for all
+    assert InFlightSink.peak == 3, "up to max_in_flight writes at once, never more"
+    assert InFlightSink.started == list(range(0, 2000, 100)), "writes start in queue order"
+    assert sorted(r["trade_id"] for r in sink.records) == list(range(2000))  # each once
+    assert [r["trade_id"] for _, b in sink.batches for r in b] != list(range(2000)), "writes overlapped"
+    assert InFlightSink.active == 0 and sink.closed
+    assert written(engine) == 2000
+    assert engine.metrics.value("tickwire_queue_depth", sink="rec") == 0
+
+
+def test_stop_waits_for_the_writes_in_flight():
+    InFlightSink.active = InFlightSink.peak = 0
+    InFlightSink.started = []
+    spec = SinkSpec(name="inflight", factory=InFlightSink, description="", plugin="test", supports_dead_letters=True)
+    engine = make_engine([trade_payload(i) for i in range(300)], sink_spec=spec, source_options={"forever": True},
+                         settings=EngineSettings(batch_size=100, linger_ms=10_000, queue_batches=4))
+    sink = run(engine, stop_after=0.01)
+    assert InFlightSink.active == 0 and sink.closed
+    assert sorted(r["trade_id"] for r in sink.records) == list(range(300))
+    assert written(engine) == 300
+
+
 def test_invalid_records_become_dead_letters_with_reason_and_plugin():
     good = [trade_payload(i) for i in range(10)]
     bad = dict(trade_payload(99), p="abc")
