@@ -10,12 +10,20 @@ Producer: aiokafka with ``acks=all`` and idempotence, zstd compression (lz4, the
 codec library is missing). A batch is split per partition into record batches that are handed
 to the producer whole (``send_batch``) and awaited together: ``write()`` returns once the broker
 acknowledged every record of the batch, which is what the engine counts as written.
+``max_in_flight`` (default 8) such writes run at once (the engine's ``max_in_flight`` sink
+attribute): each is enqueued into the producer under a FIFO lock in call order, so a key's
+records keep their order, and the acknowledgements are awaited outside it. Without that the
+ingest rate is one batch per acknowledgement round trip (linger + zstd + acks=all).
 
 When the broker is unreachable, a batch that is not acknowledged within ``send_timeout_ms`` goes
 to a local disk spool (framework/spool.py), and so does every later batch until the spool is
 empty again: ``write()`` then returns as soon as the batch is on disk, so the engine's queue
-keeps moving and the WebSocket keeps being read. A background task replays the spool, in order,
-once the broker answers. A spool left by a killed process is replayed on the next start.
+keeps moving and the WebSocket keeps being read. With several writes in flight the spool keeps
+their order too: the first failure switches the sink to spooling (and abandons the producer, so
+the later in-flight writes fail fast), and a write goes to the spool only once every earlier
+write has settled (acknowledged or spooled). A background task replays the spool, in order,
+once the broker answers, and switches back to direct sends only when every write has settled.
+A spool left by a killed process is replayed on the next start.
 Delivery is at least once: a batch whose acknowledgement was lost is sent again (consumers
 upsert on the primary key).
 
@@ -79,6 +87,10 @@ OPTIONS_SCHEMA = {
         "max_batch_bytes": {
             "type": "integer", "minimum": 16384, "maximum": 1000000, "default": 524288,
             "description": "Largest record batch per partition and request (below the broker's message.max.bytes).",
+        },
+        "max_in_flight": {
+            "type": "integer", "minimum": 1, "maximum": 64, "default": 8,
+            "description": "Batches the engine may hand to this sink before the first is acknowledged: they are enqueued in the producer in order (per key order is kept) and their acknowledgements awaited together. 1 waits for each batch's acknowledgement before sending the next.",
         },
         "send_timeout_ms": {
             "type": "integer", "minimum": 500, "default": 5000,
@@ -284,6 +296,12 @@ class KafkaSink:
         )
         self.producer = None
         self._spooling = False
+        self.max_in_flight = int(options.get("max_in_flight", 8))  # read by the engine
+        # Writes enqueue into the producer one at a time, in call order (asyncio.Lock is FIFO).
+        self._send_lock = asyncio.Lock()
+        # Resolved once the latest write and every earlier one settled (acknowledged, spooled or
+        # failed): a write that must spool waits for its predecessor's, so the spool keeps order.
+        self._settled: asyncio.Future | None = None
         self._drainer: asyncio.Task | None = None
         self._partitions: dict[str, list[int]] = {}
         self._partition_of_key: dict[str, dict[bytes | None, int]] = {}  # topic → key → partition
@@ -420,25 +438,55 @@ class KafkaSink:
 
     async def _deliver(self, groups: dict[tuple[str, int] | None, list[Message]]) -> None:
         """Send ``groups`` ((topic, partition) → messages; None: partition not known yet), or spool
-        them while Kafka is away."""
+        them while Kafka is away. Several calls may run at once (``max_in_flight``): everything up
+        to the lock below runs without an await, so calls take their turn in call order."""
         if not any(groups.values()):
             return
+        previous = self._settled
+        settled = self._settled = asyncio.get_running_loop().create_future()
+        try:
+            await self._deliver_in_turn(groups, previous)
+        finally:
+            if previous is None or previous.done():
+                settled.set_result(None)
+            else:  # settled means "this one and every earlier one": chain it
+                previous.add_done_callback(lambda _: settled.done() or settled.set_result(None))
+
+    async def _deliver_in_turn(self, groups, previous: asyncio.Future | None) -> None:
         if not self._spooling:
+            producer = None
             try:
-                await self._send(groups)
-                return
+                async with self._send_lock:  # FIFO: producer order = call order; no cancel inside
+                    if not self._spooling:
+                        producer = self.producer
+                        futures = await self._enqueue(producer, groups)
+                if producer is not None:
+                    await asyncio.wait_for(asyncio.gather(*futures), self.send_timeout + 1)
+                    return
             except Exception as error:
-                if not _is_transient(error):
-                    raise KafkaSinkError(f"{self.who}: Kafka refused a batch: {error!r}") from error
-                self._send_errors.inc()
-                self.log.warning(
-                    f"{self.who}: batch not acknowledged within {self.send_timeout:g}s ({error!r}); "
-                    f"spooling to {self.spool.directory} until Kafka is back"
-                )
-                self._spooling = True
-                await self._stop_producer(abandon=True)
-                self._start_drainer()
-        # group after group: a key's records are all in one group, so its order is kept
+                # Already spooling (another write failed first, or this producer was abandoned):
+                # whatever this error is, it is that outage; spool in turn below.
+                if not self._spooling and producer is self.producer:
+                    if not _is_transient(error):
+                        raise KafkaSinkError(f"{self.who}: Kafka refused a batch: {error!r}") from error
+                    self._send_errors.inc()
+                    self.log.warning(
+                        f"{self.who}: batch not acknowledged within {self.send_timeout:g}s ({error!r}); "
+                        f"spooling to {self.spool.directory} until Kafka is back"
+                    )
+                    # From now on every write spools; the producer is abandoned so the writes
+                    # still in flight fail now rather than at their own timeouts.
+                    self._spooling = True
+                    await self._stop_producer(abandon=True)
+                    self._start_drainer()
+                elif not self._spooling:
+                    self._spooling = True
+                    self._start_drainer()
+        # Spool only after every earlier write settled: they were enqueued before this one, so
+        # their records must be in Kafka or in the spool first. Group after group: a key's
+        # records are all in one group, so its order is kept.
+        if previous is not None and not previous.done():
+            await previous
         await self._spool([message for group in groups.values() for message in group])
 
     async def _spool(self, messages: list[Message]) -> None:
@@ -521,11 +569,16 @@ class KafkaSink:
             )
 
     async def _send(self, groups: dict[tuple[str, int] | None, list[Message]]) -> None:
-        """Send in order and wait until the broker acknowledged every message."""
-        await asyncio.wait_for(self._send_unbounded(groups), self.send_timeout + 1)
+        """Send in order and wait until the broker acknowledged every message (spool replay)."""
+        async with self._send_lock:
+            futures = await self._enqueue(self.producer, groups)
+        await asyncio.wait_for(asyncio.gather(*futures), self.send_timeout + 1)
 
-    async def _send_unbounded(self, groups: dict[tuple[str, int] | None, list[Message]]) -> None:
-        producer = self.producer
+    async def _enqueue(self, producer, groups: dict[tuple[str, int] | None, list[Message]]) -> list[asyncio.Future]:
+        """Hand the messages to the producer, per partition in order; returns the futures of
+        their acknowledgements. Called under ``_send_lock``; not wrapped in a timeout (aiokafka
+        bounds its metadata and queue waits by request_timeout_ms = send_timeout_ms) so it is
+        never cancelled half way through a send_batch."""
         if producer is None:
             raise ConnectionError("no producer: Kafka was unreachable")
         by_partition: dict[tuple[str, int], list[Message]] = defaultdict(list)
@@ -536,7 +589,7 @@ class KafkaSink:
             topic, key = message[0], message[1]
             partition = self._partition_of_key.get(topic, {}).get(key)
             if partition is None:
-                partition = await self._partition_for(topic, key)
+                partition = await self._partition_for(producer, topic, key)
             by_partition[(topic, partition)].append(message)
         futures = []
         for (topic, partition), group in by_partition.items():
@@ -548,16 +601,16 @@ class KafkaSink:
                     if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                         raise KafkaSinkError(f"{self.who}: a message of {len(value)} bytes is larger than max_batch_bytes")
             futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+        return futures
 
-    async def _partition_for(self, topic: str, key: bytes | None) -> int:
+    async def _partition_for(self, producer, topic: str, key: bytes | None) -> int:
         """Kafka's default partitioner (murmur2 of the key), cached per key: a symbol always
         lands on the same partition, which keeps its records in order."""
         from aiokafka.partitioner import murmur2
 
         partitions = self._partitions.get(topic)
         if partitions is None:
-            partitions = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
+            partitions = self._partitions[topic] = sorted(await producer.partitions_for(topic))
         if key is None:
             return partitions[0]
         partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
@@ -586,8 +639,14 @@ class KafkaSink:
                     backoff = min(backoff * 2, 5.0)
                     continue
             records, position = self.spool.read(self.replay_batch_records)
+            if not records and self._settled is not None and not self._settled.done():
+                # A write still in flight may yet spool: its records go before any later
+                # write's, so wait for it, then look again.
+                await asyncio.shield(self._settled)
+                continue
             if not records:
-                # Nothing left, and no await since the read: the next write goes straight out.
+                # Nothing left, every write settled, and no await since the read: the next
+                # write goes straight out.
                 self._spooling = False
                 self._update_spool_metrics()
                 self.log.info(f"{self.who}: Kafka is back; replayed {replayed} spooled records in {time.monotonic() - started:.1f}s")
