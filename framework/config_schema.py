@@ -147,7 +147,7 @@ BASE_SCHEMA: dict = {
             "properties": {
                 "batch_size": {"type": "integer", "minimum": 1, "default": 1000, "description": "Records per sink batch."},
                 "linger_ms": {"type": "integer", "minimum": 0, "default": 200, "description": "Longest wait before a partial batch is written."},
-                "queue_batches": {"type": "integer", "minimum": 1, "default": 32, "description": "Batches buffered per sink before the source is slowed down (backpressure)."},
+                "queue_batches": {"type": "integer", "minimum": 1, "default": 8, "description": "Batches buffered per sink before the source is slowed down (backpressure)."},
                 "coalesce_batches": {"type": "integer", "minimum": 1, "default": 4, "description": "With a backlog, up to this many queued batches of one stream are written together."},
                 "retry_initial_s": {"type": "number", "exclusiveMinimum": 0, "default": 0.5, "description": "First delay before a failed sink write is retried (doubles each time)."},
                 "retry_max_s": {"type": "number", "exclusiveMinimum": 0, "default": 10, "description": "Longest delay between retries of a failed write; writes are retried until they succeed."},

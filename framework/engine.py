@@ -66,7 +66,7 @@ class EngineSettings:
 
     batch_size: int = 1000  # records per sink batch
     linger_ms: float = 200  # a non-empty batch older than this is sent anyway
-    queue_batches: int = 32  # batches waiting per sink before sources are slowed down
+    queue_batches: int = 8  # batches waiting per sink before sources are slowed down (memory bound)
     retry_initial_s: float = 0.5  # first delay after a failed write, doubled up to retry_max_s
     retry_max_s: float = 10.0
     lag_sample_every: int = 64  # observe the event-time lag of one record in N (power of two)
