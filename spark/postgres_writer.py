@@ -2,9 +2,9 @@
 
 For each batch of a query (on the driver):
 
-1. one Spark job renders valid rows to CSV (``to_csv``, in the JVM) and returns dead-letter rows
-   (reason, raw value, Kafka timestamp) as they are; valid rows are deduplicated by the primary
-   key on the driver (no shuffle);
+1. one Spark job renders valid rows to CSV (``to_csv``) and joins them into one COPY payload, in
+   the JVM (no Python object per row), and returns the dead-letter rows (reason, raw value, Kafka
+   timestamp); a key repeated in the batch is resolved by the insert (``ON CONFLICT``);
 2. in ONE transaction: skip the batch if ``(query, batch_id)`` is already in the progress table
    (a batch replayed after a crash); else COPY the rows into a temp table, ``INSERT … ON CONFLICT
    (key) DO NOTHING`` (events) or ``DO UPDATE`` (candles), insert the dead letters, and record
@@ -97,44 +97,41 @@ class PostgresWriter:
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        rows, letters = self.collect(batch_df)
+        rows, letters, count, event_times = self.collect(batch_df)
         collected = time.monotonic()
         with self._lock:
             committed = self.write_with_retry(batch_id, rows, letters)
-        if rows or letters:
+        if count or letters:
             log.info("query %s batch %s: %d rows, %d dead letters: Spark %.2fs, PostgreSQL %.2fs",
-                     self.query, batch_id, len(rows), len(letters), collected - started, time.monotonic() - collected)
-        if committed and self.metrics is not None and rows:
+                     self.query, batch_id, count, len(letters), collected - started, time.monotonic() - collected)
+        if committed and self.metrics is not None and event_times:
             now = time.time()
-            histogram = self.metrics.e2e_latency_seconds.labels(query=self.query)
-            for _line, event_time in rows:
-                if event_time is not None:
-                    histogram.observe(max(0.0, now - event_time))
+            observe = self.metrics.e2e_latency_seconds.labels(query=self.query).observe
+            for event_time in event_times:
+                observe(max(0.0, now - event_time))
 
-    def collect(self, batch_df: DataFrame) -> tuple[list[tuple[str, float | None]], list[tuple]]:
-        """One Spark job, no shuffle: each row comes back as a CSV line (valid) or as a dead
-        letter; valid rows are deduplicated by the primary key here, on the driver."""
+    def collect(self, batch_df: DataFrame) -> tuple[list[tuple[str, None]], list[tuple], int, list[float]]:
+        """One Spark job, aggregated in the JVM: the valid rows come back as ONE string of CSV
+        lines (the COPY payload, no Python object per row), their event times as one list (for
+        the latency histogram), and the dead letters (reason, raw value, Kafka timestamp).
+
+        Rows repeated within the batch are not removed here: ``INSERT … ON CONFLICT DO NOTHING``
+        keeps the first of them, and an upsert target stages its rows with ``DISTINCT ON`` the
+        key."""
         t = self.target
         reason = F.col(REASON) if REASON in batch_df.columns else F.lit(None).cast("string")
         ok = reason.isNull()
         event_time = F.col(self.event_time).cast("double") if self.event_time else F.lit(None).cast("double")
         dead = (F.col(RAW), F.col(KAFKA_TS)) if REASON in batch_df.columns else (F.lit(None), F.lit(None))
-        collected = batch_df.select(
-            F.when(ok, F.to_csv(F.struct(*[F.col(f"`{c}`") for c in t.columns]), CSV_OPTIONS)),
-            F.when(ok, F.to_json(F.struct(*[F.col(f"`{c}`") for c in t.primary_key]))),
-            event_time,
-            reason,
-            F.when(~ok, dead[0]),
-            F.when(~ok, dead[1]),
+        line = F.when(ok, F.to_csv(F.struct(*[F.col(f"`{c}`") for c in t.columns]), CSV_OPTIONS))
+        (text, count, event_times, dead_rows), = batch_df.agg(
+            F.concat_ws("\n", F.collect_list(line)),  # collect_list skips the NULLs (dead letters)
+            F.count(line),
+            F.collect_list(F.when(ok, event_time)),
+            F.collect_list(F.when(~ok, F.struct(reason.alias("r"), dead[0].alias("v"), dead[1].alias("t")))),
         ).collect()
-        rows: dict[str, tuple[str, float | None]] = {}
-        letters = []
-        for line, key, et, why, raw, received in collected:
-            if why is None:
-                rows.setdefault(key, (line, et))
-            else:
-                letters.append((why, raw, received))
-        return list(rows.values()), letters
+        rows = [(text, None)] if count else []
+        return rows, [tuple(d) for d in dead_rows], count, event_times
 
     # -- PostgreSQL side ----------------------------------------------------------------------
 
@@ -207,10 +204,13 @@ class PostgresWriter:
             conflict = sql.SQL("DO UPDATE SET {}").format(updates)
         else:
             conflict = sql.SQL("DO NOTHING")
+        # DO UPDATE cannot touch a row twice in one statement: one staged row per key
+        distinct = sql.SQL("DISTINCT ON ({}) ").format(key) if t.upsert else sql.SQL("")
         cur.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+            sql.SQL("INSERT INTO {} ({}) SELECT {}{} FROM {} ON CONFLICT ({}) {}").format(
                 sql.Identifier(t.table),
                 sql.SQL(", ").join(sql.Identifier(c) for c in insert_cols),
+                distinct,
                 sql.SQL(", ").join(select_items),
                 stage, key, conflict,
             )
