@@ -90,7 +90,7 @@ profiles:
 engine:
   batch_size: 1000
   linger_ms: 200
-  queue_batches: 32
+  queue_batches: 8
 """
 
 
