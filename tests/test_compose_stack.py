@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -179,55 +178,37 @@ def grafana_macros(sql: str, start: dt.datetime, end: dt.datetime, symbol: str) 
     return sql
 
 
-def _fill(conn: psycopg.Connection, now: dt.datetime) -> None:
-    """Simulator-like rows: two symbols, 3 hours of trades, candles and tickers."""
-    price = {"BTCUSDT": Decimal("43000.10"), "ETHUSDT": Decimal("2300.55")}
-    with conn.cursor() as cur:
-        for symbol, base in price.items():
-            trades = []
-            for i in range(600):
-                t = now - dt.timedelta(seconds=18 * (600 - i))
-                p = base + Decimal(i % 17) / 10
-                trades.append((symbol, 1000 + i, t, t, p, Decimal("0.015"), i % 3 == 0, now))
-            cur.executemany(
-                "INSERT INTO trades (symbol, trade_id, event_time, trade_time, price, quantity, buyer_is_maker, ingested_at)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", trades)
-            for m in range(180):
-                start = (now - dt.timedelta(minutes=180 - m)).replace(second=0, microsecond=0)
-                cur.execute(
-                    "INSERT INTO candles_1m (symbol, window_start, window_end, open, high, low, close, volume,"
-                    " quote_volume, trade_count, vwap, updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                    " ON CONFLICT DO NOTHING",
-                    (symbol, start, start + dt.timedelta(minutes=1), base, base + 2, base - 1, base + 1,
-                     Decimal("3.3"), base * 3, 12, base, now))
-            common = dict(symbol=symbol, event_time=now, price_change=Decimal("12.5"), price_change_percent=Decimal("1.25"),
-                          weighted_avg_price=base, open_price=base - 12, high_price=base + 50, low_price=base - 40,
-                          last_price=base, volume=Decimal("1000"), quote_volume=base * 1000,
-                          open_time=now - dt.timedelta(hours=1), close_time=now, first_trade_id=1,
-                          last_trade_id=1600, total_trades=1600, ingested_at=now)
-            daily = dict(common, prev_close_price=base - 12, last_quantity=Decimal("0.1"), best_bid_price=base,
-                         best_bid_quantity=Decimal("1"), best_ask_price=base + 1, best_ask_quantity=Decimal("2"))
-            for table, row in (("ticker_1h", common), ("ticker_1d", daily)):
-                cols = ", ".join(row)
-                cur.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join(['%s'] * len(row))})", list(row.values()))
-    conn.commit()
+# What the Spark job's candle query writes, computed here from the same trades.
+CANDLES_FROM_TRADES = """
+INSERT INTO candles_1m (symbol, window_start, window_end, open, high, low, close, volume,
+                        quote_volume, trade_count, vwap, updated_at)
+SELECT symbol, date_trunc('minute', trade_time), date_trunc('minute', trade_time) + interval '1 minute',
+       (array_agg(price ORDER BY trade_time, trade_id))[1], max(price), min(price),
+       (array_agg(price ORDER BY trade_time DESC, trade_id DESC))[1], sum(quantity),
+       sum(price * quantity), count(*), sum(price * quantity) / sum(quantity), now()
+FROM trades GROUP BY symbol, date_trunc('minute', trade_time)
+"""
 
 
-def test_dashboard_sql_returns_rows_on_migrated_postgres(postgres_db):
-    env = {**os.environ, "TICKWIRE_PG_WRITER_PASSWORD": "writer-pw", "TICKWIRE_PG_READER_PASSWORD": "reader-pw"}
-    tickwire = Path(sys.executable).parent / "tickwire"
-    migrate = subprocess.run([str(tickwire), "-c", str(ROOT / "streams.yaml"), "db", "migrate", "--dsn", postgres_db.dsn],
-                             capture_output=True, text=True, env=env, cwd=ROOT)
-    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    with psycopg.connect(postgres_db.dsn) as conn:
-        _fill(conn, now)
+def test_dashboard_sql_returns_rows_on_simulator_data(simulator, postgres_tables):
+    """Every dashboard query, macros expanded, run as Grafana's read-only role against a database
+    migrated by `tickwire db migrate` and filled by `tickwire run --profile postgres` from the
+    simulator (with invalid events, so the dead-letter panels have rows too)."""
+    sim = simulator(rate=300, ticker_interval=0.5, malformed_every=40, malformed_kinds="invalid_event,truncated")
+    env = {**os.environ, "TICKWIRE_BINANCE_URL": sim.ws_url, "TICKWIRE_BINANCE_REST_URL": sim.rest_url,
+           "TICKWIRE_PG_DSN": postgres_tables.writer_dsn}
+    run = subprocess.run([sys.executable, "-m", "framework.cli", "run", "--profile", "postgres", "--duration", "6",
+                          "--metrics-port", "0", "--log-format", "json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with psycopg.connect(postgres_tables.dsn) as conn:
+        conn.execute(CANDLES_FROM_TRADES)
+    now = dt.datetime.now(dt.timezone.utc)
     queries = _dashboard_sql()
     assert len(queries) >= 10
-    # as Grafana does: the read-only role created by migrate
-    with psycopg.connect(postgres_db.dsn_for("tickwire_reader", "reader-pw")) as conn:
+    with psycopg.connect(postgres_tables.reader_dsn) as conn:
         for where, sql in queries:
-            rows = conn.execute(grafana_macros(sql, now - dt.timedelta(hours=3), now, "BTCUSDT")).fetchall()
+            rows = conn.execute(grafana_macros(sql, now - dt.timedelta(hours=3), now + dt.timedelta(minutes=1), "BTCUSDT")).fetchall()
             assert rows, f"{where}: no rows"
 
 
