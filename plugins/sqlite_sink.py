@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from operator import itemgetter
@@ -52,6 +53,12 @@ CONFIG_SCHEMA = {
             "default": "NORMAL",
             "description": "PRAGMA synchronous. NORMAL with WAL: durable against process crashes, fast.",
         },
+        "checkpoint_interval_s": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": 1.0,
+            "description": "Seconds between WAL checkpoints, run on their own connection so commits never wait for them.",
+        },
         "busy_timeout_ms": {
             "type": "integer",
             "minimum": 0,
@@ -73,6 +80,8 @@ class SQLiteSink:
         self.path = path if path.is_absolute() else Path(ctx.config_dir) / path
         self.synchronous = options.get("synchronous", "NORMAL")
         self.busy_timeout_ms = int(options.get("busy_timeout_ms", 5000))
+        self.checkpoint_interval_s = float(options.get("checkpoint_interval_s", 1.0))
+        self._checkpointer: WalCheckpointer | None = None
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._statements: dict[str, tuple[str, itemgetter, tuple]] = {}
@@ -111,7 +120,10 @@ class SQLiteSink:
             conn.execute("ROLLBACK")
             conn.close()
             raise
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer below does it, off the commit path
         self._conn = conn
+        self._checkpointer = WalCheckpointer(self.path, self.checkpoint_interval_s, self.busy_timeout_ms)
+        self._checkpointer.start()
 
     def _statement(self, stream: StreamSpec) -> tuple[str, itemgetter, tuple]:
         st = self._statements.get(stream.name)
@@ -196,10 +208,42 @@ class SQLiteSink:
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         try:
             conn.execute("PRAGMA optimize")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
+
+
+class WalCheckpointer(threading.Thread):
+    """Copies the WAL into the database file on a connection of its own, every ``interval``
+    seconds. With SQLite's auto-checkpoint the writer did this (copy + fsync) inside a commit,
+    now and then for hundreds of milliseconds; a PASSIVE checkpoint blocks neither the writer nor
+    readers, so commits stay short."""
+
+    def __init__(self, path, interval: float, busy_timeout_ms: int):
+        super().__init__(name=f"sqlite-checkpoint-{Path(path).name}", daemon=True)
+        self.path, self.interval, self.busy_timeout_ms = path, interval, busy_timeout_ms
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            while not self._stopping.wait(self.interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.OperationalError:
+                    pass  # busy: the next round copies what this one could not
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
 
 
 @hookimpl

@@ -194,3 +194,27 @@ def test_a_locked_database_is_retried_by_the_engine_and_nothing_is_lost(tmp_path
     assert warnings and warnings[0].startswith("sink 'sqlite' (plugin sqlite), stream 'trade': database is locked; retrying in 0.05s")
     assert [r["trade_id"] for r in rows(db)] == list(range(300))
     assert engine.metrics.value("tickwire_messages_written_total", stream="trade", sink="sqlite") == 300
+
+
+def test_the_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path):
+    """Commits never copy the WAL into the database file (that copy + fsync made rare commits take
+    hundreds of ms); a thread of the sink does it on its own connection while it stays open."""
+    db = tmp_path / "data" / "t.db"
+
+    async def main():
+        sink, _ = open_sink(tmp_path, checkpoint_interval_s=0.2)
+        await sink.open()
+        size_before = db.stat().st_size
+        records = normalized(TRADE, [trade_payload(i) for i in range(5000)])
+        for start in range(0, 5000, 500):
+            await sink.write(TRADE, records[start:start + 500])
+        assert sink._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        deadline = time.monotonic() + 10
+        while db.stat().st_size <= size_before:  # the rows reach the main file only by a checkpoint
+            assert time.monotonic() < deadline, "the WAL was never checkpointed"
+            await asyncio.sleep(0.05)
+        await sink.close()
+
+    asyncio.run(main())
+    assert rows(db, "SELECT count(*) FROM trades") == [{"count(*)": 5000}]
+    assert not (tmp_path / "data" / "t.db-wal").exists() or (tmp_path / "data" / "t.db-wal").stat().st_size == 0
