@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from scripts.kafka_broker import KafkaBroker  # noqa: E402
 from tests.fixtures.simulator import start_simulator  # noqa: E402
+from prometheus_text import histogram_quantile  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 PYTHON = sys.executable
@@ -191,26 +192,6 @@ def latencies(reader: KafkaReader, start: dict, end: dict, stride: int = 1) -> l
 
 def quantile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
-
-
-def histogram_quantile(text: str, name: str, q: float) -> float | None:
-    """A quantile estimated from a Prometheus histogram exposition (all label sets summed)."""
-    buckets: dict[float, float] = {}
-    for m in re.finditer(rf'^{name}_bucket{{.*?le="([^"]+)".*?}} ([0-9.e+]+)$', text, re.M):
-        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
-        buckets[le] = buckets.get(le, 0.0) + float(m.group(2))
-    items = sorted(buckets.items())
-    if not items or items[-1][1] == 0:
-        return None
-    rank = q * items[-1][1]
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in items:
-        if count >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_count) / max(count - prev_count, 1e-9))
-        prev_le, prev_count = le, count
-    return prev_le
 
 
 def gauge(text: str, name: str) -> float:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -46,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.fixtures.simulator import start_simulator  # noqa: E402
+from prometheus_text import histogram_quantile  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 PYTHON = sys.executable
@@ -177,29 +177,6 @@ class Window:
             "cpu_us_per_msg": (c1 - c0) / max(rows, 1) * 1e6,
             "cpu_percent": (c1 - c0) / (t1 - t0) * 100,
         }
-
-
-def histogram_quantile(text: str, name: str, q: float) -> float | None:
-    """Estimate a quantile from a Prometheus histogram exposition (all label sets summed)."""
-    buckets: dict[float, float] = {}
-    for m in re.finditer(rf'^{name}_bucket{{.*?le="([^"]+)".*?}} ([0-9.e+]+)$', text, re.M):
-        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
-        buckets[le] = buckets.get(le, 0.0) + float(m.group(2))
-    if not buckets:
-        return None
-    items = sorted(buckets.items())
-    total = items[-1][1]
-    if total == 0:
-        return None
-    rank = q * total
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in items:
-        if count >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_count) / max(count - prev_count, 1e-9))
-        prev_le, prev_count = le, count
-    return prev_le
 
 
 def run_tickwire(sim, args, workdir: Path, label: str) -> dict:
