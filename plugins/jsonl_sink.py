@@ -13,16 +13,15 @@ disk). The file is append-only, so a replay appends again: this sink is not idem
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
 
 from framework.components import DeadLetter, RunContext, SinkSpec
 from framework.hookspecs import hookimpl
+from framework.threads import DedicatedThread
 from framework.schemas import StreamSpec
 
 CONFIG_SCHEMA = {
@@ -58,17 +57,14 @@ class JsonlSink:
             self.path = path if path.is_absolute() else Path(ctx.config_dir) / path
         self.fsync = bool(options.get("fsync", False))
         self._file = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = DedicatedThread(f"jsonl-{name}")
 
     def describe(self) -> str:
         return "stdout (JSON lines)" if self.path is None else f"JSON lines {self.path}"
 
-    async def _call(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"jsonl-{self.name}")
-        await self._call(self._open_sync)
+        self._thread.start()
+        await self._thread.call(self._open_sync)
 
     def _open_sync(self) -> None:
         if self.path is None:
@@ -88,7 +84,7 @@ class JsonlSink:
         name = stream.name
         dumps = orjson.dumps
         lines = [dumps({"stream": name, "record": r}, default=str) + b"\n" for r in records]
-        await self._call(self._append, lines)
+        await self._thread.call(self._append, lines)
 
     async def write_dead_letters(self, letters: list[DeadLetter]) -> None:
         lines = [
@@ -98,16 +94,15 @@ class JsonlSink:
             + b"\n"
             for d in letters
         ]
-        await self._call(self._append, lines)
+        await self._thread.call(self._append, lines)
 
     async def close(self) -> None:
-        if self._executor is None:
+        if not self._thread.running:
             return
         try:
-            await self._call(self._close_sync)
+            await self._thread.call(self._close_sync)
         finally:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            self._thread.stop()
 
     def _close_sync(self) -> None:
         f, self._file = self._file, None

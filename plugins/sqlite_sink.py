@@ -17,16 +17,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
 from framework.components import DeadLetter, RunContext, SinkSpec
 from framework.hookspecs import hookimpl
+from framework.threads import DedicatedThread
 from framework.schemas import StreamSpec
 from plugins.codegen_sqlite import DEAD_LETTERS_DDL, ddl_for
 
@@ -83,7 +82,7 @@ class SQLiteSink:
         self.checkpoint_interval_s = float(options.get("checkpoint_interval_s", 1.0))
         self._checkpointer: WalCheckpointer | None = None
         self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = DedicatedThread(f"sqlite-{name}")
         self._statements: dict[str, tuple[str, itemgetter, tuple]] = {}
         self._dup_counters: dict[str, object] = {}
         self._sql: dict[tuple[str, int], str] = {}
@@ -93,12 +92,9 @@ class SQLiteSink:
     def describe(self) -> str:
         return f"SQLite {self.path}"
 
-    async def _call(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.name}")
-        await self._call(self._open_sync)
+        self._thread.start()
+        await self._thread.call(self._open_sync)
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +142,7 @@ class SQLiteSink:
         return sql
 
     async def write(self, stream: StreamSpec, records: list[dict]) -> None:
-        inserted = await self._call(self._write_sync, stream, records)
+        inserted = await self._thread.call(self._write_sync, stream, records)
         duplicates = len(records) - inserted
         if duplicates > 0:
             counter = self._dup_counters.get(stream.name)
@@ -180,7 +176,7 @@ class SQLiteSink:
         return inserted
 
     async def write_dead_letters(self, letters: list[DeadLetter]) -> None:
-        await self._call(self._write_dead_sync, letters)
+        await self._thread.call(self._write_dead_sync, letters)
 
     def _write_dead_sync(self, letters: list[DeadLetter]) -> None:
         conn = self._conn
@@ -197,14 +193,13 @@ class SQLiteSink:
             raise
 
     async def close(self) -> None:
-        if self._executor is None:
+        if not self._thread.running:
             return
         try:
             if self._conn is not None:
-                await self._call(self._close_sync)
+                await self._thread.call(self._close_sync)
         finally:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            self._thread.stop()
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None

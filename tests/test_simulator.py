@@ -281,18 +281,20 @@ def test_market_runs_while_disconnected_and_rest_fills_the_gap(simulator):
     assert [r["id"] for r in filled if r["id"] <= gap_to] == list(range(gap_from, gap_to + 1))
 
 
+async def read_until_closed(sim) -> tuple[list, ConnectionClosed]:
+    """Every frame of one combined connection until the server ends it, and how it ended."""
+    got = []
+    async with websockets.connect(sim.url()) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                got.append(await recv_json(ws))
+    return got, closed.value
+
+
 def test_drop_every_closes_without_a_close_frame(simulator):
     sim = simulator(rate=300, drop_every=5)
 
-    async def session():
-        got = []
-        async with websockets.connect(sim.url()) as ws:
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    got.append(await recv_json(ws))
-        return got, closed.value
-
-    got, closed = run(session())
+    got, closed = run(read_until_closed(sim))
     assert len(got) == 5 and closed.rcvd is None  # abnormal closure (1006)
     stats = sim.stats()
     assert stats["drops"] == 1 and stats["internal_errors"] == 0
@@ -301,15 +303,7 @@ def test_drop_every_closes_without_a_close_frame(simulator):
 def test_shutdown_every_sends_server_shutdown_then_closes(simulator):
     sim = simulator(rate=300, shutdown_every=5)
 
-    async def session():
-        got = []
-        async with websockets.connect(sim.url()) as ws:
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    got.append(await recv_json(ws))
-        return got, closed.value
-
-    got, closed = run(session())
+    got, closed = run(read_until_closed(sim))
     assert len(got) == 6
     assert list(got[-1]) == ["stream", "data"] and got[-1]["stream"] == "!serverShutdown"
     assert list(got[-1]["data"]) == ["e", "E"] and got[-1]["data"]["e"] == "serverShutdown"
