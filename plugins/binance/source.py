@@ -6,7 +6,7 @@ What it does, so the limits Binance enforces are never hit:
   connections (``<url>/stream`` + SUBSCRIBE in chunks), at most ``max_streams_per_connection``
   (1024) per connection — 1500 channels become two connections of 750;
 * paces every client message of a connection with one token bucket below
-  ``max_messages_per_second`` (5), leaving room for the pongs websockets sends by itself;
+  ``max_messages_per_second`` (5), pongs to Binance's pings included;
 * reconnects on any drop, HTTP 429/418 (honouring ``Retry-After``) and ``serverShutdown``, with
   exponential backoff and jitter, and never more than ``max_connection_attempts_per_5min``;
 * rotates each connection before Binance's 24 h cut-off: the replacement is opened and
@@ -25,11 +25,10 @@ import time
 from typing import Any
 
 import aiohttp
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from framework.components import SourceSpec
 from framework.hookspecs import hookimpl
-from plugins.binance.connection import Connection
+from plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
 from plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
 from plugins.binance.ratelimit import Backoff, SlidingWindowLimiter
 from plugins.binance.rest import HistoricalTrades, RestError, rest_trade_to_event, retry_after_seconds
@@ -166,13 +165,20 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "ping_interval_seconds": {
             "type": ["number", "null"],
             "default": 60.0,
-            "description": "Our own keepalive ping (Binance pings us every 20 s; websockets answers). "
+            "description": "Our own keepalive ping (Binance pings us every 20 s; we answer each). "
             "null disables it.",
         },
         "ping_timeout_seconds": {
             "type": ["number", "null"],
             "default": 30.0,
             "description": "Close and reconnect when our ping gets no pong in this time.",
+        },
+        "compression": {
+            "enum": ["none", "deflate"],
+            "default": "none",
+            "description": "Offer permessage-deflate. Binance's frames are small and compress well, so "
+            "deflate saves bandwidth but costs CPU to inflate every frame (see bench/README.md); "
+            "none suits a data-centre link.",
         },
     },
 }
@@ -206,13 +212,10 @@ def _describe(exc: BaseException) -> str:
     """A one-line, traceback-free reason for a connection problem."""
     if isinstance(exc, ServerShutdown):
         return "Binance announced a server shutdown (serverShutdown)"
-    if isinstance(exc, ConnectionClosed):
-        rcvd = exc.rcvd
-        if rcvd is None:
-            return "connection dropped without a close frame"
-        return f"server closed the connection (code {rcvd.code}{': ' + rcvd.reason if rcvd.reason else ''})"
-    if isinstance(exc, InvalidStatus):
-        return f"HTTP {exc.response.status_code} during the WebSocket handshake"
+    if isinstance(exc, ConnectionLost):
+        return exc.describe()
+    if isinstance(exc, HandshakeRefused):
+        return str(exc)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timed out"
     text = str(exc) or type(exc).__name__
@@ -343,16 +346,17 @@ class BinanceSource:
                 open_timeout=float(o["open_timeout_seconds"]),
                 ping_interval=o["ping_interval_seconds"],
                 ping_timeout=o["ping_timeout_seconds"],
+                compression=o["compression"],
             )
             try:
                 await conn.connect()
-            except InvalidURI as exc:
+            except ValueError as exc:  # aiohttp.InvalidURL is one
                 raise ValueError(f"source {self.name}: invalid url {o['url']!r}: {exc}") from None
-            except (OSError, InvalidHandshake, asyncio.TimeoutError, TimeoutError) as exc:
+            except (OSError, aiohttp.ClientError, HandshakeRefused, asyncio.TimeoutError, TimeoutError) as exc:
                 delay = backoff.next_delay()
-                status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
+                status = exc.status if isinstance(exc, HandshakeRefused) else None
                 if status in (429, 418):
-                    retry = retry_after_seconds(exc.response.headers.get("Retry-After"), delay)
+                    retry = retry_after_seconds(exc.headers.get("Retry-After"), delay)
                     delay = max(delay, retry)
                     what = "is rate limiting us" if status == 429 else "has temporarily banned this IP"
                     self.log.warning(
