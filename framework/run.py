@@ -93,8 +93,7 @@ def tune_gc() -> None:
     are never scanned; a larger first threshold lets most records die before a collection."""
     gc.collect()
     gc.freeze()
-    first, second, third = map(int, os.environ.get("TICKWIRE_GC_THRESHOLD", "50000,20,100").split(","))
-    gc.set_threshold(first, second, third)
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _say(text: str) -> None:
