@@ -18,6 +18,7 @@ import orjson
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 
 from plugins.binance.market import Market, fmt8, parse8
 from tests.fixtures.simulator import REPOSITORY
@@ -279,6 +280,55 @@ def test_market_runs_while_disconnected_and_rest_fills_the_gap(simulator):
     assert gap_to >= gap_from
     filled = sim.get("/api/v3/historicalTrades", symbol="BTCUSDT", fromId=gap_from, limit=1000)
     assert [r["id"] for r in filled if r["id"] <= gap_to] == list(range(gap_from, gap_to + 1))
+
+
+@pytest.mark.parametrize("offer, no_takeover, window", [
+    (None, False, 15),  # websockets' default offer
+    (ClientPerMessageDeflateFactory(server_max_window_bits=9), False, 9),
+    (ClientPerMessageDeflateFactory(server_no_context_takeover=True, server_max_window_bits=10), True, 10),
+], ids=["default-offer", "9-bit-window", "no-context-takeover-10-bits"])
+def test_deflate_compresses_every_frame_on_the_terms_offered(simulator, offer, no_takeover, window):
+    sim = simulator(rate=1000, compression="deflate")
+    kw = {"extensions": [offer]} if offer else {}
+
+    async def session():
+        async with websockets.connect(sim.url(), compression="deflate", **kw) as ws:
+            frames = [await recv_json(ws) for _ in range(300)]
+            return frames, ws.response.headers.get("Sec-WebSocket-Extensions"), ws.protocol.extensions
+
+    frames, header, extensions = run(session())
+    assert header.split(";")[0] == "permessage-deflate"
+    [ext] = extensions
+    assert isinstance(ext, PerMessageDeflate)
+    # the client inflates with the window and context rules it asked for: a message that refers
+    # back past them fails to inflate and websockets closes the connection with 1007
+    assert (ext.remote_no_context_takeover, ext.remote_max_window_bits) == (no_takeover, window)
+    trades = [f["data"] for f in frames if f["stream"].endswith("@trade")]
+    assert len(trades) == len(frames) == 300
+    for t in trades:
+        assert list(t) == TRADE_KEYS and re.match(DECIMAL8, t["p"]) and re.match(DECIMAL8, t["q"])
+    for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+        ids = [t["t"] for t in trades if t["s"] == symbol]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))
+        sent = {r["id"]: r for r in sim.trades(symbol, from_id=ids[0], limit=len(ids))}
+        assert all((t["p"], t["q"]) == (sent[t["t"]]["price"], sent[t["t"]]["qty"]) for t in trades if t["s"] == symbol)
+    [conn] = sim.stats()["connections"]
+    assert conn["compression"] == "permessage-deflate"
+    # what went over the wire is compressed: well under the JSON the client got back
+    plain = sum(len(orjson.dumps(f)) + 2 for f in frames)
+    assert conn["bytes_sent"] / conn["frames_sent"] < 0.9 * plain / len(frames)
+
+
+def test_without_the_option_deflate_offers_are_refused(simulator):
+    sim = simulator(rate=200)
+
+    async def session():
+        async with websockets.connect(sim.url(), compression="deflate") as ws:
+            await recv_json(ws)
+            return ws.response.headers.get("Sec-WebSocket-Extensions"), ws.protocol.extensions
+
+    assert run(session()) == (None, [])
+    assert sim.stats()["connections"][0]["compression"] is None
 
 
 async def read_until_closed(sim) -> tuple[list, ConnectionClosed]:

@@ -27,6 +27,13 @@ Faults (per connection, counted in data messages = events sent to it):
   every N-th message one bad frame, cycling through ``malformed_kinds``; ``rest_429_every`` N:
   every N-th REST call answers 429 with ``Retry-After``. Malformed frames never consume trade ids.
 
+Compression (``compression="deflate"``, off by default): a client's permessage-deflate offer
+(RFC 7692) is accepted and every data frame we write to it is compressed (raw deflate, RSV1 set,
+the trailing 00 00 ff ff of the sync flush stripped), with the deflate context kept across
+messages unless the client asked for ``server_no_context_takeover``, and the window that its
+``server_max_window_bits`` allows. Control frames (ping, pong, close) are never compressed.
+Without it every offer is refused and frames go out uncompressed.
+
 Speed: events are rendered once with orjson and written straight to each transport as
 pre-built WebSocket frames, one ``write`` per connection per batch.
 """
@@ -39,13 +46,14 @@ import struct
 import sys
 import time
 import traceback
+import zlib
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from itertools import count
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
 from plugins.binance.capture import read_capture
 from plugins.binance.market import Market, SymbolState, parse8
@@ -62,8 +70,12 @@ SLOW_CONSUMER_BYTES = 64 * 2**20
 WRITE_HIGH_WATER = 2**20  # rate 0 waits for a client when this much is unsent
 DRAIN_TIMEOUT = 30.0
 KEEP_CLOSED = 1000  # closed connections kept in stats
+COMPRESSIONS = ("none", "deflate")
+DEFLATE_LEVEL = 1  # zlib's fastest, as aiohttp's own WebSocket writer uses
+RSV1 = 0x40  # "this message is compressed" (RFC 7692), set on its first (here: only) frame
 # text-frame headers for every payload size up to 4 KiB, so the hot path only appends
 _HDR = [bytes((0x81, n)) if n < 126 else struct.pack("!BBH", 0x81, 126, n) for n in range(4096)]
+_HDR_DEFLATE = [bytes((0x81 | RSV1, n)) if n < 126 else struct.pack("!BBH", 0x81 | RSV1, 126, n) for n in range(4096)]
 
 
 @dataclass
@@ -88,15 +100,17 @@ class SimConfig:
     history: int = 200_000
     replay: str | None = None
     speed: float = 1.0  # replay speed factor; 0 = as fast as possible
+    compression: str = "none"  # "deflate": accept permessage-deflate offers
 
 
-def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+def ws_frame(payload: bytes, opcode: int = 0x1, rsv: int = 0) -> bytes:
     n = len(payload)
+    first = 0x80 | rsv | opcode
     if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
+        return bytes((first, n)) + payload
     if n < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
 
 
 def _now_ms() -> int:
@@ -105,6 +119,8 @@ def _now_ms() -> int:
 
 class Connection:
     """One client connection: subscriptions, counters, and the frames waiting to be written."""
+
+    compression: str | None = None  # the negotiated extension (DeflateConnection), for the stats
 
     def __init__(self, sim: Simulator, ws: web.WebSocketResponse, request: web.Request, combined: bool):
         self.sim = sim
@@ -284,6 +300,7 @@ class Connection:
             "id": self.id,
             "path": self.path,
             "combined": self.combined,
+            "compression": self.compression,
             "open": not self.closed,
             "streams": self.streams_at_close if self.closed else len(self.streams),
             "messages_sent": self.sent,
@@ -295,6 +312,38 @@ class Connection:
             "closed_at": self.closed_at,
             "close_reason": self.close_reason,
         }
+
+
+class DeflateConnection(Connection):
+    """A connection that negotiated permessage-deflate: every data frame is compressed (RFC 7692).
+
+    One message is one frame here, so RSV1 goes on every data frame. ``wbits`` is the window the
+    client allowed (``server_max_window_bits``, 15 when it did not say); with
+    ``server_no_context_takeover`` each message is flushed with Z_FULL_FLUSH, which empties the
+    deflate window, so no message refers back to an earlier one. ``client_no_context_takeover``
+    only concerns what the client sends: aiohttp's reader inflates either way."""
+
+    def __init__(self, sim: Simulator, ws: web.WebSocketResponse, request: web.Request, combined: bool,
+                 wbits: int, no_context_takeover: bool):
+        super().__init__(sim, ws, request, combined)
+        self.compression = "permessage-deflate"
+        self.wbits = wbits
+        self.no_context_takeover = no_context_takeover
+        self._deflate = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -wbits)
+        self._flush_mode = zlib.Z_FULL_FLUSH if no_context_takeover else zlib.Z_SYNC_FLUSH
+
+    def _frame(self, body: bytes, opcode: int = 0x1) -> None:
+        z = self._deflate
+        # a sync (or full) flush always ends in the empty stored block 00 00 ff ff: dropped
+        data = (z.compress(body) + z.flush(self._flush_mode))[:-4]
+        n = len(data)
+        if n < 4096 and opcode == 0x1:
+            self.out.append(_HDR_DEFLATE[n])
+            self.out.append(data)
+        else:
+            self.out.append(ws_frame(data, opcode, RSV1))
+        self.frames += 1
+        self.sim.dirty.add(self)
 
 
 @dataclass
@@ -440,9 +489,17 @@ class Simulator:
         if len(names) > self.cfg.max_streams:
             self.violation(None, "too-many-streams", f"{len(names)} streams in the URL")
             return self._bad(f"Invalid request: too many streams ({len(names)} > {self.cfg.max_streams})")
-        ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=2**20)
+        deflate = self.cfg.compression == "deflate"
+        ws = web.WebSocketResponse(autoping=False, compress=deflate, max_msg_size=2**20)
         await ws.prepare(request)
-        conn = Connection(self, ws, request, combined)
+        if ws.compress:  # aiohttp accepted the client's offer: its answer says on which terms
+            agreed = ws.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS, "")
+            conn: Connection = DeflateConnection(
+                self, ws, request, combined, wbits=int(ws.compress),
+                no_context_takeover="server_no_context_takeover" in agreed,
+            )
+        else:
+            conn = Connection(self, ws, request, combined)
         if conn.transport is not None:  # fewer pause/resume round trips when clients lag a little
             conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_HIGH_WATER // 4)
         self.conns[conn.id] = conn
@@ -793,6 +850,7 @@ class Simulator:
             "mode": "replay" if self.cfg.replay else "market",
             "seed": self.cfg.seed,
             "rate": self.cfg.rate,
+            "compression": self.cfg.compression,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "symbols": symbols,
             "messages_sent": sum(c["messages_sent"] for c in conns),

@@ -30,7 +30,7 @@ except ImportError:  # the core is not there yet: the same marker
 
     hookimpl = pluggy.HookimplMarker("tickwire")
 
-from plugins.binance.sim_server import ALL_MALFORMED_KINDS, MALFORMED_KINDS, SimConfig, Simulator
+from plugins.binance.sim_server import ALL_MALFORMED_KINDS, COMPRESSIONS, MALFORMED_KINDS, SimConfig, Simulator
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -70,6 +70,9 @@ async def _run_until_signal(coro_start, coro_stop) -> None:
 @click.option("--history", type=int, default=200_000, show_default=True, help="Trades kept per symbol for REST.")
 @click.option("--replay", type=click.Path(exists=True, dir_okay=False), default=None, help="Serve a capture made by `tickwire record` instead of the synthetic market.")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Replay speed factor; 0 = as fast as possible.")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True,
+              help="deflate: accept a client's permessage-deflate offer and compress every data frame; "
+                   "none: refuse every offer.")
 def simulate(**opts) -> None:
     """Serve a Binance-compatible market-data endpoint (WebSocket + REST) for tests and benchmarks."""
     kinds = _csv(opts.pop("malformed_kinds"))
@@ -92,6 +95,7 @@ def simulate(**opts) -> None:
             f"{k}={getattr(cfg, k)}" for k in ("drop_every", "shutdown_every", "malformed_every", "rest_429_every") if getattr(cfg, k)
         )
         click.echo(f"simulator: {source} rest=http://{cfg.host}:{port} stats=http://{cfg.host}:{port}/_sim/stats"
+                   + (f" compression={cfg.compression}" if cfg.compression != "none" else "")
                    + (f" faults: {faults}" if faults else ""))
         sys.stdout.flush()
 
