@@ -385,6 +385,28 @@ def test_drop_every_gaps_are_filled_over_rest(simulator):
     no_violations(st)
 
 
+@pytest.mark.parametrize("sim_compression, negotiated", [("deflate", "permessage-deflate"), ("none", None)])
+def test_deflate_delivers_every_trade_once_with_exact_decimals(simulator, sim_compression, negotiated):
+    """compression: deflate against a simulator that compresses every frame, and against one that
+    refuses the offer (then the frames simply come uncompressed): every trade, once, as sent."""
+    sim = simulator(rate=2000, symbols="BTCUSDT", malformed_every=97, compression=sim_compression)
+    src = make_source(sim, symbols=("BTCUSDT",), compression="deflate")
+    emit = Collector()
+    records = asyncio.run(run_source(src, emit, 3.0))
+    ids = assert_consecutive(records, min_per_symbol=2000)["BTCUSDT"]
+    sent = {t["id"]: t for t in sim.trades("BTCUSDT", from_id=min(ids), limit=len(ids))}
+    for _, p, _ in records:
+        t = sent[p["t"]]
+        assert (p["p"], p["q"], p["m"], p["T"]) == (t["price"], t["qty"], t["isBuyerMaker"], t["time"])
+    st = sim.stats()
+    assert st["connections_total"] == 1 and st["connections"][0]["compression"] == negotiated
+    assert src.stats["reconnects"] == 0 and src.stats["gaps_detected"] == 0
+    # the malformed frames (binary and oversized ones too) arrive inflated and become dead letters
+    assert emit.dead and sum(st["malformed_sent"].values()) >= len(emit.dead)
+    assert any("oversized frame" in r for _, r, _ in emit.dead)
+    no_violations(st)
+
+
 def test_server_shutdown_reconnects_at_once(simulator):
     sim = simulator(rate=200, shutdown_every=150)
     src = make_source(sim, backoff_initial_seconds=5.0)  # a shutdown must not wait for backoff
