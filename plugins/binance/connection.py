@@ -241,7 +241,7 @@ class Connection:
         if kind is WSMsgType.PING:
             self.bucket.charge()  # a pong cannot wait for a token: charged, not waited for
             self.pings_answered += 1
-            return self.ws.pong(msg.data)
+            return self._answer_ping(msg.data)
         if kind is WSMsgType.PONG:
             self._pong.set()
             return None
@@ -255,9 +255,21 @@ class Connection:
             raise _EndOfStream()
         raise ConnectionLost(None, "connection dropped without a close frame")
 
+    async def _answer_ping(self, payload: bytes) -> None:
+        try:
+            await self.ws.pong(payload)
+        except ConnectionError:  # closing under us: the next receive() says how it ended
+            pass
+
     async def _keepalive(self) -> None:
         """Our own ping every ping_interval (a token each); no pong within ping_timeout closes
         the connection, and run() raises why."""
+        try:
+            await self._ping_until_silent()
+        except ConnectionError:  # the connection is closing: the reader reports how it ended
+            pass
+
+    async def _ping_until_silent(self) -> None:
         while True:
             await asyncio.sleep(self.ping_interval)
             await self.bucket.take()
