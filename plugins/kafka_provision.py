@@ -29,6 +29,10 @@ EXIT_USAGE = 2
 class ProvisionError(Exception):
     """Kafka refused or could not be reached; the message says which topic and why."""
 
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable  # an outage (try again later), not a refusal
+
 
 @dataclass
 class ProvisionReport:
@@ -69,7 +73,7 @@ async def provision(config, options: dict, report: Callable[[str], None] = print
             await asyncio.wait_for(admin.start(), 20)
             existing = set(await admin.list_topics())
         except (KafkaError, OSError, asyncio.TimeoutError) as error:
-            raise ProvisionError(f"cannot reach Kafka at {bootstrap}: {error!r}") from error
+            raise ProvisionError(f"cannot reach Kafka at {bootstrap}: {error!r}", unreachable=True) from error
 
         missing = [t for t in wanted if t["name"] not in existing]
         if missing:

@@ -296,6 +296,7 @@ class KafkaSink:
         )
         self.producer = None
         self._spooling = False
+        self._provision_pending = False  # provision: true, and the topics are not created yet
         self.max_in_flight = int(options.get("max_in_flight", 8))  # read by the engine
         # msgspec, not orjson: orjson returns each value in a 4 KiB allocation, and the values
         # of every write in flight are kept until acknowledged (to spool them if Kafka is away)
@@ -342,11 +343,9 @@ class KafkaSink:
             self.spool.open()
         except SpoolError as error:
             raise KafkaSinkError(f"{self.who}: {error}") from error
-        if self.options.get("provision"):
-            from plugins.kafka_provision import provision
-
-            await provision(self.ctx.config, self.options, report=lambda line: self.log.info(f"{self.who}: {line}"))
+        self._provision_pending = bool(self.options.get("provision"))
         try:
+            await self._provision_if_pending()
             await self._start_producer(self.options.get("connect_timeout_ms", 10000) / 1000)
             await self._check_topics()
         except KafkaSinkError:
@@ -367,6 +366,22 @@ class KafkaSink:
         if self._spooling:
             self._start_drainer()
         self._update_spool_metrics()
+
+    async def _provision_if_pending(self) -> None:
+        """``provision: true``: create missing topics before the first send. With the broker
+        away at start this waits for it (the records spool meanwhile): unreachable is an
+        outage; a refusal (ACLs, bad settings) is a KafkaSinkError."""
+        if not self._provision_pending:
+            return
+        from plugins.kafka_provision import ProvisionError, provision
+
+        try:
+            await provision(self.ctx.config, self.options, report=lambda line: self.log.info(f"{self.who}: {line}"))
+        except ProvisionError as error:
+            if error.unreachable:
+                raise ConnectionError(str(error)) from error  # transient: spool and retry
+            raise KafkaSinkError(f"{self.who}: {error}") from error
+        self._provision_pending = False
 
     async def close(self) -> None:
         if self._drainer is not None and not self._drainer.done():
@@ -636,7 +651,13 @@ class KafkaSink:
             self._update_spool_metrics()
             if self.producer is None:
                 try:
+                    await self._provision_if_pending()
                     await self._start_producer(self.send_timeout)
+                except KafkaSinkError as error:  # Kafka answers, and refuses: say so, keep spooling
+                    self.log.error(f"{error}; records stay in the spool, retrying in {backoff:g}s")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
                 except Exception as error:
                     self.log.debug(f"{self.who}: Kafka still unreachable: {error!r}")
                     await asyncio.sleep(backoff)
