@@ -6,7 +6,11 @@ orjson), sent with the same producer settings as tickwire's kafka sink: acks=all
 zstd, 512 KiB batches. Up to 32 sent batches wait for their acknowledgement while reading goes
 on (tickwire's engine queue holds 32). No validation, normalization, headers, metrics, spool.
 
-    python bench/baselines/kafka_baseline.py WS_URL BOOTSTRAP TOPIC
+    python bench/baselines/kafka_baseline.py WS_URL BOOTSTRAP TOPIC [--compression none|deflate]
+
+``--compression none`` (the default) connects without offering permessage-deflate; ``deflate``
+offers it as websockets does by default (``compression="deflate"``), which is what a plain
+websockets client gets against a server that accepts it.
 
 Runs until SIGINT/SIGTERM, then waits for the outstanding acknowledgements and prints one JSON
 line: trades sent, acknowledged, and the send→ack latency of each 1,000-trade batch (p50, p99).
@@ -14,9 +18,9 @@ line: trades sent, acknowledged, and the send→ack latency of each 1,000-trade 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
-import sys
 import time
 from collections import defaultdict, deque
 
@@ -29,7 +33,7 @@ BATCH = 1000
 IN_FLIGHT = 32
 
 
-async def main(url: str, bootstrap: str, topic: str) -> dict:
+async def main(url: str, bootstrap: str, topic: str, compression: str = "none") -> dict:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, compression_type="zstd",
         linger_ms=5, max_batch_size=524288, max_request_size=1048576,
@@ -80,7 +84,8 @@ async def main(url: str, bootstrap: str, topic: str) -> dict:
     async def read() -> None:
         rows: list[tuple[bytes, bytes]] = []
         loads, dumps = orjson.loads, orjson.dumps
-        async with websockets.connect(url, max_size=2**24, compression=None) as ws:
+        offer = "deflate" if compression == "deflate" else None
+        async with websockets.connect(url, max_size=2**24, compression=offer) as ws:
             while not stop.is_set():
                 data = loads(await ws.recv()).get("data")
                 if not data or data.get("e") != "trade":
@@ -106,4 +111,11 @@ async def main(url: str, bootstrap: str, topic: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(orjson.dumps(asyncio.run(main(*sys.argv[1:4]))).decode(), flush=True)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("url")
+    ap.add_argument("bootstrap")
+    ap.add_argument("topic")
+    ap.add_argument("--compression", choices=["none", "deflate"], default="none",
+                    help="offer permessage-deflate (websockets' default) or not")
+    a = ap.parse_args()
+    print(orjson.dumps(asyncio.run(main(a.url, a.bootstrap, a.topic, a.compression))).decode(), flush=True)
