@@ -16,12 +16,22 @@ How each figure is measured, over a steady window after the first record in Kafk
   send → ack     tickwire: its ``tickwire_batch_commit_seconds`` histogram (engine batch handed to
                  the sink → acknowledged); baseline: its own timing of each 1,000-trade batch
 
+``--deflate`` (the default; ``--no-deflate`` skips it): per ``--repeat``, one more
+baseline/tickwire pair against ``tickwire simulate --compression deflate``: the baseline offers
+permessage-deflate as websockets does by default, tickwire runs with
+``sources.binance.compression=deflate``. Printed as "baseline, deflate" and "tickwire, deflate"
+with the same figures, the CPU per message deflate adds over the runs without it, the bytes per
+message on the wire (simulator stats) and the simulator's CPU: compressing costs it ~3 µs a
+message, so near 100 % it, not the client, sets the msgs/s. A run whose connection did not
+negotiate what it asked for stops the benchmark. The pair adds about a minute.
+
 ``--outage``: the simulator at a steady 5,000 trades/s, the broker SIGKILLed for 60 s and started
 again; tickwire must lose nothing (every trade the simulator sent, by ``/_sim/stats``, is in the
 topic, ids contiguous per symbol) with bounded memory (peak RSS, peak spool size).
 
     .venv/bin/python bench/kafka_bench.py                   # 20 s windows
     .venv/bin/python bench/kafka_bench.py --seconds 20 --outage --json results.json
+    .venv/bin/python bench/kafka_bench.py --no-deflate      # without the permessage-deflate pair
 
 Targets (issue 4): ≥ 50,000 msgs/s in one process, ≥ 0.75 × baseline, peak RSS < 250 MB; outage:
 zero loss, memory bounded.
@@ -269,15 +279,17 @@ class Bench:
                 raise SystemExit(f"nothing reached {topic} (exit {proc.poll()}):\n{log()[-3000:]}")
             time.sleep(0.2)
 
-    def window(self, topic: str, sampler: Sampler) -> dict:
+    def window(self, topic: str, sampler: Sampler, sim) -> dict:
+        sim_proc = psutil.Process(sim.proc.pid)
+        sim_cpu = lambda: sum(sim_proc.cpu_times()[:2])  # noqa: E731
         time.sleep(self.args.warmup)
-        o0, c0, t0 = self.reader.end_offsets(topic), sampler.cpu(), time.monotonic()
+        o0, c0, s0, t0 = self.reader.end_offsets(topic), sampler.cpu(), sim_cpu(), time.monotonic()
         time.sleep(self.args.seconds)
-        o1, c1, t1 = self.reader.end_offsets(topic), sampler.cpu(), time.monotonic()
+        o1, c1, s1, t1 = self.reader.end_offsets(topic), sampler.cpu(), sim_cpu(), time.monotonic()
         n = total(o1) - total(o0)
         return {"messages": n, "window_s": t1 - t0, "msgs_per_s": n / (t1 - t0),
                 "cpu_us_per_msg": (c1 - c0) / max(n, 1) * 1e6, "cpu_percent": (c1 - c0) / (t1 - t0) * 100,
-                "_offsets": (o0, o1)}
+                "sim_cpu_percent": (s1 - s0) / (t1 - t0) * 100, "_offsets": (o0, o1)}
 
     def start_tickwire(self, topic: str, sim, extra_sets: list[str] = (), name: str = "tickwire"):
         sets = [f"sources.binance.url={sim.ws_url}", f"sources.binance.rest_url={sim.rest_url}",
@@ -328,15 +340,33 @@ class Bench:
 
     # -- the runs ----------------------------------------------------------------------------
 
-    def run_tickwire(self) -> dict:
-        topic = self.new_topic("tickwire")
-        sim = start_simulator(self.work, rate=0, symbols=",".join(SYMBOLS), seed=1, ticker_interval=3600)
+    def start_full_speed_simulator(self, compression: str):
+        return start_simulator(self.work, rate=0, symbols=",".join(SYMBOLS), seed=1, ticker_interval=3600,
+                               compression=compression)
+
+    @staticmethod
+    def wire(sim, compression: str, who: str) -> dict:
+        """What went over the WebSocket: the extension every connection negotiated (it must be
+        the one asked for) and the bytes per message the simulator wrote."""
+        stats = sim.stats()
+        expected = "permessage-deflate" if compression == "deflate" else None
+        got = {c["compression"] for c in stats["connections"]}
+        if got != {expected}:
+            raise SystemExit(f"{who}: connections negotiated {got}, expected {expected!r}")
+        return {"compression": compression,
+                "wire_bytes_per_msg": stats["bytes_sent"] / max(1, stats["messages_sent"])}
+
+    def run_tickwire(self, compression: str = "none") -> dict:
+        label = "tickwire" if compression == "none" else f"tickwire-{compression}"
+        topic = self.new_topic(label)
+        sim = self.start_full_speed_simulator(compression)
         try:
-            proc, metrics_url, log = self.start_tickwire(topic, sim)
+            sets = [] if compression == "none" else [f"sources.binance.compression={compression}"]
+            proc, metrics_url, log = self.start_tickwire(topic, sim, sets, name=label)
             sampler = Sampler(proc.pid)
             try:
                 self.wait_first(topic, proc, log)
-                r = self.window(topic, sampler)
+                r = self.window(topic, sampler, sim)
                 text = self.scrape(metrics_url)
                 r["stop_s"] = self.finish(proc, log)
             finally:
@@ -344,6 +374,7 @@ class Bench:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+            r.update(self.wire(sim, compression, label))
         finally:
             sim.stop()
         lat = latencies(self.reader, *r.pop("_offsets"), stride=self.args.latency_stride)
@@ -352,19 +383,20 @@ class Bench:
                 "ack_p50_ms": (histogram_quantile(text, "tickwire_batch_commit_seconds", 0.5) or 0) * 1000,
                 "ack_p99_ms": (histogram_quantile(text, "tickwire_batch_commit_seconds", 0.99) or 0) * 1000}
 
-    def run_baseline(self) -> dict:
-        topic = self.new_topic("baseline")
-        sim = start_simulator(self.work, rate=0, symbols=",".join(SYMBOLS), seed=1, ticker_interval=3600)
-        log_path = self.work / "baseline.log"
+    def run_baseline(self, compression: str = "none") -> dict:
+        label = "baseline" if compression == "none" else f"baseline-{compression}"
+        topic = self.new_topic(label)
+        sim = self.start_full_speed_simulator(compression)
+        log_path = self.work / f"{label}.log"
         log = lambda: log_path.read_text(errors="replace")  # noqa: E731
         try:
             url = sim.url(*(f"{s.lower()}@trade" for s in SYMBOLS))
-            proc = subprocess.Popen([PYTHON, str(BASELINE), url, self.broker.bootstrap, topic], cwd=REPO,
-                                    stdout=subprocess.PIPE, stderr=open(log_path, "wb"), text=True)
+            proc = subprocess.Popen([PYTHON, str(BASELINE), url, self.broker.bootstrap, topic, "--compression", compression],
+                                    cwd=REPO, stdout=subprocess.PIPE, stderr=open(log_path, "wb"), text=True)
             sampler = Sampler(proc.pid)
             try:
                 self.wait_first(topic, proc, log)
-                r = self.window(topic, sampler)
+                r = self.window(topic, sampler, sim)
                 proc.send_signal(signal.SIGINT)
                 out, _ = proc.communicate(timeout=60)
             finally:
@@ -372,6 +404,7 @@ class Bench:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+            r.update(self.wire(sim, compression, label))
         finally:
             sim.stop()
         if proc.returncode != 0 or not out.strip():
@@ -466,29 +499,62 @@ def fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def ratio_of(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else ""
+
+
+def table(head: tuple, rows: list[tuple]) -> str:
+    """A metric column, figures right-aligned, and a free-text last column ("target" or "note")."""
+    free = head[-1] in ("target", "note")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: " | ".join(  # noqa: E731
+        str(c).ljust(w) if i == 0 else str(c) if free and i == len(head) - 1 else str(c).rjust(w)
+        for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return "\n".join([line(head), "-|-".join("-" * w for w in widths), *map(line, rows)])
+
+
+def metric_rows(tw: dict, base: dict, targets: dict[str, str]) -> list[tuple]:
+    """The figures of a tickwire run beside a baseline run, with their ratio and target."""
+    rows = [
+        ("messages/s into Kafka", fmt(tw["msgs_per_s"], ",.0f"), fmt(base["msgs_per_s"], ",.0f"),
+         ratio_of(tw["msgs_per_s"], base["msgs_per_s"])),
+        ("CPU µs per message", fmt(tw["cpu_us_per_msg"], ".1f"), fmt(base["cpu_us_per_msg"], ".1f"),
+         ratio_of(tw["cpu_us_per_msg"], base["cpu_us_per_msg"])),
+        ("CPU % (1 core = 100)", fmt(tw["cpu_percent"], ".0f"), fmt(base["cpu_percent"], ".0f"), ""),
+        ("peak RSS MB", fmt(tw["peak_rss_mb"], ".0f"), fmt(base["peak_rss_mb"], ".0f"),
+         ratio_of(tw["peak_rss_mb"], base["peak_rss_mb"])),
+        ("E -> Kafka append p50 ms", fmt(tw["e2k_p50_ms"], ".0f"), fmt(base["e2k_p50_ms"], ".0f"), ""),
+        ("E -> Kafka append p99 ms", fmt(tw["e2k_p99_ms"], ".0f"), fmt(base["e2k_p99_ms"], ".0f"), ""),
+        ("batch send -> ack p50 ms", fmt(tw["ack_p50_ms"], ".1f"), fmt(base["ack_p50_ms"], ".1f"), ""),
+        ("batch send -> ack p99 ms", fmt(tw["ack_p99_ms"], ".1f"), fmt(base["ack_p99_ms"], ".1f"), ""),
+    ]
+    return [(*row, targets.get(row[0], "")) for row in rows]
+
+
 def comparison(tw: dict, base: dict) -> tuple[str, dict]:
     ratio = tw["msgs_per_s"] / base["msgs_per_s"] if base["msgs_per_s"] else 0.0
-    rows = [
-        ("messages/s into Kafka", fmt(tw["msgs_per_s"], ",.0f"), fmt(base["msgs_per_s"], ",.0f"), f"{ratio:.2f}x",
-         ">= 50,000; >= 0.75x"),
-        ("CPU µs per message", fmt(tw["cpu_us_per_msg"], ".1f"), fmt(base["cpu_us_per_msg"], ".1f"),
-         f"{tw['cpu_us_per_msg'] / base['cpu_us_per_msg']:.2f}x", ""),
-        ("CPU % (1 core = 100)", fmt(tw["cpu_percent"], ".0f"), fmt(base["cpu_percent"], ".0f"), "", ""),
-        ("peak RSS MB", fmt(tw["peak_rss_mb"], ".0f"), fmt(base["peak_rss_mb"], ".0f"),
-         f"{tw['peak_rss_mb'] / base['peak_rss_mb']:.2f}x", "< 250"),
-        ("E -> Kafka append p50 ms", fmt(tw["e2k_p50_ms"], ".0f"), fmt(base["e2k_p50_ms"], ".0f"), "", ""),
-        ("E -> Kafka append p99 ms", fmt(tw["e2k_p99_ms"], ".0f"), fmt(base["e2k_p99_ms"], ".0f"), "", ""),
-        ("batch send -> ack p50 ms", fmt(tw["ack_p50_ms"], ".1f"), fmt(base["ack_p50_ms"], ".1f"), "", ""),
-        ("batch send -> ack p99 ms", fmt(tw["ack_p99_ms"], ".1f"), fmt(base["ack_p99_ms"], ".1f"), "", ""),
-    ]
-    head = ("metric", "tickwire", "baseline", "ratio", "target")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
-    line = lambda r: " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) if i < 4 else str(c)  # noqa: E731
-                                for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-    text = "\n".join([line(head), "-|-".join("-" * w for w in widths), *map(line, rows)])
+    rows = metric_rows(tw, base, {"messages/s into Kafka": ">= 50,000; >= 0.75x", "peak RSS MB": "< 250"})
+    text = table(("metric", "tickwire", "baseline", "ratio", "target"), rows)
     verdict = {">= 50,000 msgs/s": tw["msgs_per_s"] >= 50_000, ">= 0.75 x baseline": ratio >= 0.75,
                "peak RSS < 250 MB": tw["peak_rss_mb"] < 250}
     return text, verdict
+
+
+def deflate_comparison(tw_deflate: dict, base_deflate: dict, tw: dict, base: dict) -> tuple[str, dict]:
+    """The deflate pair side by side, and what deflate adds over the runs without it."""
+    added = {"tickwire": tw_deflate["cpu_us_per_msg"] - tw["cpu_us_per_msg"],
+             "baseline": base_deflate["cpu_us_per_msg"] - base["cpu_us_per_msg"]}
+    rows = metric_rows(tw_deflate, base_deflate, {}) + [
+        ("CPU µs/msg added by deflate", fmt(added["tickwire"], "+.1f"), fmt(added["baseline"], "+.1f"), "", ""),
+        ("simulator CPU %", fmt(tw_deflate["sim_cpu_percent"], ".0f"), fmt(base_deflate["sim_cpu_percent"], ".0f"), "",
+         f"without: {tw['sim_cpu_percent']:.0f} / {base['sim_cpu_percent']:.0f}; ~100 = the simulator sets the pace"),
+        ("msgs/s vs without deflate", ratio_of(tw_deflate["msgs_per_s"], tw["msgs_per_s"]),
+         ratio_of(base_deflate["msgs_per_s"], base["msgs_per_s"]), "", ""),
+        ("wire bytes per message", fmt(tw_deflate["wire_bytes_per_msg"], ".0f"), fmt(base_deflate["wire_bytes_per_msg"], ".0f"),
+         "", f"without: {tw['wire_bytes_per_msg']:.0f}"),
+    ]
+    text = table(("metric", "tickwire, deflate", "baseline, deflate", "ratio", "note"), rows)
+    return text, {"added_cpu_us_per_msg": added}
 
 
 def outage_report(o: dict) -> tuple[str, dict]:
@@ -517,6 +583,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="measurement window per run")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds after the first record in Kafka")
     ap.add_argument("--repeat", type=int, default=1, help="alternate baseline/tickwire this often; best of each")
+    ap.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run a baseline/tickwire pair with permessage-deflate, per --repeat (~1 min each)")
     ap.add_argument("--outage", action="store_true", help="also run the broker-outage scenario")
     ap.add_argument("--outage-seconds", type=float, default=60.0)
     ap.add_argument("--outage-rate", type=float, default=5000.0)
@@ -535,8 +603,8 @@ def main() -> None:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the read-back consumer while the broker is down
     work = Path(tempfile.mkdtemp(prefix="tickwire-kafka-bench-"))
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; work files in {work}", flush=True)
-    print("permessage-deflate: not measured: the binance source has no option for it (plugins/binance/"
-          "connection.py connects with compression=None) and the simulator writes uncompressed frames", flush=True)
+    if not args.deflate and not args.only_outage:
+        print("permessage-deflate: not measured (--no-deflate)", flush=True)
     broker = KafkaBroker(work / "kafka", die_with_parent=True)
     results: dict = {}
     verdict: dict = {}
@@ -547,20 +615,30 @@ def main() -> None:
         bench = Bench(args, work, broker, reader)
         bench.provision("bench.trades")  # the dead-letter topic, once
         if not args.only_outage:
-            every: dict[str, list[dict]] = {"baseline": [], "tickwire": []}
+            runs = [("baseline", "none"), ("tickwire", "none")]
+            if args.deflate:
+                runs += [("baseline", "deflate"), ("tickwire", "deflate")]
+            label = lambda kind, compression: kind if compression == "none" else f"{kind}, {compression}"  # noqa: E731
+            every: dict[str, list[dict]] = {label(*run): [] for run in runs}
             for _ in range(args.repeat):
-                for kind in ("baseline", "tickwire"):
-                    r = bench.run_baseline() if kind == "baseline" else bench.run_tickwire()
-                    every[kind].append(r)
-                    print(f"  {kind:9} {r['msgs_per_s']:>9,.0f} msgs/s  {r['cpu_us_per_msg']:6.1f} µs CPU/msg  "
+                for kind, compression in runs:
+                    r = bench.run_baseline(compression) if kind == "baseline" else bench.run_tickwire(compression)
+                    every[label(kind, compression)].append(r)
+                    print(f"  {label(kind, compression):17} {r['msgs_per_s']:>9,.0f} msgs/s  {r['cpu_us_per_msg']:6.1f} µs CPU/msg  "
                           f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-            base = max(every["baseline"], key=lambda r: r["msgs_per_s"])
-            tw = max(every["tickwire"], key=lambda r: r["msgs_per_s"])
+            best = {name: max(rs, key=lambda r: r["msgs_per_s"]) for name, rs in every.items()}
+            base, tw = best["baseline"], best["tickwire"]
             text, v = comparison(tw, base)
             verdict.update(v)
             results.update(tickwire=tw, baseline=base, every=every)
             print(f"\nfull speed, {args.seconds:.0f} s window (best of {args.repeat}); "
                   f"tickwire SIGINT to exit {tw['stop_s']:.2f} s\n{text}", flush=True)
+            if args.deflate:
+                tw_d, base_d = best["tickwire, deflate"], best["baseline, deflate"]
+                text, extra = deflate_comparison(tw_d, base_d, tw, base)
+                results["deflate"] = {"tickwire": tw_d, "baseline": base_d, **extra}
+                print(f"\npermessage-deflate (simulator --compression deflate), full speed, {args.seconds:.0f} s "
+                      f"window (best of {args.repeat})\n{text}", flush=True)
         if args.outage or args.only_outage:
             o = bench.run_outage()
             text, v = outage_report(o)

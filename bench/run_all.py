@@ -1,6 +1,6 @@
 """Run every benchmark in turn (`make bench`); each prints its figures beside its baseline.
 
-    python bench/run_all.py            # SQLite, Kafka (with the 60 s outage), Spark end to end
+    python bench/run_all.py            # SQLite, Kafka (with permessage-deflate and the 60 s outage), Spark end to end
     python bench/run_all.py sqlite     # just one: sqlite | kafka | spark | simulator
 
 Run them on an otherwise idle machine: they measure CPU per message as well as rates, but the
@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = {
     "sqlite": ["sqlite_bench.py", "--repeat", "2"],
-    "kafka": ["kafka_bench.py", "--repeat", "2", "--outage"],
+    "kafka": ["kafka_bench.py", "--repeat", "2", "--deflate", "--outage"],
     "spark": ["spark_e2e.py", "--rates", "1000,10000", "--seconds", "30", "--warmup", "15"],
     "simulator": ["simulator_bench.py"],
 }
