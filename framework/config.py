@@ -247,6 +247,18 @@ def _describe(doc: Document, error: jsonschema.ValidationError) -> list[Problem]
 # -- cross-checks beyond the schema -------------------------------------------------------------
 
 
+def _option_problems(doc: Document, path: tuple, options: dict, schema: dict | None) -> list[Problem]:
+    """A plugin's options (a transform's, say) against its option schema, reported at ``path``."""
+    if not schema:
+        return []
+    problems = []
+    for error in jsonschema.Draft202012Validator(schema).iter_errors(options):
+        error.relative_path.extendleft(reversed(path))  # top-level errors: absolute_path == relative_path
+        problems += _describe(doc, error)
+    return problems
+
+
+
 def _cross_check(config: Config) -> list[Problem]:
     doc, data, manager = config.doc, config.data, config.manager
     problems: list[Problem] = []
@@ -286,6 +298,9 @@ def _cross_check(config: Config) -> list[Problem]:
             if tname is not None and tname not in manager.transforms:
                 installed = ", ".join(sorted(manager.transforms)) or "none"
                 problem(base + ("transforms", i), f"unknown transform '{tname}' (installed: {installed})")
+            elif isinstance(transform, dict) and isinstance(transform.get(tname), dict):
+                problems.extend(_option_problems(doc, base + ("transforms", i, tname), transform[tname],
+                                                 manager.transforms[tname].config_schema))
         if isinstance(block.get("schema"), str):
             schema_doc, schema_problems = _load_stream_schema(config, block["schema"], base + ("schema",))
             problems.extend(schema_problems)

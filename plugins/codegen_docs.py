@@ -62,6 +62,16 @@ def config_reference(config) -> dict[str, str]:
                 if opt != "type":
                     _describe(opt, sub, 0, lines)
             lines.append("")
+    lines.append("\n## transforms\n")
+    lines.append("Per stream, in order: `transforms: [validate, normalize]` (the default). Options go in a "
+                 "one-key mapping: `transforms: [validate, {normalize: {include_raw: true}}]`.\n")
+    for tname, spec in sorted(config.manager.transforms.items()):
+        lines.append(f"### `{tname}`\n")
+        if spec.description:
+            lines.append(spec.description + "\n")
+        for opt, sub in (spec.config_schema or {}).get("properties", {}).items():
+            _describe(opt, sub, 0, lines)
+        lines.append("")
     return {
         "schemas/streams.schema.json": json.dumps(schema, indent=2) + "\n",
         "docs/config.md": "\n".join(lines) + "\n",

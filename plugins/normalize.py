@@ -3,7 +3,9 @@
 Renames payload fields to column names (the schema's ``x-tickwire`` annotations), keeps
 decimals as the exact strings Binance sent, turns ``timestamp_ms`` integers into ISO-8601 UTC
 strings with milliseconds (``2023-01-01T00:00:00.136Z``), keeps integers, booleans and text
-as they are, and adds ``ingested_at``. Fields without a ``column`` are dropped.
+as they are, and adds ``ingested_at``. Fields without a ``column`` are dropped. With the
+option ``include_raw: true`` the payload as Binance sent it rides along under ``raw`` (the Kafka
+value then carries both; table sinks store only the schema's columns).
 
 Like ``validate``, the per-stream function is generated at start-up: one dict display per
 record. A timestamp is one lookup in a bounded millisecond → string dict; a new millisecond is
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from functools import partial
 
 from framework.components import InvalidRecord, TransformSpec
 from framework.hookspecs import hookimpl
@@ -65,11 +68,15 @@ def now_iso() -> str:
     return iso_ms(time.time_ns() // 1_000_000)
 
 
-def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None) -> tuple[list[str], str, dict]:
+RAW_KEY = "raw"
+
+
+def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None,
+                   include_raw: bool = False) -> tuple[list[str], str, dict]:
     """The body of the generated normalizer: statement lines, the record's dict display and the
     names they use. ``value_of`` maps a payload field to an expression already holding its value
     (the fused validate → normalize function passes its local variables); other fields are read
-    from ``r``."""
+    from ``r``. ``include_raw`` adds the payload itself under ``raw``."""
     value_of = value_of or {}
     lines, items = [], []
     for i, col in enumerate(stream.columns):
@@ -93,6 +100,10 @@ def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None) -
         if col.logical == "timestamp_ms":
             value = f"_iso_ms_or_none({value})"
         items.append(f"{col.name!r}: {value}")
+    if include_raw:
+        if any(col.name == RAW_KEY for col in stream.columns):
+            raise ValueError(f"stream {stream.name!r} has a column named {RAW_KEY!r}: include_raw would overwrite it")
+        items.append(f"{RAW_KEY!r}: r")  # the payload dict itself: nothing is copied
     namespace = {
         "_T": _strings, "_iso_ms_remembered": _iso_ms_remembered, "_iso_ms": iso_ms, "_iso_ms_or_none": iso_ms_or_none,
         "_time_ns": time.time_ns, "_last": [None, None], "InvalidRecord": InvalidRecord,
@@ -102,7 +113,8 @@ def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None) -
 
 def make_normalizer(stream: StreamSpec, options: dict):
     """Generate ``normalize(record) -> dict`` for ``stream`` (see the module docstring)."""
-    lines, display, ns = normalize_code(stream)
+    code = partial(normalize_code, include_raw=bool(options.get("include_raw", False)))
+    lines, display, ns = code(stream)
     body = ["        " + line for line in lines]
     src = "\n".join(
         [
@@ -120,7 +132,7 @@ def make_normalizer(stream: StreamSpec, options: dict):
     fn = ns["normalize"]
     fn.source = src
     fn.stream = stream
-    fn.normalize_code = normalize_code  # lets validate fuse itself with this step
+    fn.normalize_code = code  # lets validate fuse itself with this step
     return fn
 
 
@@ -132,6 +144,17 @@ def tickwire_register_transforms(register):
             factory=make_normalizer,
             description="Rename payload fields to columns, exact decimal strings, ISO-8601 UTC "
             "millisecond timestamps, plus ingested_at.",
-            config_schema={"type": "object", "additionalProperties": False, "properties": {}},
+            config_schema={
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "include_raw": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "Also keep the payload as the source sent it, under `raw` (carried "
+                        "in the Kafka value; table sinks store only the schema's columns).",
+                    },
+                },
+            },
         )
     )

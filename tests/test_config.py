@@ -135,6 +135,20 @@ def test_unknown_transform_and_profile_checks(project, manager):
     assert any("default_profile: default profile 'laptop' is not declared (profiles: local, compose, postgres)" in p for p in problems)
 
 
+def test_transform_options_are_checked_against_the_transform_schema(project, manager):
+    path = project / "streams.yaml"
+    edit(path, '    channel: "{symbol}@trade"\n',
+         '    channel: "{symbol}@trade"\n    transforms: [validate, {normalize: {include_rwa: true}}]\n')
+    edit(path, '    channel: "{symbol}@ticker"\n',
+         '    channel: "{symbol}@ticker"\n    transforms: [validate, {normalize: {include_raw: "yes"}}]\n')
+    problems = problems_of(path, manager)
+    line = line_of(path, "include_rwa")
+    assert f"streams.yaml:{line}:41: streams.trade.transforms[1].normalize.include_rwa: unknown field 'include_rwa' (did you mean 'include_raw'?)" in problems
+    ticker_line = line_of(path, 'include_raw: "yes"')
+    assert any(p.startswith(f"streams.yaml:{ticker_line}:")
+               and "streams.ticker.transforms[1].normalize.include_raw: 'yes' is not of type 'boolean'" in p for p in problems), problems
+
+
 def test_dead_letter_sink_must_take_dead_letters(project, manager):
     # the kafka sink takes dead letters; a profile naming an unknown one is caught
     edit(project / "streams.yaml", "    dead_letter: dead-letter-file", "    dead_letter: dlq")

@@ -132,6 +132,25 @@ def test_every_event_reaches_its_topic_keyed_ordered_with_headers(kafka_broker, 
     assert all(dict(m.headers)["tickwire-plugin"] for m in dead)
 
 
+def test_include_raw_carries_the_binance_payload_beside_the_record(kafka_broker, simulator, tmp_path):
+    sim = simulator(rate=300)
+    pipeline = Pipeline(kafka_broker, sim, tmp_path)
+    pipeline.overrides.append("streams.trade.transforms=[validate, {normalize: {include_raw: true}}]")
+    pipeline.finish(pipeline.start("--duration", "4"), interrupt=False)
+
+    trades = [orjson.loads(m.value) for m in pipeline.read("trade")]
+    assert len(trades) > 300
+    for value in trades:
+        raw = value["raw"]  # the event exactly as the exchange sent it ...
+        assert raw["e"] == "trade" and raw["t"] == value["trade_id"] and raw["s"] == value["symbol"]
+        assert raw["p"] == value["price"] and raw["q"] == value["quantity"]  # ... decimals untouched
+    btc = [value for value in trades if value["symbol"] == "BTCUSDT"]
+    sent = {t["id"]: t for t in sim.trades("BTCUSDT", from_id=btc[0]["trade_id"], limit=len(btc))}
+    assert [value["raw"]["p"] for value in btc] == [sent[value["trade_id"]]["price"] for value in btc]
+    tickers = [orjson.loads(m.value) for m in pipeline.read("ticker")]
+    assert tickers and all("raw" not in t for t in tickers)  # only where configured
+
+
 def test_broker_sigkilled_mid_stream_and_restarted_20s_later_loses_no_trade(kafka_broker, simulator, tmp_path):
     sim = simulator(rate=400)
     pipeline = Pipeline(kafka_broker, sim, tmp_path)

@@ -148,6 +148,26 @@ def test_fused_validate_normalize_equals_the_chain(stream):
     assert v.fuse(make_normalizer(TICKER_1H if stream is TRADE else TRADE, {})) is None  # another stream's
 
 
+def test_include_raw_keeps_the_payload_beside_the_record_on_both_paths():
+    payload = trade_payload(9, price="16500.12000000")
+    normalize = make_normalizer(TRADE, {"include_raw": True})
+    chained = normalize(make_validator(TRADE, {})(payload))
+    fused = make_validator(TRADE, {}).fuse(normalize)(payload)
+    for record in (chained, fused):
+        assert record["raw"] == payload and record["price"] == "16500.12000000"
+        assert set(record) - {"raw"} == {c.name for c in TRADE.columns}
+    assert "raw" not in make_normalizer(TRADE, {})(payload)  # off by default
+
+
+def test_include_raw_refuses_to_overwrite_a_column_named_raw(tmp_path):
+    schema = json.loads(Path(TRADE.schema_path).read_text())
+    schema["properties"]["q"]["x-tickwire"]["column"] = "raw"
+    path = tmp_path / "raw.schema.json"
+    path.write_text(json.dumps(schema))
+    with pytest.raises(ValueError, match="has a column named 'raw'"):
+        make_normalizer(stream_spec("trade", path), {"include_raw": True})
+
+
 def test_fastjsonschema_implementation_is_available():
     assert reason(TRADE, {**trade_payload(1), "p": "abc"}, "fastjsonschema").startswith("data.p must match pattern")
 
