@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import ctypes
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -32,10 +30,11 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from framework.maven import MavenError, cache_root, fetch_dependencies
 
 POM = Path(__file__).resolve().parent.parent / "java" / "kafka" / "pom.xml"
 STATE_FILE = "broker.json"
@@ -87,10 +86,6 @@ class BrokerError(RuntimeError):
 # jars
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TICKWIRE_CACHE") or Path.home() / ".cache" / "tickwire")
-
-
 def kafka_version(pom: Path = POM) -> str:
     match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom.read_text())
     if not match:
@@ -102,41 +97,11 @@ def fetch_jars(pom: Path = POM, quiet: bool = False) -> Path:
     """Return the directory holding the broker's jars, fetching them with Maven when the cache
     is empty or was filled from a different pom.xml. Safe to call from concurrent processes."""
     version = kafka_version(pom)
-    version_dir = cache_root() / "kafka" / version
-    libs = version_dir / "libs"
-    # The marker holds the pom's digest: changing a dependency refreshes the cache.
-    pom_digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-    marker = libs / ".complete"
-    if marker.exists() and marker.read_text().strip() == pom_digest:
-        return libs
-    if shutil.which("mvn") is None:
-        raise BrokerError(
-            "Maven (mvn) is needed once to fetch the Kafka jars from Maven Central; "
-            "install it with `apt-get install -y maven openjdk-17-jdk-headless`"
-        )
-    version_dir.mkdir(parents=True, exist_ok=True)
-    with open(version_dir / ".fetch.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and marker.read_text().strip() == pom_digest:
-            return libs  # another process fetched while we waited for the lock
-        staging = Path(tempfile.mkdtemp(prefix="libs-", dir=version_dir))
-        command = [
-            "mvn", "-q", "-B", "-f", str(pom),
-            "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
-        ]
-        if not quiet:
-            print(f"fetching Apache Kafka {version} jars into {libs}", file=sys.stderr)
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0 or not any(staging.glob(f"kafka_2.13-{version}.jar")):
-            shutil.rmtree(staging, ignore_errors=True)
-            output = (result.stdout + result.stderr).strip()[-3000:]
-            raise BrokerError(f"fetching the Kafka {version} jars failed ({' '.join(command)}):\n{output}")
-        (staging / ".complete").write_text(pom_digest + "\n")
-        # Swap the complete directory in, so a cache is never seen half-filled.
-        if libs.exists():
-            shutil.rmtree(libs)
-        staging.rename(libs)
-    return libs
+    try:
+        return fetch_dependencies(pom, cache_root() / "kafka" / version / "libs", what=f"the Apache Kafka {version} jars",
+                                  expect=f"kafka_2.13-{version}.jar", quiet=quiet)
+    except MavenError as error:
+        raise BrokerError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,16 +14,13 @@ classpath twice.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import importlib.metadata
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from framework.maven import MavenError, cache_root, fetch_dependencies
 
 POM = Path(__file__).resolve().parent.parent / "java" / "spark" / "pom.xml"
 CONNECTOR = "spark-sql-kafka-0-10_2.13"
@@ -32,10 +29,6 @@ _VERSIONED_JAR = re.compile(r"^(?P<artifact>.+?)-\d+(\.\d+)+[\w.\-]*\.jar$")
 
 class JarsError(RuntimeError):
     """Fetching the connector jars failed; the message says why and what to do."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TICKWIRE_CACHE") or Path.home() / ".cache" / "tickwire")
 
 
 def pyspark_version() -> str:
@@ -70,11 +63,7 @@ def fetch_jars(version: str | None = None, pom: Path = POM, quiet: bool = False)
     version = version or pyspark_version()
     if any(any(d.glob(f"{CONNECTOR}-*.jar")) for d in bundled_jar_dirs()):
         return []
-    jars_dir = cache_root() / "spark-jars" / version
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-    marker = jars_dir / ".complete"
-    if not (marker.exists() and marker.read_text().strip() == digest):
-        _fetch(version, pom, jars_dir, digest, quiet)
+    jars_dir = _fetch(version, pom, cache_root() / "spark-jars" / version, quiet)
     shipped = {artifact_name(j) for d in bundled_jar_dirs() for j in d.glob("*.jar")}
     jars = sorted(j for j in jars_dir.glob("*.jar") if artifact_name(j) not in shipped)
     if not any(artifact_name(j) == CONNECTOR for j in jars):
@@ -82,40 +71,19 @@ def fetch_jars(version: str | None = None, pom: Path = POM, quiet: bool = False)
     return jars
 
 
-def _fetch(version: str, pom: Path, jars_dir: Path, digest: str, quiet: bool) -> None:
-    if shutil.which("mvn") is None:
-        raise JarsError(
-            "Maven (mvn) is needed once to fetch the Spark Kafka connector from Maven Central; "
-            "install it with `apt-get install -y maven openjdk-17-jdk-headless`"
-        )
-    jars_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(jars_dir.parent / f".{version}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        marker = jars_dir / ".complete"
-        if marker.exists() and marker.read_text().strip() == digest:
-            return  # another process fetched while we waited
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=jars_dir.parent))
-        command = [
-            "mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-            f"-Dspark.version={version}", f"-DoutputDirectory={staging}",
-        ]
-        if not quiet:
-            print(f"fetching the Spark {version} Kafka connector jars into {jars_dir}", file=sys.stderr)
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0 or not any(staging.glob(f"{CONNECTOR}-{version}.jar")):
-            shutil.rmtree(staging, ignore_errors=True)
-            output = (result.stdout + result.stderr).strip()[-3000:]
-            hint = ""
-            if "Could not find artifact" in output:
-                hint = (
-                    f"\nMaven Central has no {CONNECTOR} {version}: install a PySpark version whose "
-                    "connector is published (see the `spark` extra in pyproject.toml)."
-                )
-            raise JarsError(f"fetching the Spark {version} connector failed ({' '.join(command)}):\n{output}{hint}")
-        (staging / ".complete").write_text(digest + "\n")
-        if jars_dir.exists():
-            shutil.rmtree(jars_dir)
-        staging.rename(jars_dir)
+def _fetch(version: str, pom: Path, jars_dir: Path, quiet: bool) -> Path:
+    def unpublished(output: str) -> str:
+        if "Could not find artifact" not in output:
+            return ""
+        return (f"\nMaven Central has no {CONNECTOR} {version}: install a PySpark version whose "
+                "connector is published (see the `spark` extra in pyproject.toml).")
+
+    try:
+        return fetch_dependencies(pom, jars_dir, what=f"the Spark {version} Kafka connector jars",
+                                  expect=f"{CONNECTOR}-{version}.jar", properties={"spark.version": version},
+                                  quiet=quiet, hint=unpublished)
+    except MavenError as error:
+        raise JarsError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
