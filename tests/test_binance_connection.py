@@ -11,6 +11,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
+from tests.fixtures.simulator import serve_stream
 
 
 class Router:
@@ -41,14 +42,7 @@ async def serve(behaviour) -> tuple[web.AppRunner, str]:
         await behaviour(ws, request)
         return ws
 
-    app = web.Application()
-    app.router.add_get("/stream", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"ws://127.0.0.1:{port}"
+    return await serve_stream(handler)
 
 
 async def connect_and_read(behaviour, **options) -> tuple[Connection, BaseException | None]:

@@ -20,6 +20,7 @@ from plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, RecentKeys, TradeIdT
 from plugins.binance.ratelimit import Backoff, SlidingWindowLimiter, TokenBucket
 from plugins.binance.rest import HistoricalTrades, rest_trade_to_event
 from plugins.binance.source import CONFIG_SCHEMA, DEFAULTS, BinanceSource, split_evenly
+from tests.fixtures.simulator import serve_stream
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -602,7 +603,7 @@ def test_unreachable_binance_is_said_plainly_and_retried():
 
 def test_handshake_429_waits_for_retry_after():
     """Binance answers the WebSocket handshake with 429/418 + Retry-After when we connect too
-    often; the simulator has no such mode, so a three-line aiohttp app plays that part."""
+    often; the simulator has no such mode, so a one-route aiohttp server plays that part."""
     from aiohttp import web
 
     attempts = []
@@ -612,14 +613,8 @@ def test_handshake_429_waits_for_retry_after():
         return web.Response(status=429, headers={"Retry-After": "1"}, text="Too many requests")
 
     async def go():
-        app = web.Application()
-        app.router.add_get("/stream", refuse)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        src = BinanceSource("binance", {"url": f"ws://127.0.0.1:{port}", "backoff_initial_seconds": 0.01}, Ctx(specs(["BTCUSDT"])))
+        runner, url = await serve_stream(refuse)
+        src = BinanceSource("binance", {"url": url, "backoff_initial_seconds": 0.01}, Ctx(specs(["BTCUSDT"])))
         task = asyncio.create_task(src.run(Collector()))
         await asyncio.sleep(2.5)
         task.cancel()

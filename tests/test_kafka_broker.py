@@ -7,20 +7,16 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer
+
+from tests.fixtures.kafka import consume, create_topics
 
 pytestmark = pytest.mark.kafka
 
 
 async def create_topic(bootstrap: str, partitions: int = 1) -> str:
     topic = f"test.broker.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topics(bootstrap, topic, partitions=partitions)
     return topic
 
 
@@ -37,28 +33,13 @@ async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
         await producer.stop()
 
 
-async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 20.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    received = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(received) < expected and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                received.extend(records)
-    finally:
-        await consumer.stop()
-    return received
-
-
 def test_messages_make_a_round_trip(kafka_broker):
     messages = [(f"BTCUSDT-{i % 3}".encode(), f'{{"n": {i}}}'.encode()) for i in range(20)]
 
     async def scenario():
         topic = await create_topic(kafka_broker.bootstrap, partitions=3)
         await produce(kafka_broker.bootstrap, topic, messages)
-        return await consume_all(kafka_broker.bootstrap, topic, len(messages))
+        return await consume(kafka_broker.bootstrap, topic, len(messages))
 
     received = asyncio.run(scenario())
     assert sorted((r.key, r.value) for r in received) == sorted(messages)
@@ -77,5 +58,5 @@ def test_acknowledged_data_survives_sigkill_and_restart_on_the_same_address(kafk
     finally:
         kafka_broker.ensure_running()
     assert kafka_broker.bootstrap == bootstrap_before
-    received = asyncio.run(consume_all(kafka_broker.bootstrap, topic, len(messages)))
+    received = asyncio.run(consume(kafka_broker.bootstrap, topic, len(messages)))
     assert [r.value for r in received] == [value for _, value in messages]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from framework.spool import Spool
 from plugins.kafka_sink import decode_spooled
+from tests.fixtures.kafka import consume_until_quiet
 
 pytestmark = pytest.mark.kafka
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -68,22 +68,15 @@ class Pipeline:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_until_drained(self, within: float) -> None:
+        """Until the sink logs that it replayed its spool (Kafka is back and the spool empty)."""
+        deadline = time.monotonic() + within
+        while "replayed" not in self.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "replayed" in self.log(), f"the spool was not drained:\n{self.log()[-3000:]}"
+
     def read(self, topic: str) -> list:
-        return asyncio.run(_consume_until_quiet(self.broker.bootstrap, self.topics[topic]))
-
-
-async def _consume_until_quiet(bootstrap: str, topic: str) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out, quiet = [], 0
-    try:
-        while quiet < 6:
-            got = [r for records in (await consumer.getmany(timeout_ms=250)).values() for r in records]
-            out.extend(got)
-            quiet = 0 if got else quiet + 1
-    finally:
-        await consumer.stop()
-    return out
+        return asyncio.run(consume_until_quiet(self.broker.bootstrap, self.topics[topic]))
 
 
 def trades_by_symbol(messages) -> dict[str, list[int]]:
@@ -161,10 +154,7 @@ def test_broker_sigkilled_mid_stream_and_restarted_20s_later_loses_no_trade(kafk
         time.sleep(20)
         assert run.poll() is None, f"tickwire run died while the broker was down:\n{pipeline.log()[-3000:]}"
         kafka_broker.start()
-        deadline = time.monotonic() + 40
-        while "replayed" not in pipeline.log() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert "replayed" in pipeline.log(), f"the spool was not drained:\n{pipeline.log()[-3000:]}"
+        pipeline.wait_until_drained(within=40)
         time.sleep(2)
         pipeline.finish(run)
     finally:
@@ -226,10 +216,7 @@ def test_provision_waits_for_a_broker_that_is_down_at_start(kafka_broker, simula
             assert run.poll() is None, f"tickwire run exited with the broker down:\n{pipeline.log()[-3000:]}"
             assert "spooling to" in pipeline.log()
             kafka_broker.start()
-            deadline = time.monotonic() + 60
-            while "replayed" not in pipeline.log() and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert "replayed" in pipeline.log(), f"the spool was not drained:\n{pipeline.log()[-3000:]}"
+            pipeline.wait_until_drained(within=60)
             pipeline.finish(run)
         finally:
             if run.poll() is None:

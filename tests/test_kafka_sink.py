@@ -10,44 +10,19 @@ import uuid
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from framework.components import DeadLetter
 from framework.metrics import Metrics
 from framework.schemas import TopicSpec
 from framework.testing import SinkCase, SinkConformance, make_context, normalized, stream_spec, trade_payload
 from plugins.kafka_sink import KAFKA_SINK, KafkaSink, KafkaSinkError, decode_spooled, encode_spooled
+from tests.fixtures.kafka import consume, consume_until_quiet, create_topics
 
 pytestmark = pytest.mark.kafka
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:8]}"
-
-
-async def create_topics(bootstrap: str, *names: str, partitions: int = 3) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
-    finally:
-        await admin.close()
-
-
-async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 20.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(out) < expected and loop.time() < deadline:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                out.extend(records)
-    finally:
-        await consumer.stop()
-    return out
 
 
 def trade_stream(topic: str, **kw):
@@ -69,22 +44,6 @@ def sink_options(kafka_broker, dead: str, tmp_path, **extra) -> dict:
 
 
 
-
-
-async def consume_until_quiet(bootstrap: str, topic: str) -> list:
-    """Everything in the topic: read until nothing new arrives for a second."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out, quiet = [], 0
-    try:
-        while quiet < 4:
-            batches = await consumer.getmany(timeout_ms=250)
-            got = [r for records in batches.values() for r in records]
-            out.extend(got)
-            quiet = 0 if got else quiet + 1
-    finally:
-        await consumer.stop()
-    return out
 
 
 class TestKafkaSinkConformance(SinkConformance):
