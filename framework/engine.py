@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -188,19 +188,14 @@ class Emitter:
         if fused is not None:
             try:
                 rec = fused(payload)
-            except Exception:  # the fused function only knows "invalid": ask the transforms why
-                return self._through_chain(route, payload, received_ns)
+            except Exception:  # the fused function only knows "invalid": the chain names the reason
+                rec, pending = self._run_chain(route, payload, received_ns)
+                if rec is None:
+                    return pending
         else:
-            rec = payload
-            i = 0
-            try:
-                for fn in route.chain:
-                    rec = fn(rec)
-                    if rec is None:
-                        return None
-                    i += 1
-            except Exception as exc:
-                return self._rejected(route, i, exc, payload, received_ns)
+            rec, pending = self._run_chain(route, payload, received_ns)
+            if rec is None:
+                return pending
         full = None
         for lane in route.lanes:
             buf = lane.buf
@@ -215,28 +210,22 @@ class Emitter:
         for lane in lanes:
             await self._engine._flush(lane)
 
-    async def _through_chain(self, route: _Route, payload: dict, received_ns: int) -> None:
-        """A record the fused function rejected: the transforms one by one (validate and
-        normalize are pure, so they give the same verdict), so the dead letter names the reason
-        and the transform."""
+    def _run_chain(self, route: _Route, payload: dict, received_ns: int):
+        """The transforms one by one: ``(record, None)``; ``(None, None)`` when one dropped it;
+        ``(None, coroutine)`` when one rejected it (the dead letter to await). After the fused
+        function rejected a record this gives the same verdict (validate and normalize are
+        pure) with the reason and the transform; should the chain accept it, the chain wins."""
         rec = payload
         i = 0
         try:
             for fn in route.chain:
                 rec = fn(rec)
                 if rec is None:
-                    return
+                    return None, None
                 i += 1
         except Exception as exc:
-            await self._rejected(route, i, exc, payload, received_ns)
-            return
-        # the fused function rejected what the chain accepts (a bug): the chain wins
-        for lane in route.lanes:
-            if not lane.buf:
-                lane.since = time.monotonic()
-            lane.buf.append(rec)
-            if len(lane.buf) >= self._batch_size:
-                await self._engine._flush(lane)
+            return None, self._rejected(route, i, exc, payload, received_ns)
+        return rec, None
 
     async def _rejected(self, route: _Route, i: int, exc: Exception, payload: dict, received_ns: int) -> None:
         """Transform ``i`` raised: InvalidRecord(reason), or a bug that must not stop the source."""
