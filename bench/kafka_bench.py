@@ -357,19 +357,20 @@ class Bench:
         return {"compression": compression,
                 "wire_bytes_per_msg": stats["bytes_sent"] / max(1, stats["messages_sent"])}
 
-    def run_tickwire(self, compression: str = "none") -> dict:
-        label = "tickwire" if compression == "none" else f"tickwire-{compression}"
+    def run(self, kind: str, compression: str = "none") -> dict:
+        """One full-speed run of ``kind`` ("tickwire" or "baseline") on its own simulator and
+        topic: the measured window, a clean stop, then the window's records read back."""
+        label = kind if compression == "none" else f"{kind}-{compression}"
         topic = self.new_topic(label)
         sim = self.start_full_speed_simulator(compression)
+        start = self._start_tickwire_run if kind == "tickwire" else self._start_baseline_run
         try:
-            sets = [] if compression == "none" else [f"sources.binance.compression={compression}"]
-            proc, metrics_url, log = self.start_tickwire(topic, sim, sets, name=label)
+            proc, log, stop = start(topic, sim, compression, label)
             sampler = Sampler(proc.pid)
             try:
                 self.wait_first(topic, proc, log)
                 r = self.window(topic, sampler, sim)
-                text = self.scrape(metrics_url)
-                r["stop_s"] = self.finish(proc, log)
+                r.update(stop())
             finally:
                 sampler.stop()
                 if proc.poll() is None:
@@ -380,41 +381,36 @@ class Bench:
             sim.stop()
         lat = latencies(self.reader, *r.pop("_offsets"), stride=self.args.latency_stride)
         return {**r, "topic": topic, "peak_rss_mb": sampler.peak_rss / 2**20,
-                "e2k_p50_ms": quantile(lat, 0.5), "e2k_p99_ms": quantile(lat, 0.99),
-                "ack_p50_ms": (histogram_quantile(text, "tickwire_batch_commit_seconds", 0.5) or 0) * 1000,
-                "ack_p99_ms": (histogram_quantile(text, "tickwire_batch_commit_seconds", 0.99) or 0) * 1000}
+                "e2k_p50_ms": quantile(lat, 0.5), "e2k_p99_ms": quantile(lat, 0.99)}
 
-    def run_baseline(self, compression: str = "none") -> dict:
-        label = "baseline" if compression == "none" else f"baseline-{compression}"
-        topic = self.new_topic(label)
-        sim = self.start_full_speed_simulator(compression)
+    def _start_tickwire_run(self, topic: str, sim, compression: str, label: str):
+        sets = [] if compression == "none" else [f"sources.binance.compression={compression}"]
+        proc, metrics_url, log = self.start_tickwire(topic, sim, sets, name=label)
+
+        def stop() -> dict:  # the batch send -> ack histogram, scraped before the stop
+            text = self.scrape(metrics_url)
+            return {"stop_s": self.finish(proc, log),
+                    "ack_p50_ms": (histogram_quantile(text, "tickwire_batch_commit_seconds", 0.5) or 0) * 1000,
+                    "ack_p99_ms": (histogram_quantile(text, "tickwire_batch_commit_seconds", 0.99) or 0) * 1000}
+
+        return proc, log, stop
+
+    def _start_baseline_run(self, topic: str, sim, compression: str, label: str):
         log_path = self.work / f"{label}.log"
         log = lambda: log_path.read_text(errors="replace")  # noqa: E731
-        try:
-            url = sim.url(*(f"{s.lower()}@trade" for s in SYMBOLS))
-            proc = subprocess.Popen([PYTHON, str(BASELINE), url, self.broker.bootstrap, topic, "--compression", compression],
-                                    cwd=REPO, stdout=subprocess.PIPE, stderr=open(log_path, "wb"), text=True)
-            sampler = Sampler(proc.pid)
-            try:
-                self.wait_first(topic, proc, log)
-                r = self.window(topic, sampler, sim)
-                proc.send_signal(signal.SIGINT)
-                out, _ = proc.communicate(timeout=60)
-            finally:
-                sampler.stop()
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            r.update(self.wire(sim, compression, label))
-        finally:
-            sim.stop()
-        if proc.returncode != 0 or not out.strip():
-            raise SystemExit(f"baseline exited {proc.returncode}:\n{log()[-3000:]}")
-        own = json.loads(out.strip().splitlines()[-1])
-        lat = latencies(self.reader, *r.pop("_offsets"), stride=self.args.latency_stride)
-        return {**r, "topic": topic, "peak_rss_mb": sampler.peak_rss / 2**20,
-                "e2k_p50_ms": quantile(lat, 0.5), "e2k_p99_ms": quantile(lat, 0.99),
-                "ack_p50_ms": own["ack_p50_s"] * 1000, "ack_p99_ms": own["ack_p99_s"] * 1000}
+        url = sim.url(*(f"{s.lower()}@trade" for s in SYMBOLS))
+        proc = subprocess.Popen([PYTHON, str(BASELINE), url, self.broker.bootstrap, topic, "--compression", compression],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=open(log_path, "wb"), text=True)
+
+        def stop() -> dict:  # the baseline prints its own send -> ack timing when interrupted
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+            if proc.returncode != 0 or not out.strip():
+                raise SystemExit(f"baseline exited {proc.returncode}:\n{log()[-3000:]}")
+            own = json.loads(out.strip().splitlines()[-1])
+            return {"ack_p50_ms": own["ack_p50_s"] * 1000, "ack_p99_ms": own["ack_p99_s"] * 1000}
+
+        return proc, log, stop
 
     def run_outage(self) -> dict:
         """Steady rate; broker SIGKILLed for ``--outage-seconds``; then everything must be there."""
@@ -627,7 +623,7 @@ def main() -> None:
             every: dict[str, list[dict]] = {label(*run): [] for run in runs}
             for _ in range(args.repeat):
                 for kind, compression in runs:
-                    r = bench.run_baseline(compression) if kind == "baseline" else bench.run_tickwire(compression)
+                    r = bench.run(kind, compression)
                     every[label(kind, compression)].append(r)
                     print(f"  {label(kind, compression):17} {r['msgs_per_s']:>9,.0f} msgs/s  {r['cpu_us_per_msg']:6.1f} µs CPU/msg  "
                           f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
