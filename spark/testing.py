@@ -3,7 +3,7 @@
 * :func:`config_yaml` — a streams.yaml with only the trade stream and its candles;
 * :func:`trade_record` / :func:`expected_candles` — normalized trade records and the candles a
   correct job must produce from them, computed in plain Python with exact decimals;
-* :func:`create_topic` / :func:`produce` — Kafka set-up with aiokafka.
+* :func:`produce` — trades into a Kafka topic with aiokafka.
 """
 
 from __future__ import annotations
@@ -85,21 +85,6 @@ def expected_candles(trades: list[dict], interval_seconds: int = 60) -> dict[tup
             "trade_count": len(group), "vwap": vwap,
         }
     return result
-
-
-async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-
-
-def create_topic(bootstrap: str, topic: str, partitions: int = 2) -> None:
-    asyncio.run(_create_topic(bootstrap, topic, partitions))
 
 
 async def _produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:

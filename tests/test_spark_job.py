@@ -8,6 +8,7 @@ invalid values in the dead-letter table with their reason.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import pytest
 
 from spark import testing as tw
 from spark.jars import fetch_jars
+from tests.fixtures.kafka import create_topics
 
 pytestmark = [pytest.mark.spark, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(420)]
 
@@ -97,7 +99,7 @@ PASSWORDS = {"TICKWIRE_PG_WRITER_PASSWORD": "writer-pw", "TICKWIRE_PG_READER_PAS
 def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
     """A fresh topic, config, database (migrated by `tickwire db migrate`) and checkpoint folder."""
     topic = f"spark-trades-{uuid.uuid4().hex[:8]}"
-    tw.create_topic(kafka_broker.bootstrap, topic, partitions=2)
+    asyncio.run(create_topics(kafka_broker.bootstrap, topic, partitions=2))
     config = tmp_path / "streams.yaml"
     config.write_text(tw.config_yaml(topic))
     migrate = subprocess.run(
