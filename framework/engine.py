@@ -275,7 +275,7 @@ class Engine:
         self._dead_since = 0.0
         self._dead_by_stream: dict[str, int] = {}
         self._dead_pushed: dict[str, int] = {}
-        self._dead_dropped_warned = 0
+        self._dead_unrouted = 0  # dead letters of a profile without a destination (the first 5 are logged)
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the sinks are open and the sources started
         self._source_tasks: dict[str, asyncio.Task] = {}
@@ -496,9 +496,9 @@ class Engine:
         if self._dead_letter_id is None:
             # no destination: log the first few (not every one: that would be per-record
             # logging), count them all in tickwire_dead_letters_total
-            self._dead_dropped_warned += 1
-            if self._dead_dropped_warned <= 5:
-                more = " (only the first 5 are logged)" if self._dead_dropped_warned == 5 else ""
+            self._dead_unrouted += 1
+            if self._dead_unrouted <= 5:
+                more = " (only the first 5 are logged)" if self._dead_unrouted == 5 else ""
                 self.log.warning(f"dead letter, and the profile has no dead_letter destination{more}: {reason}",
                                  stream=stream, plugin=plugin, raw=letter.raw[:200])
             return
