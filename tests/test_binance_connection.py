@@ -27,13 +27,14 @@ class Router:
         return None
 
 
-async def serve(behaviour) -> tuple[web.AppRunner, str]:
-    """A WebSocket server on a free port; ``behaviour(ws)`` runs after the SUBSCRIBE is answered."""
+async def serve(behaviour, autoclose: bool = True) -> tuple[web.AppRunner, str]:
+    """A WebSocket server on a free port; ``behaviour(ws)`` runs after the SUBSCRIBE is answered.
+    ``autoclose=False``: the behaviour answers our close frame itself."""
 
     async def handler(request: web.Request):
         if behaviour == "refuse":
             return web.Response(status=429, headers={"Retry-After": "7"}, text="Too many requests")
-        ws = web.WebSocketResponse(autoping=False)
+        ws = web.WebSocketResponse(autoping=False, autoclose=autoclose)
         await ws.prepare(request)
         msg = await ws.receive()
         assert msg.type is WSMsgType.TEXT and "SUBSCRIBE" in msg.data
@@ -111,14 +112,16 @@ def test_a_refused_handshake_carries_the_status_and_retry_after():
     assert str(refused) == "HTTP 429 during the WebSocket handshake"
 
 
-def test_close_ends_the_reader_without_an_error():
-    async def stay_open(ws, _request):
-        async for msg in ws:
-            if msg.type is WSMsgType.CLOSE:
-                break
+def test_close_hands_over_every_frame_sent_before_the_servers_answer():
+    async def three_more_then_answer(ws, _request):
+        while (await ws.receive()).type is not WSMsgType.CLOSE:
+            pass
+        for t in (2, 3, 4):  # frames already on their way when our close frame arrived
+            await ws.send_str(f'{{"stream":"btcusdt@trade","data":{{"e":"trade","t":{t}}}}}')
+        await ws.close()
 
     async def scenario():
-        runner, url = await serve(stay_open)
+        runner, url = await serve(three_more_then_answer, autoclose=False)
         conn = Connection(conn_id="t#0", url=url, channels=["btcusdt@trade"], router=Router(), log=None)
         try:
             await conn.connect()
@@ -131,4 +134,5 @@ def test_close_ends_the_reader_without_an_error():
 
     conn = asyncio.run(scenario())
     assert conn.task.done() and conn.task.exception() is None  # run() returned: our close, no error
+    assert [f.split('"t":')[1].rstrip("}") for f in conn.router.frames] == ["1", "2", "3", "4"]
     assert conn.session.closed

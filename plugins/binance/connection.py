@@ -25,6 +25,7 @@ from plugins.binance.ratelimit import TokenBucket
 # Frames above max_frame_bytes become dead letters; only frames above this hard cap make the
 # client close the connection (it must buffer a frame to look at it).
 HARD_FRAME_CAP = 64 * 2**20
+CLOSE_NORMAL = (1000).to_bytes(2, "big")  # a close frame's payload: status 1000, no reason
 
 
 class HandshakeRefused(Exception):
@@ -247,12 +248,12 @@ class Connection:
             return None
         if self._failure is not None:
             raise self._failure
+        if self._closing:  # the server's answer to our close frame (or the end after it)
+            raise _EndOfStream()
         if kind is WSMsgType.CLOSE:
             raise ConnectionLost(msg.data, msg.extra or "")
         if kind is WSMsgType.ERROR:
             raise ConnectionLost(None, f"WebSocket error: {msg.data}")
-        if self._closing:  # CLOSING / CLOSED after our close(): a normal end
-            raise _EndOfStream()
         raise ConnectionLost(None, "connection dropped without a close frame")
 
     async def _answer_ping(self, payload: bytes) -> None:
@@ -285,19 +286,24 @@ class Connection:
                 return
 
     async def close(self, drain_timeout: float = 5.0) -> None:
-        """Close gracefully and wait (up to ``drain_timeout``) for the reader to finish the
-        frame it is handing over: cancelling it in the middle of ``emit.record`` could lose a
-        trade the dedup state already counts as seen. Frames still unread in the client's
-        buffer are not handed over; during a rotation the replacement connection delivers
-        them, and trades missed otherwise show up as an id gap and are filled over REST."""
+        """Close gracefully: send our close frame and keep handing over the frames the server
+        sent before its answer, for up to ``drain_timeout`` seconds, so no frame that reached us
+        is dropped (aiohttp's own close() would read and discard them). A reader still busy
+        then is cancelled — never in the middle of ``emit.record`` before that: it could lose a
+        trade the dedup state already counts as seen."""
         self._closing = True
         try:
-            if self.ws is not None:
+            if self.ws is not None and self.task is not None and not self.task.done() and not self.ws.closed:
                 try:
-                    await asyncio.wait_for(self.ws.close(), 3)
-                except Exception:  # noqa: BLE001 - closing a broken socket may fail; it is gone anyway
+                    await self.ws.send_frame(CLOSE_NORMAL, WSMsgType.CLOSE)
+                except Exception:  # noqa: BLE001 - a broken socket: the reader ends on its own
                     pass
             await self._wait_reader(drain_timeout)
+            if self.ws is not None:
+                try:
+                    await asyncio.wait_for(self.ws.close(), 3)  # a no-op when the answer came
+                except Exception:  # noqa: BLE001 - closing a broken socket may fail; it is gone anyway
+                    pass
         finally:
             if self.session is not None:
                 await self.session.close()
