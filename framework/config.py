@@ -1,31 +1,44 @@
 """Loading and checking streams.yaml.
 
 Every problem is collected — schema violations, unknown plugins, missing schema files, unsafe
-identifiers, broken stream schemas — and reported together, each as
-``file:line:col: path.to.field: reason``. The CLI prints them and exits with code 2.
+identifiers, broken stream schemas, transforms that cannot be built — and reported together,
+each as ``file:line:col: path.to.field: reason``. The CLI prints them and exits with code 2.
+
+``validate`` accepts only what ``run`` can execute: each stream's transforms (the compiled
+record validator and normalizer, and their fused form) are built here, so a schema they cannot
+compile is a config error at its line, not a failure at start-up or on every record.
+
+Stream schemas must lie inside the config file's folder (its "project") or tickwire's own
+``schemas/`` folder, so that a config
+cannot make tickwire read, and echo in error messages, arbitrary files of the machine it is
+validated on. The operator — not the config — may lift this with the environment variable
+``TICKWIRE_ALLOW_OUTSIDE_PATHS=1``.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
+import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import jsonschema
-
 from framework import documents
-from framework.config_schema import build_schema
+from framework.config_schema import bounded, build_schema
 from framework.documents import Document, DocumentError, Mark, Problem, dotted
 from framework.plugins import PluginManager
-from framework.schemas import ANNOTATION, StreamSpec, TopicSpec, columns_of, load_meta_schema
+from framework.schema_checks import check_stream_schema
+from framework.schemas import META_SCHEMA_PATH, StreamSchemaError, StreamSpec, TopicSpec
+from framework.validation import option_problems, schema_problems
 
 DEFAULT_CONFIG = "streams.yaml"
 DEFAULT_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 METRICS_DEFAULTS = {"host": "127.0.0.1", "port": 9464}
 DEFAULT_TRANSFORMS = ["validate", "normalize"]
+ALLOW_OUTSIDE_PATHS = "TICKWIRE_ALLOW_OUTSIDE_PATHS"
+# Tables the stores create for themselves: a stream or derived table of that name would clash.
+RESERVED_TABLES = ("dead_letters", "stream_progress", "trade_gaps")
+SHIPPED_SCHEMAS = META_SCHEMA_PATH.parent  # tickwire's own schemas/: always readable
 
 ConfigError = DocumentError
 
@@ -86,11 +99,14 @@ class Config:
         return self.data.get(name, {})
 
     def profile(self, name: str | None = None) -> Profile:
-        name = name or self.default_profile
+        """The profile called ``name`` (``--profile``); None: ``default_profile``."""
+        given = name is not None
+        name = self.default_profile if name is None else name
         profiles = self.data["profiles"]
         if name not in profiles:
             known = ", ".join(sorted(profiles))
-            raise ConfigError([Problem(Mark(str(self.path), 0, 0), "profiles", f"no profile '{name}' (known: {known})")])
+            where = Mark("--profile", 0, 0) if given else self.doc.mark(("default_profile",))
+            raise ConfigError([Problem(where, "", f"no profile {name!r} (known: {known})")])
         block = profiles[name]
         return Profile(name, list(block["sinks"]), block.get("dead_letter"), block.get("streams"))
 
@@ -137,13 +153,16 @@ def load_config(
     name = display_name or (os.path.relpath(path) if not Path(os.path.relpath(path)).parts[:1] == ("..",) else str(path))
     if not path.is_file():
         raise ConfigError([Problem(Mark(name, 0, 0), "", f"config file not found (looked for {path.resolve()}; use -c/--config)")])
-    doc = documents.load(path, environ=environ, display_name=name)
+    try:
+        doc = documents.load(path, environ=environ, display_name=name)
+    except OSError as exc:
+        raise ConfigError([Problem(Mark(name, 0, 0), "", f"cannot read the config file: {exc.strerror or exc}")]) from None
     if not isinstance(doc.data, dict):
         raise ConfigError([Problem(doc.mark(()), "", "the config must be a mapping of sections")])
     problems = _apply_overrides(doc, overrides)
     config = Config(path, doc, manager)
     schema = build_schema(manager)
-    problems += _schema_problems(doc, schema)
+    problems += schema_problems(doc, schema)
     problems += _cross_check(config)
     if problems:
         raise ConfigError(problems)
@@ -151,14 +170,25 @@ def load_config(
 
 
 def _apply_overrides(doc: Document, overrides: list[str]) -> list[Problem]:
+    """``--set a.b=value``, in order. The n-th ``--set`` is reported as ``--set:n:col``
+    (col counts characters of ``a.b=value``)."""
     problems = []
-    for item in overrides:
-        where = Mark(f"--set {item}", 0, 0)
+    for n, item in enumerate(overrides, 1):
+        where = Mark("--set", n, 1)
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            problems.append(Problem(where, "", "expected --set dotted.path=value"))
+            problems.append(Problem(where, "", f"expected --set dotted.path=value, got {item[:60]!r}"))
             continue
         parts = key.split(".")
+        if not all(parts):
+            problems.append(Problem(where, key, "a field name in the dotted path is empty"))
+            continue
+        try:
+            value = documents.parse_value(raw, "--set", len(key) + 2, line=n)
+        except DocumentError as exc:
+            problems += [Problem(p.mark, key, p.reason) for p in exc.problems]
+            continue
+        where = Mark("--set", n, len(key) + 2)
         target: Any = doc.data
         for i, part in enumerate(parts[:-1]):
             nxt = target.get(part) if isinstance(target, dict) else None
@@ -169,7 +199,7 @@ def _apply_overrides(doc: Document, overrides: list[str]) -> list[Problem]:
                 break
             target = nxt
         else:
-            target[parts[-1]] = documents.parse_scalar(raw)
+            target[parts[-1]] = value
             path = tuple(parts)
             for known in [p for p in doc.value_marks if p[: len(path)] == path]:
                 doc.value_marks[known] = where
@@ -177,86 +207,7 @@ def _apply_overrides(doc: Document, overrides: list[str]) -> list[Problem]:
     return problems
 
 
-# -- schema validation -------------------------------------------------------------------------
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _schema_problems(doc: Document, schema: dict) -> list[Problem]:
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = []
-    for error in validator.iter_errors(doc.data):
-        problems += _describe(doc, error)
-    return _dedupe(problems)
-
-
-def _dedupe(problems: list[Problem]) -> list[Problem]:
-    seen, out = set(), []
-    for p in problems:
-        key = (str(p.mark), p.path, p.reason)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
-
-
-def _describe(doc: Document, error: jsonschema.ValidationError) -> list[Problem]:
-    path = tuple(error.absolute_path)
-    kind = error.validator
-    if kind == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted(error.schema.get("properties", {}))
-        out = []
-        for key in error.instance:
-            if key in allowed or key in error.schema.get("properties", {}):
-                continue
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            reason = f"unknown field '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(allowed)})")
-            out.append(Problem(doc.mark(path + (key,), key=True), dotted(path + (key,)), reason))
-        return out
-    if kind == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return [Problem(doc.mark(path), dotted(path), f"missing required field '{missing}'")]
-    if kind in ("allOf", "if"):
-        return []  # the branch's own errors are reported with their exact paths
-    if kind == "enum" and path and path[-1] == "type" and len(path) == 3 and path[0] in ("sinks", "sources"):
-        kinds = "sink" if path[0] == "sinks" else "source"
-        options = ", ".join(error.validator_value) or "none"
-        hint = difflib.get_close_matches(str(error.instance), list(error.validator_value), n=1)
-        extra = f"; did you mean '{hint[0]}'?" if hint else ""
-        return [Problem(doc.mark(path), dotted(path), f"unknown {kinds} type '{error.instance}' (installed: {options}{extra}); see `tickwire plugins`")]
-    if kind == "pattern":
-        reason = f"{_short(error.instance)} does not match {error.validator_value}"
-        if error.validator_value.startswith("^[A-Z0-9]{2,20}"):
-            reason = f"{_short(error.instance)} is not a valid symbol (2-20 uppercase letters or digits, e.g. BTCUSDT)"
-        elif error.validator_value.startswith("^[a-z_][a-z0-9_]"):
-            reason = f"{_short(error.instance)} is not a safe SQL identifier (lowercase letters, digits, _; at most 63; not starting with a digit)"
-        elif "249" in error.validator_value:
-            reason = f"{_short(error.instance)} is not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"
-        return [Problem(doc.mark(path), dotted(path), reason)]
-    if kind == "propertyNames":
-        return [Problem(doc.mark(path + (error.instance,), key=True), dotted(path + (error.instance,)), f"name {_short(error.instance)} is not allowed here: {error.message}")]
-    message = error.message
-    if len(message) > 200:
-        message = message[:197] + "..."
-    return [Problem(doc.mark(path), dotted(path), message)]
-
-
 # -- cross-checks beyond the schema -------------------------------------------------------------
-
-
-def _option_problems(doc: Document, path: tuple, options: dict, schema: dict | None) -> list[Problem]:
-    """A plugin's options (a transform's, say) against its option schema, reported at ``path``."""
-    if not schema:
-        return []
-    problems = []
-    for error in jsonschema.Draft202012Validator(schema).iter_errors(options):
-        error.relative_path.extendleft(reversed(path))  # top-level errors: absolute_path == relative_path
-        problems += _describe(doc, error)
-    return problems
-
 
 
 def _cross_check(config: Config) -> list[Problem]:
@@ -273,7 +224,9 @@ def _cross_check(config: Config) -> list[Problem]:
     topics: dict[str, tuple] = {}
 
     def claim(registry: dict, value: str, path: tuple, what: str) -> None:
-        if value in registry:
+        if what == "table" and value in RESERVED_TABLES:
+            problem(path, f"table name '{value}' is reserved (tickwire creates it: {', '.join(RESERVED_TABLES)})")
+        elif value in registry:
             first = doc.mark(registry[value])
             problem(path, f"{what} '{value}' is already used by {dotted(registry[value][:2])} (line {first.line})")
         else:
@@ -299,14 +252,23 @@ def _cross_check(config: Config) -> list[Problem]:
                 installed = ", ".join(sorted(manager.transforms)) or "none"
                 problem(base + ("transforms", i), f"unknown transform '{tname}' (installed: {installed})")
             elif isinstance(transform, dict) and isinstance(transform.get(tname), dict):
-                problems.extend(_option_problems(doc, base + ("transforms", i, tname), transform[tname],
-                                                 manager.transforms[tname].config_schema))
+                option_schema = manager.transforms[tname].config_schema
+                problems.extend(option_problems(doc, base + ("transforms", i, tname), transform[tname],
+                                                bounded(copy.deepcopy(option_schema)) if option_schema else None))
         if isinstance(block.get("schema"), str):
-            schema_doc, schema_problems = _load_stream_schema(config, block["schema"], base + ("schema",))
-            problems.extend(schema_problems)
-            if schema_doc is not None and not schema_problems:
+            schema_doc, found = _load_stream_schema(config, block["schema"], base + ("schema",))
+            problems.extend(found)
+            if schema_doc is not None and not found:
                 config.stream_schemas[name] = schema_doc
-                config.streams[name] = _stream_spec(config, name, block, schema_doc)
+                spec = config.streams[name] = _stream_spec(config, name, block, schema_doc)
+                if not problems:  # transforms and options known and valid: build them as run will
+                    problems.extend(_transform_problems(config, spec, block, schema_doc))
+
+    for name, spec in config.streams.items():
+        index = f"{spec.table}_symbol_{spec.event_time}_idx"
+        if spec.event_time and len(index) > 63:
+            problem(("streams", name, "table"), f"table '{spec.table}' with event-time column '{spec.event_time}' gives the "
+                    f"index name '{index}', longer than PostgreSQL's 63 characters; shorten the table name")
 
     for name, block in (data.get("derived") or {}).items():
         if not isinstance(block, dict):
@@ -349,9 +311,24 @@ def _cross_check(config: Config) -> list[Problem]:
     return problems
 
 
+def outside_paths_allowed(environ: Mapping[str, str] | None = None) -> bool:
+    value = (os.environ if environ is None else environ).get(ALLOW_OUTSIDE_PATHS, "")
+    return value.strip().lower() in ("1", "true", "yes")
+
+
 def _load_stream_schema(config: Config, ref: str, at: tuple) -> tuple[Document | None, list[Problem]]:
     path = config.resolve_path(ref)
     where = config.doc.mark(at)
+    project = config.dir.resolve()
+    try:
+        resolved = path.resolve()
+        inside = resolved.is_relative_to(project) or resolved.is_relative_to(SHIPPED_SCHEMAS)
+    except (OSError, RuntimeError):  # a symlink loop, say
+        inside = False
+    if not inside and not outside_paths_allowed():
+        # checked before anything is read: neither the contents nor the existence of the file leak
+        return None, [Problem(where, dotted(at), f"schema file '{ref}' is outside the project folder {project} "
+                                                 f"(set {ALLOW_OUTSIDE_PATHS}=1 in the environment to allow it)")]
     if not path.is_file():
         return None, [Problem(where, dotted(at), f"schema file '{ref}' not found (resolved to {path})")]
     # shown as the user wrote it, next to the config file's own name
@@ -360,64 +337,28 @@ def _load_stream_schema(config: Config, ref: str, at: tuple) -> tuple[Document |
         schema_doc = documents.load(path, environ={}, display_name=display)
     except DocumentError as exc:
         return None, exc.problems
+    except OSError as exc:
+        return None, [Problem(where, dotted(at), f"cannot read schema file '{ref}': {exc.strerror or exc}")]
     return schema_doc, check_stream_schema(schema_doc)
 
 
-_META_VALIDATOR = None
-
-
-def check_stream_schema(schema_doc: Document) -> list[Problem]:
-    """A stream schema against the meta-schema, then the annotations' own consistency."""
-    global _META_VALIDATOR
-    if _META_VALIDATOR is None:
-        _META_VALIDATOR = jsonschema.Draft202012Validator(load_meta_schema())
-    schema = schema_doc.data
-    problems = []
-    for error in _META_VALIDATOR.iter_errors(schema):
-        problems += _describe(schema_doc, error)
-    if problems or not isinstance(schema, dict):
-        return _dedupe(problems)
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        problems.append(Problem(schema_doc.mark(tuple(exc.absolute_path)), dotted(tuple(exc.absolute_path)), f"not a valid JSON Schema: {exc.message}"))
-    expected_json_type = {"decimal": "string", "text": "string", "bigint": "integer", "integer": "integer", "timestamp_ms": "integer", "boolean": "boolean"}
-    seen: dict[str, str] = {}
-    for field_name, prop in schema.get("properties", {}).items():
-        note = prop.get(ANNOTATION)
-        if not note:
-            continue
-        at = ("properties", field_name, ANNOTATION)
-        column, logical = note["column"], note["type"]
-        if column in seen:
-            problems.append(Problem(schema_doc.mark(at + ("column",)), dotted(at + ("column",)), f"column '{column}' is also used by field '{seen[column]}'"))
-        seen[column] = field_name
-        if column == "ingested_at":
-            problems.append(Problem(schema_doc.mark(at + ("column",)), dotted(at + ("column",)), "column 'ingested_at' is reserved (added by normalize)"))
-        if prop.get("type") != expected_json_type[logical]:
-            problems.append(Problem(schema_doc.mark(("properties", field_name)), dotted(("properties", field_name)),
-                                    f"a {logical} column needs \"type\": \"{expected_json_type[logical]}\" (has {prop.get('type')!r})"))
-        if logical == "decimal" and "pattern" not in prop:
-            problems.append(Problem(schema_doc.mark(("properties", field_name)), dotted(("properties", field_name)),
-                                    "a decimal column needs a \"pattern\" so only exact decimal strings pass"))
-    note = schema[ANNOTATION]
-    columns = {c.name: c for c in columns_of(schema)}
-    required = set(schema.get("required", []))
-    for i, key in enumerate(note.get("primary_key", [])):
-        at = (ANNOTATION, "primary_key", i)
-        if key not in columns:
-            problems.append(Problem(schema_doc.mark(at), dotted(at), f"primary key column '{key}' is not a column of this schema"))
-        elif columns[key].field not in required:
-            problems.append(Problem(schema_doc.mark(at), dotted(at), f"primary key column '{key}' (field '{columns[key].field}') must be required"))
-    for key in ("kafka_key", "event_time"):
-        if key in note and note[key] not in columns:
-            problems.append(Problem(schema_doc.mark((ANNOTATION, key)), dotted((ANNOTATION, key)), f"'{note[key]}' is not a column of this schema"))
-    if "event_time" in note and note["event_time"] in columns and columns[note["event_time"]].logical != "timestamp_ms":
-        problems.append(Problem(schema_doc.mark((ANNOTATION, "event_time")), dotted((ANNOTATION, "event_time")), "the event-time column must be of type timestamp_ms"))
-    const = schema.get("properties", {}).get("e", {}).get("const")
-    if const is not None and const != note.get("event_type"):
-        problems.append(Problem(schema_doc.mark((ANNOTATION, "event_type")), dotted((ANNOTATION, "event_type")), f"event_type '{note.get('event_type')}' differs from properties.e.const '{const}'"))
-    return problems
+def _transform_problems(config: Config, spec: StreamSpec, block: dict, schema_doc: Document) -> list[Problem]:
+    """Build the stream's transforms exactly as ``run`` does (and the fused validate+normalize),
+    so what they cannot compile is reported here, at the schema line or the transform entry."""
+    built = []
+    for i, (tname, options) in enumerate(spec.transforms):
+        tspec = config.manager.transforms[tname]
+        at = ("streams", spec.name, "transforms", i) if "transforms" in block else ("streams", spec.name)
+        about = f"transform '{tname}' (plugin {tspec.plugin or tname}), stream '{spec.name}'"
+        try:
+            built.append(tspec.factory(spec, dict(options)))
+            if len(spec.transforms) == 2 and i == 1 and getattr(built[0], "fuse", None) is not None:
+                built[0].fuse(built[1])  # the engine runs this form on the hot path
+        except StreamSchemaError as exc:
+            return [Problem(schema_doc.mark(exc.at), dotted(exc.at), f"{exc.reason} ({about})")]
+        except Exception as exc:  # a plugin's factory: whatever it raises, validate must say so
+            return [Problem(config.doc.mark(at), dotted(at), f"{about} cannot be built: {type(exc).__name__}: {exc}")]
+    return []
 
 
 def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -> StreamSpec:

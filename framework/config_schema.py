@@ -3,6 +3,11 @@ installed plugins register (component option blocks and extra top-level sections
 
 ``schemas/streams.schema.json`` is this schema generated with the built-in plugins
 (``tickwire generate config-schema``); a test keeps the committed copy up to date.
+
+Numbers have ranges: the core's options declare their own; a plugin option of type
+``integer`` or ``number`` that declares no upper bound gets :data:`INTEGER_CEILING` or
+:data:`NUMBER_CEILING` (so ``1e300`` seconds cannot overflow a timer). Integers must be written
+as integers and numbers must be finite (see :mod:`framework.validation`).
 """
 
 from __future__ import annotations
@@ -14,10 +19,17 @@ if TYPE_CHECKING:
     from framework.plugins import PluginManager
 
 SYMBOL_PATTERN = "^[A-Z0-9]{2,20}$"
-SQL_IDENTIFIER = "^[a-z_][a-z0-9_]{0,62}$"
+# Lowercase, so unquoted and quoted spellings name the same table in PostgreSQL; SQLite keeps
+# names starting with sqlite_ for itself. Identifiers are also quoted wherever SQL is built.
+SQL_IDENTIFIER = "^(?!sqlite_)[a-z_][a-z0-9_]{0,62}$"
+# A table name leaves room for what the sinks derive from it ("tickwire_staging_<table>")
+# within PostgreSQL's 63 characters, which would otherwise silently cut and collide.
+TABLE_NAME = "^(?!sqlite_)[a-z_][a-z0-9_]{0,45}$"
 KAFKA_TOPIC = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,249}$"
 COMPONENT_ID = "^[A-Za-z][A-Za-z0-9_-]{0,62}$"
-DURATION = "^[0-9]+ (second|seconds|minute|minutes|hour|hours)$"
+DURATION = "^[0-9]{1,6} (second|seconds|minute|minutes|hour|hours)$"
+INTEGER_CEILING = 2**53 - 1  # the largest integer every JSON reader keeps exact
+NUMBER_CEILING = 1e9  # about 31 years in seconds; below the largest timeout threads accept
 
 _TOPIC = {
     "type": "object",
@@ -26,8 +38,8 @@ _TOPIC = {
     "required": ["name"],
     "properties": {
         "name": {"type": "string", "pattern": KAFKA_TOPIC, "description": "Topic name."},
-        "partitions": {"type": "integer", "minimum": 1, "default": 3, "description": "Partitions (records are keyed, so per-key order holds)."},
-        "replication_factor": {"type": "integer", "minimum": 1, "default": 1, "description": "Replication factor."},
+        "partitions": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 3, "description": "Partitions (records are keyed, so per-key order holds)."},
+        "replication_factor": {"type": "integer", "minimum": 1, "maximum": 32, "default": 1, "description": "Replication factor."},
         "config": {
             "type": "object",
             "description": "Topic configs, e.g. retention.ms, cleanup.policy.",
@@ -54,12 +66,13 @@ BASE_SCHEMA: dict = {
     "required": ["version", "sources", "streams", "sinks", "profiles"],
     "properties": {
         "version": {"const": 1, "description": "Config format version."},
-        "default_profile": {"type": "string", "default": "local", "description": "Profile used when --profile is not given."},
+        "default_profile": {"type": "string", "pattern": COMPONENT_ID, "default": "local", "description": "Profile used when --profile is not given."},
         "symbols": {
             "type": "array",
             "description": "Symbols every stream subscribes to, unless the stream lists its own.",
             "items": {"type": "string", "pattern": SYMBOL_PATTERN},
             "minItems": 1,
+            "maxItems": 1024,
             "uniqueItems": True,
             "default": ["BTCUSDT", "ETHUSDT", "SOLUSDT"],
         },
@@ -83,11 +96,12 @@ BASE_SCHEMA: dict = {
                     "source": {"type": "string", "description": "Source id; defaults to the only source."},
                     "channel": {"type": "string", "pattern": "\\{symbol\\}", "description": "Channel template, e.g. '{symbol}@trade'."},
                     "schema": {"type": "string", "description": "JSON Schema of the payload (relative to this file)."},
-                    "table": {"type": "string", "pattern": SQL_IDENTIFIER, "description": "Target table in SQLite and PostgreSQL."},
+                    "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table in SQLite and PostgreSQL."},
                     "symbols": {
                         "type": "array",
                         "items": {"type": "string", "pattern": SYMBOL_PATTERN},
                         "minItems": 1,
+                        "maxItems": 1024,
                         "uniqueItems": True,
                         "description": "Overrides the global symbol list for this stream.",
                     },
@@ -114,7 +128,7 @@ BASE_SCHEMA: dict = {
                     "from": {"type": "string", "description": "Name of the input stream (trades)."},
                     "interval": {"type": "string", "pattern": DURATION, "description": "Window length, e.g. '1 minute'."},
                     "watermark": {"type": "string", "pattern": DURATION, "default": "30 seconds", "description": "How late a trade may arrive and still correct its candle."},
-                    "table": {"type": "string", "pattern": SQL_IDENTIFIER, "description": "Target table in PostgreSQL."},
+                    "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table in PostgreSQL."},
                 },
             },
         },
@@ -129,6 +143,7 @@ BASE_SCHEMA: dict = {
             "type": "object",
             "description": "Named selections of sinks; `tickwire run --profile NAME`.",
             "minProperties": 1,
+            "propertyNames": {"pattern": COMPONENT_ID},
             "additionalProperties": {
                 "type": "object",
                 "additionalProperties": False,
@@ -145,12 +160,12 @@ BASE_SCHEMA: dict = {
             "additionalProperties": False,
             "description": "Batching and buffering.",
             "properties": {
-                "batch_size": {"type": "integer", "minimum": 1, "default": 1000, "description": "Records per sink batch."},
-                "linger_ms": {"type": "integer", "minimum": 0, "default": 200, "description": "Longest wait before a partial batch is written."},
-                "queue_batches": {"type": "integer", "minimum": 1, "default": 8, "description": "Batches buffered per sink before the source is slowed down (backpressure)."},
-                "coalesce_batches": {"type": "integer", "minimum": 1, "default": 4, "description": "With a backlog, up to this many queued batches of one stream are written together."},
-                "retry_initial_s": {"type": "number", "exclusiveMinimum": 0, "default": 0.5, "description": "First delay before a failed sink write is retried (doubles each time)."},
-                "retry_max_s": {"type": "number", "exclusiveMinimum": 0, "default": 10, "description": "Longest delay between retries of a failed write; writes are retried until they succeed."},
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 1000, "description": "Records per sink batch."},
+                "linger_ms": {"type": "integer", "minimum": 0, "maximum": 60000, "default": 200, "description": "Longest wait before a partial batch is written."},
+                "queue_batches": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 8, "description": "Batches buffered per sink before the source is slowed down (backpressure)."},
+                "coalesce_batches": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4, "description": "With a backlog, up to this many queued batches of one stream are written together."},
+                "retry_initial_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60, "default": 0.5, "description": "First delay before a failed sink write is retried (doubles each time)."},
+                "retry_max_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 10, "description": "Longest delay between retries of a failed write; writes are retried until they succeed."},
             },
         },
         "metrics": {
@@ -193,10 +208,29 @@ def _component_def(kind: str, specs: dict) -> dict:
     }
 
 
+def bounded(fragment: dict) -> dict:
+    """``fragment`` (a plugin's) with :data:`INTEGER_CEILING` / :data:`NUMBER_CEILING` as the
+    maximum of every integer or number option that declares none."""
+    work = [fragment]
+    while work:
+        node = work.pop()
+        if isinstance(node, list):
+            work += node
+            continue
+        if not isinstance(node, dict):
+            continue
+        kinds = node.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else kinds if isinstance(kinds, list) else []
+        if ("integer" in kinds or "number" in kinds) and "maximum" not in node and "exclusiveMaximum" not in node:
+            node["maximum"] = NUMBER_CEILING if "number" in kinds else INTEGER_CEILING
+        work += [value for key, value in node.items() if key not in ("default", "examples", "enum", "const")]
+    return fragment
+
+
 def build_schema(manager: PluginManager) -> dict:
     schema = copy.deepcopy(BASE_SCHEMA)
-    schema["$defs"]["source"] = _component_def("source", manager.sources)
-    schema["$defs"]["sink"] = _component_def("sink", manager.sinks)
+    schema["$defs"]["source"] = bounded(_component_def("source", manager.sources))
+    schema["$defs"]["sink"] = bounded(_component_def("sink", manager.sinks))
     for section, fragment in sorted(manager.config_sections.items()):
-        schema["properties"][section] = fragment
+        schema["properties"][section] = bounded(copy.deepcopy(fragment))
     return schema

@@ -18,6 +18,23 @@ LOGICAL_TYPES = ("decimal", "bigint", "integer", "text", "boolean", "timestamp_m
 META_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "x-tickwire.meta.json"
 
 
+class StreamSchemaError(ValueError):
+    """A stream schema that a transform cannot compile. ``at`` is the path of the offending
+    part inside the schema document, so config validation can report its line and column."""
+
+    def __init__(self, reason: str, at: tuple = ()):
+        super().__init__(reason)
+        self.reason = reason
+        self.at = tuple(at)
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier (SQLite and PostgreSQL): ``"order"``. Identifiers are
+    validated at config load (lowercase letters, digits, ``_``); quoting them as well lets
+    reserved words such as ``select``, ``order`` or ``group`` be table and column names."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     name: str  # column name in every store

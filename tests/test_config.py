@@ -80,7 +80,8 @@ def test_set_overrides_any_field(project, manager):
 
 def test_set_with_a_bad_value_names_the_flag(project, manager):
     [problem] = problems_of(project / "streams.yaml", manager, overrides=["engine.batch_size=lots"])
-    assert problem == "--set engine.batch_size=lots: engine.batch_size: 'lots' is not of type 'integer'"
+    # --set:N:COL: the N-th --set, the column of the value in "engine.batch_size=lots"
+    assert problem == "--set:1:19: engine.batch_size: 'lots' is not of type 'integer'"
 
 
 def test_relative_paths_resolve_against_the_config_folder(project, manager, tmp_path, monkeypatch):
