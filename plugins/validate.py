@@ -17,16 +17,28 @@ Unknown extra payload fields are tolerated. The payload's ``e`` must equal the s
 Note on ``pattern``: JSON Schema regexes follow ECMA-262, where a final ``$`` matches only at the
 very end; Python's ``$`` also matches before a trailing newline, so a final ``$`` is compiled
 as ``\\Z`` ("1.5\\n" is not a decimal).
+
+Event time against the local clock: the stream's event-time field (``x-tickwire.event_time``)
+may be at most ``max_clock_skew_seconds`` ahead of this machine's clock (default one hour: a
+time in the year 2286 is a corrupt frame, not a trade). Backwards there is no bound unless
+``max_event_age_seconds`` is set, because gap fills replay trades from REST that are hours or
+days old — exactly the ones a restart must not lose.
+
+Anything in a schema this module cannot compile (a non-finite bound, an invalid pattern…) is
+a :class:`~framework.schemas.StreamSchemaError` naming the place in the schema; config
+validation builds every validator, so ``tickwire validate`` reports it at its line.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from typing import Any, Callable
 
 from framework.components import InvalidRecord, TransformSpec
 from framework.hookspecs import hookimpl
-from framework.schemas import ANNOTATION, StreamSpec
+from framework.schemas import ANNOTATION, StreamSchemaError, StreamSpec
 
 CHECKS = ("type", "const", "enum", "pattern", "minimum", "maximum", "minLength", "maxLength")
 ANNOTATIONS = ("description", "title", "examples", "default", "$comment", "deprecated", ANNOTATION)
@@ -53,6 +65,8 @@ _PY_TYPES = {
 }
 _JSON_TYPE_NAME = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", dict: "object", list: "array"}
 DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+_ANY_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
+DEFAULT_MAX_CLOCK_SKEW_S = 3600
 
 
 class UnsupportedSchema(Exception):
@@ -80,24 +94,71 @@ def _type_name(value: Any) -> str:
     return _JSON_TYPE_NAME.get(type(value), type(value).__name__)
 
 
+def _is_finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)))
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} seconds"
+
+
+class ClockWindow:
+    """How far an event time (ms since the epoch) may be from the local clock."""
+
+    def __init__(self, ahead_s: float, behind_s: float | None):
+        self.ahead_s, self.behind_s = ahead_s, behind_s
+
+    def expression(self, v: str) -> str:
+        parts = [f"{v} - _time() * 1000.0 <= {self.ahead_s * 1000.0!r}"]
+        if self.behind_s is not None:
+            parts.append(f"_time() * 1000.0 - {v} <= {self.behind_s * 1000.0!r}")
+        return " and ".join(parts)
+
+    def explain(self, value: int) -> str | None:
+        offset_s = value / 1000.0 - time.time()
+        if offset_s > self.ahead_s:
+            return f"{_short(value)} is {_duration(offset_s)} ahead of the local clock (max_clock_skew_seconds: {self.ahead_s:g})"
+        if self.behind_s is not None and -offset_s > self.behind_s:
+            return f"{_short(value)} is {_duration(-offset_s)} old (max_event_age_seconds: {self.behind_s:g})"
+        return None
+
+
 class _Field:
     """One property of the schema with its checks, shared by the fast and the slow path."""
 
-    def __init__(self, name: str, prop: dict, required: bool):
+    def __init__(self, name: str, prop: dict, required: bool, clock: ClockWindow | None = None):
+        if not isinstance(prop, dict):
+            raise UnsupportedSchema(f"property {name!r} is not an object")
         unknown = set(prop) - set(CHECKS) - set(ANNOTATIONS)
         if unknown:
             raise UnsupportedSchema(f"property {name!r} uses {sorted(unknown)}")
         self.name = name
         self.prop = prop
         self.required = required
+        self.clock = clock
         note = prop.get(ANNOTATION) or {}
         self.column = note.get("column")
         self.logical = note.get("type")
         t = prop.get("type")
         self.types = [t] if isinstance(t, str) else list(t or [])
-        if any(t not in _TYPE_TEST for t in self.types):
+        if any(not isinstance(t, str) or t not in _TYPE_TEST for t in self.types):
             raise UnsupportedSchema(f"property {name!r} has type {t!r}")
-        self.regex = compile_pattern(prop["pattern"]) if "pattern" in prop else None
+        at = ("properties", name)
+        for bound in ("minimum", "maximum"):
+            if bound in prop and not _is_finite_number(prop[bound]):
+                raise StreamSchemaError(f"{bound} must be a finite number, not {prop[bound]!r}", at + (bound,))
+        for bound in ("minLength", "maxLength"):
+            if bound in prop and (isinstance(prop[bound], bool) or not isinstance(prop[bound], int) or prop[bound] < 0):
+                raise StreamSchemaError(f"{bound} must be a non-negative integer, not {prop[bound]!r}", at + (bound,))
+        self.regex = None
+        if "pattern" in prop:
+            try:
+                self.regex = compile_pattern(prop["pattern"])
+            except (re.error, TypeError, RecursionError, OverflowError) as exc:
+                raise StreamSchemaError(f"pattern is not a valid regular expression: {exc}", at + ("pattern",)) from None
 
     @property
     def label(self) -> str:
@@ -114,8 +175,7 @@ class _Field:
             return f"{self.label}: {_short(value)} is not one of {p['enum']!r}"
         if isinstance(value, str):
             if self.regex is not None and not self.regex.search(value):
-                kind = "decimal pattern" if self.logical == "decimal" or p["pattern"] == DECIMAL_PATTERN else f"pattern {p['pattern']!r}"
-                return f"{self.label}: {_short(value)} does not match {kind}"
+                return f"{self.label}: {self._pattern_reason(value)}"
             if "minLength" in p and len(value) < p["minLength"]:
                 return f"{self.label}: {_short(value)} is shorter than {p['minLength']}"
             if "maxLength" in p and len(value) > p["maxLength"]:
@@ -125,7 +185,26 @@ class _Field:
                 return f"{self.label}: {_short(value)} is less than the minimum {p['minimum']}"
             if "maximum" in p and value > p["maximum"]:
                 return f"{self.label}: {_short(value)} is greater than the maximum {p['maximum']}"
+            if self.clock is not None:
+                reason = self.clock.explain(value)
+                if reason:
+                    return f"{self.label}: {reason}"
         return None
+
+    def _pattern_reason(self, value: str) -> str:
+        """Why a string fails the pattern; for decimals, whether it is negative or zero."""
+        p = self.prop
+        if not (self.logical == "decimal" or p["pattern"] == DECIMAL_PATTERN):
+            return f"{_short(value)} does not match pattern {p['pattern']!r}"
+        if _ANY_DECIMAL.match(value):
+            search = self.regex.search
+            allowed = "positive" if search("0") is None else "zero or positive"
+            if value.startswith("-") and search("-1") is None and not _is_zero(value):
+                return f"{_short(value)} is negative; the schema allows only {allowed} decimals"
+            if _is_zero(value) and search("0") is None:
+                return f"{_short(value)} is zero; the schema allows only positive decimals"
+            return f"{_short(value)} does not match decimal pattern {p['pattern']!r} (too many digits?)"
+        return f"{_short(value)} does not match decimal pattern"
 
     def expression(self, v: str, consts: dict) -> str:
         """A Python boolean expression over variable ``v`` that is true iff the value is valid."""
@@ -171,6 +250,9 @@ class _Field:
             num_parts.append(f"{v} >= {p['minimum']!r}")
         if "maximum" in p:
             num_parts.append(f"{v} <= {p['maximum']!r}")
+        if self.clock is not None:
+            consts["_time"] = time.time
+            num_parts.append(self.clock.expression(v))
         if str_parts:
             parts.append(" and ".join(str_parts) if is_str else f"(type({v}) is not str or ({' and '.join(str_parts)}))")
         if num_parts:
@@ -185,10 +267,10 @@ class _Field:
 class Validator:
     """The compiled validator of one stream; call it like a transform."""
 
-    def __init__(self, stream: StreamSpec):
+    def __init__(self, stream: StreamSpec, options: dict | None = None):
         self.stream = stream
         schema = stream.schema
-        self.fields = _fields_of(schema)
+        self.fields = _fields_of(schema, _clock_of(stream, options or {}))
         self.required = list(schema.get("required", []))
         self.event_type = stream.event_type
         self.fn = self._compile()
@@ -295,7 +377,20 @@ class Validator:
         return fused
 
 
-def _fields_of(schema: dict) -> dict[str, _Field]:
+def _is_zero(value: str) -> bool:
+    return value.lstrip("-").replace("0", "").replace(".", "") == ""
+
+
+def _clock_of(stream: StreamSpec, options: dict) -> tuple[str, ClockWindow] | None:
+    """(payload field, window) for the stream's event-time field; None when it has none."""
+    field_name = next((c.field for c in stream.columns if c.name == stream.event_time and c.field), None)
+    if field_name is None:
+        return None
+    ahead = options.get("max_clock_skew_seconds", DEFAULT_MAX_CLOCK_SKEW_S)
+    return field_name, ClockWindow(float(ahead), options.get("max_event_age_seconds"))
+
+
+def _fields_of(schema: dict, clock: tuple[str, ClockWindow] | None = None) -> dict[str, _Field]:
     unknown = set(schema) - set(TOP_LEVEL_OK) - {"$defs"}
     if unknown:
         raise UnsupportedSchema(f"top-level keywords {sorted(unknown)}")
@@ -304,14 +399,20 @@ def _fields_of(schema: dict) -> dict[str, _Field]:
     if schema.get("additionalProperties", True) is not True:
         raise UnsupportedSchema("additionalProperties other than true")
     required = set(schema.get("required", []))
-    return {name: _Field(name, prop, name in required) for name, prop in schema.get("properties", {}).items()}
+    clock_field, window = clock if clock else (None, None)
+    return {name: _Field(name, prop, name in required, window if name == clock_field else None)
+            for name, prop in schema.get("properties", {}).items()}
 
 
-def _fastjsonschema_validator(stream: StreamSpec) -> Callable[[dict], dict]:
+def _fastjsonschema_validator(stream: StreamSpec, options: dict) -> Callable[[dict], dict]:
     import fastjsonschema
 
-    check = fastjsonschema.compile(stream.schema)
+    try:
+        check = fastjsonschema.compile(stream.schema)
+    except (fastjsonschema.JsonSchemaDefinitionException, RecursionError, re.error) as exc:
+        raise StreamSchemaError(f"the schema cannot be compiled to a validator: {exc}") from None
     et = stream.event_type
+    clock = _clock_of(stream, options)
 
     def validate(record: dict) -> dict:
         try:
@@ -320,6 +421,11 @@ def _fastjsonschema_validator(stream: StreamSpec) -> Callable[[dict], dict]:
             raise InvalidRecord(exc.message) from None
         if et is not None and record.get("e", et) != et:
             raise InvalidRecord(f"event type {_short(record['e'])} is not {et!r} (stream {stream.name!r})")
+        if clock is not None:
+            value = record.get(clock[0])
+            reason = clock[1].explain(value) if _is_finite_number(value) else None
+            if reason:
+                raise InvalidRecord(f"field {clock[0]!r}: {reason}")
         return record
 
     return validate
@@ -329,11 +435,11 @@ def make_validator(stream: StreamSpec, options: dict) -> Callable[[dict], dict]:
     implementation = options.get("implementation", "compiled")
     if implementation == "compiled":
         try:
-            return Validator(stream).fn
+            return Validator(stream, options).fn
         except UnsupportedSchema:
             implementation = "fastjsonschema"
     if implementation == "fastjsonschema":
-        return _fastjsonschema_validator(stream)
+        return _fastjsonschema_validator(stream, options)
     raise ValueError(f"validate: unknown implementation {implementation!r}")
 
 
@@ -347,7 +453,23 @@ CONFIG_SCHEMA = {
             "description": "compiled: Python code generated from the stream schema (fastest; falls back to "
             "fastjsonschema when the schema uses keywords outside the supported subset). "
             "fastjsonschema: always use fastjsonschema.",
-        }
+        },
+        "max_clock_skew_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 31_536_000,
+            "default": DEFAULT_MAX_CLOCK_SKEW_S,
+            "description": "How far the event time (x-tickwire.event_time) may be ahead of the local clock; "
+            "a later one is dead-lettered with the reason.",
+        },
+        "max_event_age_seconds": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "maximum": 315_360_000,
+            "default": None,
+            "description": "How old an event time may be (null: no bound). Leave it unbounded or generous: "
+            "gap fills replay trades from REST that are hours or days old.",
+        },
     },
 }
 
