@@ -1,14 +1,15 @@
 """Codegen target ``postgres``: CREATE TABLE IF NOT EXISTS for every stream, derived stream,
 the dead-letter table and the Spark progress table. Applies cleanly twice.
 
-Money is NUMERIC (exact, any scale Binance sends), times are TIMESTAMPTZ.
+Money is NUMERIC (exact, any scale Binance sends), times are TIMESTAMPTZ. Every identifier is
+quoted, so a table ``select`` or a column ``group`` works.
 """
 
 from __future__ import annotations
 
 from framework.components import CodegenSpec
 from framework.hookspecs import hookimpl
-from framework.schemas import Column, StreamSpec
+from framework.schemas import Column, StreamSpec, quote_identifier as q
 
 PG_TYPES = {
     "decimal": "NUMERIC",
@@ -45,14 +46,15 @@ def _quote(text: str) -> str:
 
 
 def create_table(table: str, columns: list[Column], key: list[str], time_column: str | None, comment: str) -> list[str]:
-    lines = [f"    {c.name} {PG_TYPES[c.logical]}{'' if c.nullable else ' NOT NULL'}" for c in columns]
-    lines.append(f"    PRIMARY KEY ({', '.join(key)})")
-    statements = [f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(lines) + "\n);"]
+    lines = [f"    {q(c.name)} {PG_TYPES[c.logical]}{'' if c.nullable else ' NOT NULL'}" for c in columns]
+    lines.append(f"    PRIMARY KEY ({', '.join(map(q, key))})")
+    statements = [f"CREATE TABLE IF NOT EXISTS {q(table)} (\n" + ",\n".join(lines) + "\n);"]
     if time_column:
-        statements.append(f"CREATE INDEX IF NOT EXISTS {table}_symbol_{time_column}_idx ON {table} (symbol, {time_column});")
-        statements.append(f"CREATE INDEX IF NOT EXISTS {table}_{time_column}_idx ON {table} ({time_column});")
-    statements.append(f"COMMENT ON TABLE {table} IS {_quote(comment)};")
-    statements += [f"COMMENT ON COLUMN {table}.{c.name} IS {_quote(c.description)};" for c in columns if c.description]
+        if any(c.name == "symbol" for c in columns):
+            statements.append(f"CREATE INDEX IF NOT EXISTS {q(f'{table}_symbol_{time_column}_idx')} ON {q(table)} ({q('symbol')}, {q(time_column)});")
+        statements.append(f"CREATE INDEX IF NOT EXISTS {q(f'{table}_{time_column}_idx')} ON {q(table)} ({q(time_column)});")
+    statements.append(f"COMMENT ON TABLE {q(table)} IS {_quote(comment)};")
+    statements += [f"COMMENT ON COLUMN {q(table)}.{q(c.name)} IS {_quote(c.description)};" for c in columns if c.description]
     return statements
 
 

@@ -1,11 +1,12 @@
 """Codegen target ``sqlite``: the embedded store's tables. Decimals are TEXT (exact strings,
-read back equal), times ISO-8601 UTC TEXT, booleans 0/1."""
+read back equal), times ISO-8601 UTC TEXT, booleans 0/1. Every identifier is quoted, so a
+table ``order`` or a column ``group`` works."""
 
 from __future__ import annotations
 
 from framework.components import CodegenSpec
 from framework.hookspecs import hookimpl
-from framework.schemas import StreamSpec
+from framework.schemas import StreamSpec, quote_identifier as q
 
 SQLITE_TYPES = {
     "decimal": "TEXT",
@@ -29,11 +30,12 @@ DEAD_LETTERS_DDL = """CREATE TABLE IF NOT EXISTS dead_letters (
 
 def ddl_for(stream: StreamSpec) -> list[str]:
     """CREATE TABLE/INDEX IF NOT EXISTS statements for one stream."""
-    lines = [f"    {c.name} {SQLITE_TYPES[c.logical]}{'' if c.nullable else ' NOT NULL'}" for c in stream.columns]
-    lines.append(f"    PRIMARY KEY ({', '.join(stream.primary_key)})")
-    out = [f"CREATE TABLE IF NOT EXISTS {stream.table} (\n" + ",\n".join(lines) + "\n);"]
-    if stream.event_time:
-        out.append(f"CREATE INDEX IF NOT EXISTS {stream.table}_symbol_{stream.event_time}_idx ON {stream.table} (symbol, {stream.event_time});")
+    lines = [f"    {q(c.name)} {SQLITE_TYPES[c.logical]}{'' if c.nullable else ' NOT NULL'}" for c in stream.columns]
+    lines.append(f"    PRIMARY KEY ({', '.join(map(q, stream.primary_key))})")
+    out = [f"CREATE TABLE IF NOT EXISTS {q(stream.table)} (\n" + ",\n".join(lines) + "\n);"]
+    if stream.event_time and any(c.name == "symbol" for c in stream.columns):
+        index = q(f"{stream.table}_symbol_{stream.event_time}_idx")
+        out.append(f"CREATE INDEX IF NOT EXISTS {index} ON {q(stream.table)} ({q('symbol')}, {q(stream.event_time)});")
     return out
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from framework.components import DeadLetter, RunContext, SinkSpec
 from framework.hookspecs import hookimpl
 from framework.threads import DedicatedThread
-from framework.schemas import StreamSpec
+from framework.schemas import StreamSpec, quote_identifier as q
 from plugins.codegen_sqlite import DEAD_LETTERS_DDL, ddl_for
 
 # Rows per INSERT statement. executemany() releases and re-takes the GIL around every row's
@@ -137,7 +137,7 @@ class SQLiteSink:
                 self._sql.clear()
             one = "(" + ", ".join("?" * len(cols)) + ")"
             sql = self._sql[key] = (
-                f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES {", ".join([one] * rows)} ON CONFLICT DO NOTHING'
+                f'INSERT INTO {q(table)} ({", ".join(map(q, cols))}) VALUES {", ".join([one] * rows)} ON CONFLICT DO NOTHING'
             )
         return sql
 

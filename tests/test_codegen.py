@@ -51,12 +51,12 @@ def test_committed_config_schema_and_reference_are_current(manager, config):
 
 def test_postgres_ddl_uses_numeric_money_timestamptz_and_the_keys(config, manager):
     ddl = manager.codegen["postgres"].factory(config)["schema.sql"]
-    assert "    price NUMERIC NOT NULL" in ddl and "    quantity NUMERIC NOT NULL" in ddl
-    assert "    event_time TIMESTAMPTZ NOT NULL" in ddl
+    assert '    "price" NUMERIC NOT NULL' in ddl and '    "quantity" NUMERIC NOT NULL' in ddl
+    assert '    "event_time" TIMESTAMPTZ NOT NULL' in ddl
     assert "FLOAT" not in ddl.upper() and "DOUBLE" not in ddl.upper() and "REAL" not in ddl.upper()
-    assert "CREATE TABLE IF NOT EXISTS trades (" in ddl and "PRIMARY KEY (symbol, trade_id)" in ddl
-    assert "CREATE TABLE IF NOT EXISTS ticker_1h (" in ddl and "CREATE TABLE IF NOT EXISTS ticker_1d (" in ddl
-    assert ddl.count("PRIMARY KEY (symbol, event_time)") == 2
+    assert 'CREATE TABLE IF NOT EXISTS "trades" (' in ddl and 'PRIMARY KEY ("symbol", "trade_id")' in ddl
+    assert 'CREATE TABLE IF NOT EXISTS "ticker_1h" (' in ddl and 'CREATE TABLE IF NOT EXISTS "ticker_1d" (' in ddl
+    assert ddl.count('PRIMARY KEY ("symbol", "event_time")') == 2
 
 
 def test_postgres_ddl_applies_twice_to_a_real_server(config, manager, postgres_db):
@@ -129,12 +129,12 @@ def test_a_new_stream_is_config_plus_schema_and_no_code(tmp_path, manager, postg
     assert agg.channels() == {"btcusdt@aggTrade": "BTCUSDT", "bnbusdt@aggTrade": "BNBUSDT"}
 
     ddl = manager.codegen["postgres"].factory(config)["schema.sql"]
-    assert "CREATE TABLE IF NOT EXISTS agg_trades (" in ddl and "PRIMARY KEY (symbol, agg_trade_id)" in ddl
+    assert 'CREATE TABLE IF NOT EXISTS "agg_trades" (' in ddl and 'PRIMARY KEY ("symbol", "agg_trade_id")' in ddl
     with psycopg.connect(postgres_db.dsn, autocommit=True) as conn:
         conn.execute(ddl)
         conn.execute("insert into agg_trades values (now(), 'BTCUSDT', 1, '0.10000001', '2', 1, 2, now(), true, now())")
         assert conn.execute("select price from agg_trades").fetchone()[0] == __import__("decimal").Decimal("0.10000001")
-    assert "CREATE TABLE IF NOT EXISTS agg_trades (" in manager.codegen["sqlite"].factory(config)["schema.sqlite.sql"]
+    assert 'CREATE TABLE IF NOT EXISTS "agg_trades" (' in manager.codegen["sqlite"].factory(config)["schema.sqlite.sql"]
     spark = json.loads(manager.codegen["spark"].factory(config)["spark-mapping.json"])
     assert [s["topic"] for s in spark["streams"]][-1] == "binance.agg_trades"
     kafka = json.loads(manager.codegen["kafka"].factory(config)["kafka-topics.json"])
