@@ -100,7 +100,7 @@ def _is_finite_number(value: Any) -> bool:
 
 def _duration(seconds: float) -> str:
     for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= 2 * size:
+        if seconds >= 1.5 * size:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds:.0f} seconds"
 
@@ -413,6 +413,7 @@ def _fastjsonschema_validator(stream: StreamSpec, options: dict) -> Callable[[di
         raise StreamSchemaError(f"the schema cannot be compiled to a validator: {exc}") from None
     et = stream.event_type
     clock = _clock_of(stream, options)
+    clock_label = clock and (f"field {clock[0]!r}" + (f" ({stream.event_time})" if stream.event_time != clock[0] else ""))
 
     def validate(record: dict) -> dict:
         try:
@@ -425,7 +426,7 @@ def _fastjsonschema_validator(stream: StreamSpec, options: dict) -> Callable[[di
             value = record.get(clock[0])
             reason = clock[1].explain(value) if _is_finite_number(value) else None
             if reason:
-                raise InvalidRecord(f"field {clock[0]!r}: {reason}")
+                raise InvalidRecord(f"{clock_label}: {reason}")
         return record
 
     return validate

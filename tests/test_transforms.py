@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import jsonschema
@@ -230,3 +231,75 @@ def test_validate_and_normalize_are_fast_enough():
     payload = trade_payload(1)
     per = min(timeit.repeat(lambda: n(v(payload)), number=20_000, repeat=3)) / 20_000
     assert per < 10e-6, f"{per * 1e6:.1f} µs per trade"
+
+
+# -- domain checks of the shipped schemas ----------------------------------------------------------
+
+WIRE_EXAMPLES = {
+    json.loads(line)["what"].split(" (")[0]: json.loads(line)["frame"]
+    for line in (Path(__file__).parent / "data" / "binance-wire-examples.jsonl").read_text().splitlines()
+}
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "fastjsonschema"])
+def test_binance_documented_examples_pass_the_shipped_schemas(implementation):
+    options = {"implementation": implementation}
+    assert make_validator(TRADE, options)(WIRE_EXAMPLES["trade event"])
+    assert make_validator(TICKER_24H, options)(WIRE_EXAMPLES["24h ticker event"])  # O: 0 is documented
+    assert make_validator(TICKER_1H, options)(WIRE_EXAMPLES["rolling window ticker"])
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"p": "-16500.5"}, "field 'p' (price): '-16500.5' is negative; the schema allows only positive decimals"),
+        ({"p": "0.00000000"}, "field 'p' (price): '0.00000000' is zero; the schema allows only positive decimals"),
+        ({"q": "0"}, "field 'q' (quantity): '0' is zero; the schema allows only positive decimals"),
+        ({"q": "-0.001"}, "field 'q' (quantity): '-0.001' is negative; the schema allows only positive decimals"),
+        # more digits than DECIMAL(38,18) holds exactly (the Spark job's type)
+        ({"p": "1." + "1" * 19}, "field 'p' (price): '1.1111111111111111111' does not match decimal pattern"),
+        # a trade time in the year 2286
+        ({"T": 10**13}, "field 'T' (trade_time): 10000000000000 is greater than the maximum 4102444800000"),
+        ({"t": -1}, "field 't' (trade_id): -1 is less than the minimum 0"),
+    ],
+)
+def test_prices_quantities_and_times_are_checked_for_their_domain(change, expected):
+    assert reason(TRADE, {**trade_payload(1), **change}).startswith(expected)
+
+
+def test_a_ticker_price_change_may_be_negative_but_not_a_price():
+    falling = {**ticker_payload(), "p": "-0.0015", "P": "-60.00", "v": "0", "b": "0"}  # quiet window, empty book
+    assert make_validator(TICKER_24H, {})(falling) is falling
+    assert reason(TICKER_24H, {**falling, "c": "-0.0025"}) == (
+        "field 'c' (last_price): '-0.0025' is negative; the schema allows only zero or positive decimals")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "fastjsonschema"])
+def test_event_time_far_ahead_of_the_local_clock_is_rejected(implementation):
+    two_hours_ahead = {**trade_payload(1), "E": now_ms() + 2 * 3600_000}
+    assert reason(TRADE, two_hours_ahead, implementation).endswith(
+        "is 2 hours ahead of the local clock (max_clock_skew_seconds: 3600)")
+    assert reason(TRADE, two_hours_ahead, implementation).startswith("field 'E' (event_time): ")
+    lenient = make_validator(TRADE, {"implementation": implementation, "max_clock_skew_seconds": 3 * 3600})
+    assert lenient(two_hours_ahead) is two_hours_ahead
+
+
+def test_event_time_ahead_is_rejected_on_the_fused_path_too():
+    fused = make_validator(TRADE, {}).fuse(make_normalizer(TRADE, {}))
+    assert fused({**trade_payload(1), "E": now_ms()})["symbol"] == "BTCUSDT"
+    with pytest.raises(InvalidRecord):
+        fused({**trade_payload(1), "E": now_ms() + 2 * 3600_000})
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "fastjsonschema"])
+def test_old_events_from_gap_fills_pass_unless_an_age_bound_is_set(implementation):
+    three_days_old = {**trade_payload(1), "E": now_ms() - 3 * 86400_000}
+    assert make_validator(TRADE, {"implementation": implementation})(three_days_old) is three_days_old
+    bounded = {"implementation": implementation, "max_event_age_seconds": 86400}
+    with pytest.raises(InvalidRecord) as info:
+        make_validator(TRADE, bounded)(three_days_old)
+    assert info.value.reason == "field 'E' (event_time): " + f"{three_days_old['E']} is 3 days old (max_event_age_seconds: 86400)"

@@ -16,10 +16,10 @@ CREATE INDEX IF NOT EXISTS "trades_event_time_idx" ON "trades" ("event_time");
 COMMENT ON TABLE "trades" IS 'Stream ''trade'' (Binance trade event).';
 COMMENT ON COLUMN "trades"."trade_id" IS 'Trade id; increases by one per trade and symbol.';
 COMMENT ON COLUMN "trades"."symbol" IS 'Symbol, uppercase (e.g. BTCUSDT).';
-COMMENT ON COLUMN "trades"."event_time" IS 'Event time (ms since the epoch, UTC).';
-COMMENT ON COLUMN "trades"."price" IS 'Price.';
-COMMENT ON COLUMN "trades"."quantity" IS 'Quantity.';
-COMMENT ON COLUMN "trades"."trade_time" IS 'Trade time (ms since the epoch, UTC).';
+COMMENT ON COLUMN "trades"."event_time" IS 'Event time (ms since the epoch, UTC); before 2100. The validate transform also bounds it against the local clock (max_clock_skew_seconds).';
+COMMENT ON COLUMN "trades"."price" IS 'Price: a positive decimal (Binance never trades at zero), at most 20 integer and 18 fractional digits (exact in DECIMAL(38,18)).';
+COMMENT ON COLUMN "trades"."quantity" IS 'Quantity: a positive decimal, at most 20 integer and 18 fractional digits.';
+COMMENT ON COLUMN "trades"."trade_time" IS 'Trade time (ms since the epoch, UTC); before 2100.';
 COMMENT ON COLUMN "trades"."buyer_is_maker" IS 'Is the buyer the market maker?';
 COMMENT ON COLUMN "trades"."ingested_at" IS 'When tickwire received the event (UTC).';
 
