@@ -136,9 +136,11 @@ def plugin_settings(path: Path, environ: Mapping[str, str] | None = None) -> tup
     section = doc.data.get("plugins", {}) if isinstance(doc.data, dict) else {}
     if not isinstance(section, dict):
         return [], []
-    dirs = [path.parent / d for d in section.get("directories", []) or [] if isinstance(d, str)]
-    block = [b for b in section.get("block", []) or [] if isinstance(b, str)]
-    return dirs, block
+    def strings(value: Any) -> list[str]:  # anything else is reported by load_config
+        return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+    dirs = [path.parent / d for d in strings(section.get("directories"))]
+    return dirs, strings(section.get("block"))
 
 
 def load_config(
