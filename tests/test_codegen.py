@@ -148,3 +148,52 @@ def test_a_new_stream_is_config_plus_schema_and_no_code(tmp_path, manager, postg
     record = normalize(validate(payload))
     assert record["agg_trade_id"] == 26129 and record["price"] == "0.01633102"
     assert record["event_time"] == "2022-12-31T19:43:02.136Z"
+
+
+def reserved_word_project(tmp_path: Path) -> Path:
+    """The shipped config with the trade stream in a table named `order` and its price column
+    named `group`: SQL keywords, legal once quoted."""
+    shutil.copy(REPO / "streams.yaml", tmp_path / "streams.yaml")
+    shutil.copytree(REPO / "schemas", tmp_path / "schemas")
+    text = (tmp_path / "streams.yaml").read_text().replace("table: trades", "table: order", 1)
+    # without the candles, which need a column named price
+    (tmp_path / "streams.yaml").write_text(text[: text.index("# Computed by the Spark job")] + text[text.index("sinks:"):])
+    schema = tmp_path / "schemas" / "trade.schema.json"
+    schema.write_text(schema.read_text().replace('"column": "price"', '"column": "group"'))
+    return tmp_path
+
+
+def test_reserved_words_as_table_and_column_names_work_in_sqlite(tmp_path, manager):
+    import asyncio
+    import sqlite3
+
+    from framework.testing import make_context, normalized, trade_payload
+    from plugins.sqlite_sink import SQLiteSink
+
+    project = reserved_word_project(tmp_path)
+    config = load_config(project / "streams.yaml", manager)
+    stream = config.streams["trade"]
+    assert stream.table == "order" and "group" in [c.name for c in stream.columns]
+
+    async def write() -> None:
+        sink = SQLiteSink("sqlite", {"path": "data/t.db"}, make_context([stream], project))
+        await sink.open()
+        await sink.write(stream, normalized(stream, [trade_payload(1, price="16500.10000000")]))
+        await sink.close()
+
+    asyncio.run(write())
+    with sqlite3.connect(project / "data" / "t.db") as conn:
+        assert conn.execute('SELECT "group" FROM "order"').fetchall() == [("16500.10000000",)]
+
+
+def test_reserved_words_as_table_and_column_names_work_in_postgres(tmp_path, manager, postgres_db):
+    project = reserved_word_project(tmp_path)
+    config = load_config(project / "streams.yaml", manager)
+    ddl = manager.codegen["postgres"].factory(config)["schema.sql"]
+    assert 'CREATE TABLE IF NOT EXISTS "order" (' in ddl and '    "group" NUMERIC NOT NULL' in ddl
+    with psycopg.connect(postgres_db.dsn, autocommit=True) as conn:
+        conn.execute(ddl)
+        conn.execute(ddl)
+        columns = [name for (name,) in conn.execute(
+            "select column_name from information_schema.columns where table_name = 'order' order by ordinal_position")]
+    assert "group" in columns
