@@ -236,8 +236,9 @@ def _not_json(raw: str | bytes, exc: orjson.JSONDecodeError) -> str:
     return f"malformed JSON: {exc}"
 
 
-def build_channels(streams, source_name: str) -> dict[str, Channel]:
-    """Channel name → :class:`Channel` for every stream of ``source_name``."""
+def build_channels(streams, source_name: str, **tracker_options) -> dict[str, Channel]:
+    """Channel name → :class:`Channel` for every stream of ``source_name``; ``tracker_options``
+    (``window``, ``max_jump``) go to each :class:`TradeIdTracker`."""
     out: dict[str, Channel] = {}
     for spec in streams:
         if spec.source != source_name:
@@ -256,7 +257,7 @@ def build_channels(streams, source_name: str) -> dict[str, Channel]:
                 stream=spec.name,
                 symbol=symbol.upper(),
                 event_type=etype,
-                trades=TradeIdTracker() if is_trade else None,
+                trades=TradeIdTracker(**tracker_options) if is_trade else None,
                 recent=None if is_trade else RecentKeys(),
             )
     return out
