@@ -7,15 +7,22 @@ What it does, so the limits Binance enforces are never hit:
   (1024) per connection — 1500 channels become two connections of 750;
 * paces every client message of a connection with one token bucket below
   ``max_messages_per_second`` (5), pongs to Binance's pings included;
-* reconnects on any drop, HTTP 429/418 (honouring ``Retry-After``) and ``serverShutdown``, with
-  exponential backoff and jitter, and never more than ``max_connection_attempts_per_5min``;
+* reconnects on any drop, HTTP 429/418 (honouring ``Retry-After`` up to
+  ``retry_after_max_seconds``) and ``serverShutdown``, with exponential backoff and jitter that
+  starts over only after a connection stayed up ``backoff_reset_after_seconds`` (a server that
+  keeps closing on us with 1008 gets ever longer delays), and never more than
+  ``max_connection_attempts_per_5min``;
 * rotates each connection before Binance's 24 h cut-off: the replacement is opened and
   subscribed while the old one still delivers, then the old one is closed; the overlap's
-  duplicates are dropped (trades by id per symbol, other events by ``E`` per channel);
+  duplicates are dropped (trades by id per symbol within ``dedupe_window``, other events by
+  ``E`` per channel), once the engine accepted the first copy;
+* dead-letters, with a reason, trade ids older than the window and ids implausibly far ahead
+  (``max_id_jump``; such an id is checked against REST, and a real jump is then accepted);
 * detects trade-id gaps (after a reconnect, or when one connection is behind another), reports
   them and fills them from ``GET /api/v3/historicalTrades``;
-* sends frames it cannot use (binary, oversized, malformed, unknown streams or events, error
-  replies) to the dead-letter destination and keeps reading.
+* sends frames it cannot use (binary, oversized, malformed, invalid UTF-8, unknown streams or
+  events, a symbol that is not the channel's, wrong JSON types, error replies) to the
+  dead-letter destination and keeps reading.
 """
 
 from __future__ import annotations
@@ -161,7 +168,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "type": "number",
             "minimum": 0,
             "default": 60.0,
-            "description": "Longest reconnect delay (a Retry-After from Binance may be longer).",
+            "description": "Longest reconnect delay (a Retry-After from Binance may be longer, up to "
+            "retry_after_max_seconds).",
         },
         "backoff_factor": {"type": "number", "minimum": 1, "default": 2.0, "description": "Backoff multiplier."},
         "backoff_reset_after_seconds": {
