@@ -8,7 +8,7 @@ JSON Schema of the component's options (validated with the config and shown by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
 
 if TYPE_CHECKING:
     from framework.config import Config
@@ -50,13 +50,50 @@ class RunContext:
     config_dir: Any  # pathlib.Path; relative paths in options resolve against it
 
 
-class Emitter(Protocol):
-    """Given to a running source: where its payloads go."""
+class Rejected:
+    """What :meth:`Emitter.record_nowait` returns for a record it did not accept (invalid, or
+    for an unknown stream): awaiting it delivers the dead letter. A distinct type, so a source
+    can tell "rejected" from "accepted, but wait" with one ``type(x) is Rejected`` — and mark a
+    trade id or event as seen only when its record was accepted."""
 
-    async def record(self, stream: str, payload: dict, received_ns: int) -> None:
-        """Hand one payload (the Binance event, unwrapped) of ``stream`` to the engine.
+    __slots__ = ("_delivery",)
+
+    def __init__(self, delivery: Awaitable[None]):
+        self._delivery = delivery
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._delivery.__await__()
+
+
+class Emitter(Protocol):
+    """Given to a running source: where its payloads go.
+
+    The contract for one payload, whichever method hands it over:
+
+    * **accepted**: the engine validated it and buffered it for every sink; from then on it is
+      the engine's (a source may mark its id as seen);
+    * **rejected**: it went (or goes, once awaited) to the dead letters with a reason; the
+      source must not treat it as seen — the real record may still come;
+    * dropped on purpose by a transform (returned None): counts as accepted.
+    """
+
+    async def record(self, stream: str, payload: dict, received_ns: int) -> bool:
+        """Hand one payload (the Binance event, unwrapped) of ``stream`` to the engine; return
+        True when it was accepted, False when it was rejected (its dead letter is delivered).
 
         Awaiting it may block: that is backpressure from the sinks."""
+
+    def record_nowait(self, stream: str, payload: dict, received_ns: int) -> Awaitable[None] | None:
+        """``record`` without a coroutine, for hot loops (every coroutine layer costs tenths of a
+        µs). Returns:
+
+        * ``None``: accepted and buffered — nothing to wait for (the common case);
+        * a :class:`Rejected`: not accepted; await it before the next record (it delivers the
+          dead letter);
+        * any other awaitable: accepted, and a full batch is being handed to a sink; await it
+          before the next record (that is the backpressure).
+
+        So ``pending is None or type(pending) is not Rejected`` means accepted."""
 
     async def dead_letter(self, stream: str | None, reason: str, raw: str | bytes) -> None:
         """Report a frame that cannot become a record (malformed, unknown, oversized…)."""

@@ -48,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from framework.components import DeadLetter, InvalidRecord, RunContext, SinkSpec, SourceSpec, TransformSpec
+from framework.components import DeadLetter, InvalidRecord, Rejected, RunContext, SinkSpec, SourceSpec, TransformSpec
 from framework.logs import get_logger
 from framework.metrics import Metrics
 from framework.schemas import StreamSpec
@@ -159,7 +159,8 @@ class _Route:
 
 
 class Emitter:
-    """What a source gets: ``await emit.record(stream, payload, received_ns)``."""
+    """What a source gets: ``await emit.record(stream, payload, received_ns)``, or its hot-loop
+    variant ``record_nowait``; the contract is :class:`framework.components.Emitter`'s."""
 
     def __init__(self, engine: Engine, source_id: str, plugin: str):
         self._engine = engine
@@ -168,19 +169,24 @@ class Emitter:
         self.source_id = source_id
         self.plugin = plugin
 
-    async def record(self, stream: str, payload: dict, received_ns: int) -> None:
+    async def record(self, stream: str, payload: dict, received_ns: int) -> bool:
+        """Hand over one payload; True when it was accepted (see :meth:`record_nowait`)."""
         pending = self.record_nowait(stream, payload, received_ns)
-        if pending is not None:
-            await pending
+        if pending is None:
+            return True
+        await pending
+        return type(pending) is not Rejected
 
     def record_nowait(self, stream: str, payload: dict, received_ns: int):
-        """``record`` without the coroutine: does all the work that needs no waiting and returns
-        None, or a coroutine the caller must await before the next record (a full batch to hand
-        to a sink queue — that is the backpressure — or a dead letter). Hot loops call this and
-        await only that: every coroutine layer costs tenths of a µs per record."""
+        """``record`` without the coroutine (the contract is :class:`framework.components.Emitter`'s):
+        does all the work that needs no waiting and returns None (accepted and buffered), a
+        :class:`Rejected` (its dead letter to await), or a coroutine the caller must await
+        before the next record (accepted; a full batch to hand to a sink queue — that is the
+        backpressure). Hot loops call this and await only that: every coroutine layer costs
+        tenths of a µs per record."""
         route = self._routes.get(stream)
         if route is None:
-            return self.dead_letter(stream, f"unknown stream {stream!r}", payload, received_ns)
+            return Rejected(self.dead_letter(stream, f"unknown stream {stream!r}", payload, received_ns))
         n = route.received = route.received + 1
         if not n & route.lag_mask:
             self._engine._sample_lag(route, payload, received_ns)
@@ -212,7 +218,7 @@ class Emitter:
 
     def _run_chain(self, route: _Route, payload: dict, received_ns: int):
         """The transforms one by one: ``(record, None)``; ``(None, None)`` when one dropped it;
-        ``(None, coroutine)`` when one rejected it (the dead letter to await). After the fused
+        ``(None, Rejected)`` when one rejected it (the dead letter to await). After the fused
         function rejected a record this gives the same verdict (validate and normalize are
         pure) with the reason and the transform; should the chain accept it, the chain wins."""
         rec = payload
@@ -224,7 +230,7 @@ class Emitter:
                     return None, None
                 i += 1
         except Exception as exc:
-            return None, self._rejected(route, i, exc, payload, received_ns)
+            return None, Rejected(self._rejected(route, i, exc, payload, received_ns))
         return rec, None
 
     async def _rejected(self, route: _Route, i: int, exc: Exception, payload: dict, received_ns: int) -> None:

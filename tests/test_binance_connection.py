@@ -21,6 +21,7 @@ class Router:
         self.frames: list[str] = []
 
     def handle_nowait(self, raw, received_ns, conn):
+        raw = raw.decode() if isinstance(raw, bytes) else raw
         if '"result"' in raw:
             return conn.on_reply({"result": None, "id": 1}, raw)
         self.frames.append(raw)

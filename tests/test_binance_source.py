@@ -32,8 +32,12 @@ class Collector:
         self.records: list[tuple[str, dict, int]] = []
         self.dead: list[tuple[str | None, str, str | bytes]] = []
 
-    async def record(self, stream: str, payload: dict, received_ns: int) -> None:
-        self.records.append((stream, payload, received_ns))
+    def record_nowait(self, stream: str, payload: dict, received_ns: int) -> None:
+        self.records.append((stream, payload, received_ns))  # accepted, nothing to wait for
+
+    async def record(self, stream: str, payload: dict, received_ns: int) -> bool:
+        self.record_nowait(stream, payload, received_ns)
+        return True
 
     async def dead_letter(self, stream, reason, raw) -> None:
         self.dead.append((stream, reason, raw))
@@ -155,7 +159,9 @@ def test_trade_id_tracker_sequence_gap_late_duplicate():
     assert tr.accept(15) == DUPLICATE
     assert tr.accept(16) == LATE and tr.missing == [[13, 14]]
     assert tr.accept(13) == LATE and tr.accept(14) == LATE and tr.missing == []
-    assert tr.accept(9) == DUPLICATE and tr.accept(18) == NEW
+    assert tr.accept(18) == NEW
+    assert tr.accept(9) == LATE  # below the first id seen, unseen, inside the window: kept
+    assert tr.accept(9) == DUPLICATE
 
 
 def test_trade_id_tracker_ranges_take_forget_and_cap():
@@ -316,13 +322,13 @@ def test_router_routes_dedups_and_dead_letters():
     async def go():
         for frame in [trade(1), trade(2), trade(2), trade(5), trade(3), ticker(100), ticker(100), ticker(101)]:
             await router.handle(frame, 7, conn)
+        await router.binary_nowait(b'{"stream":"btcusdt@trade","data":{}}', 7, conn)  # a binary frame
         bad = [
-            b'{"stream":"btcusdt@trade","data":{}}',  # binary
             '{"stream":"btcusdt@trade","data":{"e":"trade"',  # truncated
             '{"stream":"btcusdt@trade","data":{"e":"trade","pad":"' + "x" * 3000 + '"}}',  # oversized
             '{"stream":"xrpusdt@trade","data":{"e":"trade"}}',  # unknown stream
             '{"stream":"btcusdt@trade","data":{"e":"mysteryEvent"}}',  # unknown event type
-            '{"stream":"btcusdt@trade","data":{"e":"trade","t":"7"}}',  # no integer id
+            '{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":"7"}}',  # no integer id
             '{"stream":"btcusdt@trade","data":[1]}',  # data not an object
             "[1,2]",
             '{"hello":1}',

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType
 
+from plugins.binance.frames import ServerShutdown
 from plugins.binance.ratelimit import TokenBucket
 
 # Frames above max_frame_bytes become dead letters; only frames above this hard cap make the
@@ -131,6 +132,10 @@ class Connection:
                     max_msg_size=self.max_size,
                     compress=15 if self.compression == "deflate" else 0,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                    # text frames as their bytes: orjson checks the UTF-8 itself, and a frame
+                    # that is not UTF-8 becomes a dead letter instead of aiohttp's error that
+                    # would end the connection
+                    decode_text=False,
                 ),
                 self.open_timeout,
             )
@@ -179,13 +184,14 @@ class Connection:
         Binance refuses a whole SUBSCRIBE when one of its channels is bad, so a refused chunk
         is split in halves and sent again until the bad channels are alone; those are logged
         once and stay unsubscribed (such an error does not go away by retrying)."""
-        entry = self._pending.pop(msg.get("id"), None)
+        req_id = msg.get("id")
+        entry = self._pending.pop(req_id, None) if type(req_id) is int else None
         error = msg.get("error")
         if error is not None:
             self.subscribe_errors += 1
             detail = error.get("msg") if isinstance(error, dict) else error
             code = error.get("code") if isinstance(error, dict) else None
-            await self.router.dead(None, f"Binance refused request id {msg.get('id')}: {detail} (code {code})", raw)
+            await self.router.dead(None, f"Binance refused request id {req_id!r}: {detail} (code {code})", raw)
             if entry is not None:
                 chunk = entry
                 if len(chunk) > 1:
@@ -202,6 +208,8 @@ class Connection:
                         "check the stream's channel in streams.yaml",
                         connection=self.conn_id, channel=chunk[0],
                     )
+        elif req_id is not None and entry is None and type(req_id) is not int:
+            await self.router.dead(None, f"reply with an id that is not one of our requests: {req_id!r}", raw)
         self._check_ready()
 
     async def run(self) -> None:
@@ -222,7 +230,12 @@ class Connection:
                 else:
                     pending = self._control(msg)
                 if pending is not None:
-                    await pending
+                    try:
+                        await pending
+                    except ServerShutdown:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - one frame never ends the connection
+                        await self.router.failed(msg.data if isinstance(msg.data, (str, bytes)) else b"", exc)
                 if sub_done() and sub.exception() is not None:
                     raise sub.exception()
         except _EndOfStream:
@@ -238,7 +251,7 @@ class Connection:
         """Everything but a text frame: like handle_nowait, None or a coroutine to await."""
         kind = msg.type
         if kind is WSMsgType.BINARY:
-            return self.router.handle_nowait(msg.data, time.time_ns(), self)
+            return self.router.binary_nowait(msg.data, time.time_ns(), self)
         if kind is WSMsgType.PING:
             self.bucket.charge()  # a pong cannot wait for a token: charged, not waited for
             self.pings_answered += 1

@@ -2,7 +2,10 @@
 
 No API key is needed. Each request weighs 25 of the 6000 per minute an IP may spend; a 429
 answer means "slow down" and a 418 means "banned for a while": both carry ``Retry-After``
-(seconds), which we honour for every request of this client, not just the one that got it.
+(seconds), which we honour for every request of this client, not just the one that got it —
+up to ``retry_after_max`` seconds: a longer wait (a 418 ban can last days) is not waited out;
+every request until then fails at once with :class:`RestError`, so the gap it was filling is
+reported as lost and the WebSocket stream keeps going.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class HistoricalTrades:
         backoff: Backoff | None = None,
         log=None,
         on_rate_limited=None,
+        retry_after_max: float = 300.0,
     ):
         self.url = base_url.rstrip("/") + HISTORICAL_TRADES_PATH
         self.session = session
@@ -72,6 +76,8 @@ class HistoricalTrades:
         self.log = log
         self.on_rate_limited = on_rate_limited  # callback(status, seconds) for metrics/tests
         self._blocked_until = 0.0  # monotonic time before which no request is sent
+        self.retry_after_max = retry_after_max
+        self._warned_block = 0.0  # the _blocked_until we already warned about
         self.requests = 0
         self.rate_limited = 0
 
@@ -83,6 +89,12 @@ class HistoricalTrades:
         backoff = Backoff(self.backoff.initial, self.backoff.maximum, self.backoff.factor, self.backoff.jitter)
         while True:
             wait = self._blocked_until - time.monotonic()
+            if wait > self.retry_after_max:
+                self._warn_blocked(wait)
+                raise RestError(
+                    f"Binance asked us to wait {wait:.0f}s more (Retry-After), longer than "
+                    f"retry_after_max_seconds={self.retry_after_max:g}: not waiting"
+                )
             if wait > 0:
                 await asyncio.sleep(wait)
             await self.weight.take(HISTORICAL_TRADES_WEIGHT)
@@ -95,7 +107,7 @@ class HistoricalTrades:
                         self.rate_limited += 1
                         if self.on_rate_limited:
                             self.on_rate_limited(resp.status, delay)
-                        if self.log:
+                        if self.log and delay <= self.retry_after_max:
                             what = "rate limit hit" if resp.status == 429 else "IP temporarily banned"
                             self.log.warning(
                                 f"Binance REST {what} (HTTP {resp.status}); waiting {delay:.1f}s as Retry-After asks",
@@ -127,3 +139,15 @@ class HistoricalTrades:
                         symbol=symbol,
                     )
                 await asyncio.sleep(delay)
+
+    def _warn_blocked(self, wait: float) -> None:
+        """Once per ban: say that REST is off for now and the WebSocket stream goes on."""
+        if self.log is None or self._warned_block == self._blocked_until:
+            return
+        self._warned_block = self._blocked_until
+        self.log.warning(
+            f"Binance REST asks us to wait {wait:.0f}s (Retry-After), more than retry_after_max_seconds="
+            f"{self.retry_after_max:g}: gaps are not filled until then (they are reported as lost); "
+            "the WebSocket stream keeps going",
+            retry_after=round(wait, 1),
+        )

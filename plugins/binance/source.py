@@ -7,15 +7,22 @@ What it does, so the limits Binance enforces are never hit:
   (1024) per connection — 1500 channels become two connections of 750;
 * paces every client message of a connection with one token bucket below
   ``max_messages_per_second`` (5), pongs to Binance's pings included;
-* reconnects on any drop, HTTP 429/418 (honouring ``Retry-After``) and ``serverShutdown``, with
-  exponential backoff and jitter, and never more than ``max_connection_attempts_per_5min``;
+* reconnects on any drop, HTTP 429/418 (honouring ``Retry-After`` up to
+  ``retry_after_max_seconds``) and ``serverShutdown``, with exponential backoff and jitter that
+  starts over only after a connection stayed up ``backoff_reset_after_seconds`` (a server that
+  keeps closing on us with 1008 gets ever longer delays), and never more than
+  ``max_connection_attempts_per_5min``;
 * rotates each connection before Binance's 24 h cut-off: the replacement is opened and
   subscribed while the old one still delivers, then the old one is closed; the overlap's
-  duplicates are dropped (trades by id per symbol, other events by ``E`` per channel);
+  duplicates are dropped (trades by id per symbol within ``dedupe_window``, other events by
+  ``E`` per channel), once the engine accepted the first copy;
+* dead-letters, with a reason, trade ids older than the window and ids implausibly far ahead
+  (``max_id_jump``; such an id is checked against REST, and a real jump is then accepted);
 * detects trade-id gaps (after a reconnect, or when one connection is behind another), reports
   them and fills them from ``GET /api/v3/historicalTrades``;
-* sends frames it cannot use (binary, oversized, malformed, unknown streams or events, error
-  replies) to the dead-letter destination and keeps reading.
+* sends frames it cannot use (binary, oversized, malformed, invalid UTF-8, unknown streams or
+  events, a symbol that is not the channel's, wrong JSON types, error replies) to the
+  dead-letter destination and keeps reading.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from plugins.binance.ratelimit import Backoff, SlidingWindowLimiter
 from plugins.binance.rest import HistoricalTrades, RestError, rest_trade_to_event, retry_after_seconds
 
 DEFAULT_URL = "wss://stream.binance.com:9443"
+PROBE_INTERVAL = 10.0  # seconds between two REST checks of far-ahead trade ids, per channel
 DEFAULT_REST_URL = "https://api.binance.com"
 OFFLINE_HINT = (
     "No internet here, or Binance blocked? Run `tickwire simulate` and point "
@@ -122,6 +130,27 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "default": 3.0,
             "description": "How long both connections run after the replacement is subscribed.",
         },
+        "dedupe_window": {
+            "type": "integer",
+            "minimum": 1000,
+            "maximum": 10000000,
+            "default": 100000,
+            "description": "Per symbol, how many trade ids below the highest one seen are remembered "
+            "exactly: a repeat inside the window is dropped as a duplicate, an unseen id is stored. "
+            "An id older than the window is dead-lettered with a reason (it cannot be told apart "
+            "from a duplicate). Costs nothing while trades arrive in order.",
+        },
+        "max_id_jump": {
+            "type": "integer",
+            "minimum": 1000,
+            "default": 100000,
+            "description": "Largest plausible step forward in a symbol's trade ids (one reconnect's "
+            "worth of trades on the busiest symbol). A trade further ahead of the highest id seen "
+            "(or of the latest id REST showed) is dead-lettered and does not move the dedupe window, "
+            "so one bogus id cannot blind the symbol; the source then asks REST whether that id "
+            "exists, and if it does, accepts ids up to max_id_jump beyond it (the trades in between "
+            "are a gap, filled over REST).",
+        },
         "max_frame_bytes": {
             "type": "integer",
             "minimum": 1024,
@@ -139,9 +168,27 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "type": "number",
             "minimum": 0,
             "default": 60.0,
-            "description": "Longest reconnect delay (a Retry-After from Binance may be longer).",
+            "description": "Longest reconnect delay (a Retry-After from Binance may be longer, up to "
+            "retry_after_max_seconds).",
         },
         "backoff_factor": {"type": "number", "minimum": 1, "default": 2.0, "description": "Backoff multiplier."},
+        "backoff_reset_after_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "default": 30.0,
+            "description": "A connection that stayed up this long counts as healthy: the reconnect "
+            "delay starts again from backoff_initial_seconds. One that is closed sooner (a policy "
+            "close 1008, a server that drops us right after subscribing) makes the next delay "
+            "grow.",
+        },
+        "retry_after_max_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "default": 300.0,
+            "description": "Longest Retry-After (HTTP 429/418) tickwire honours. A WebSocket handshake "
+            "waits at most this long; a REST request that would have to wait longer is not sent: "
+            "the gap it was filling is reported as lost, and the stream keeps going. Warned once.",
+        },
         "backoff_jitter": {
             "type": "number",
             "minimum": 0,
@@ -246,7 +293,9 @@ class BinanceSource:
         self.opts.pop("type", None)
         self.log = getattr(ctx, "log", None) or _NullLog()
         self.metrics = getattr(ctx, "metrics", None)
-        self.channels: dict[str, Channel] = build_channels(getattr(ctx, "streams", []) or [], name)
+        self.channels: dict[str, Channel] = build_channels(
+            getattr(ctx, "streams", []) or [], name, window=int(self.opts["dedupe_window"]), max_jump=int(self.opts["max_id_jump"])
+        )
         self.groups: list[list[str]] = split_evenly(sorted(self.channels), int(self.opts["max_streams_per_connection"]))
         self.attempts = SlidingWindowLimiter(int(self.opts["max_connection_attempts_per_5min"]), 300.0)
         self.connections: dict[int, Connection] = {}  # slot → current connection
@@ -261,6 +310,7 @@ class BinanceSource:
             "gap_trades_filled": 0,
             "gap_trades_lost": 0,
             "duplicates_dropped": 0,
+            "implausible_ids": 0,
         }
         self.router: FrameRouter | None = None
         self.rest: HistoricalTrades | None = None
@@ -269,6 +319,8 @@ class BinanceSource:
         self._open = 0
         self._overlaps = 0  # rotations in progress (two connections deliver the same channels)
         self._overlap_ended = float("-inf")
+        self._probed_at: dict[str, float] = {}  # channel → when REST was last asked about a far-ahead id
+        self._retry_after_capped = False  # warned that a Retry-After exceeded retry_after_max_seconds
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -277,7 +329,7 @@ class BinanceSource:
             self.log.warning("no stream uses this Binance source; it stays idle", source=self.name)
             await asyncio.Event().wait()
         o = self.opts
-        self.router = FrameRouter(self.channels, emit, int(o["max_frame_bytes"]), self._on_gap)
+        self.router = FrameRouter(self.channels, emit, int(o["max_frame_bytes"]), self._on_gap, self._on_too_far)
         timeout = aiohttp.ClientTimeout(total=30, connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self.rest = HistoricalTrades(
@@ -286,6 +338,7 @@ class BinanceSource:
                 weight_per_minute=float(o["rest_weight_per_minute"]),
                 backoff=Backoff(0.5, max(1.0, float(o["backoff_max_seconds"]))),
                 log=self.log,
+                retry_after_max=float(o["retry_after_max_seconds"]),
             )
             tasks = [asyncio.create_task(self._slot(i, group, emit), name=f"{self.name}-conn{i}") for i, group in enumerate(self.groups)]
             tasks.append(asyncio.create_task(self._flush_metrics_forever()))
@@ -357,10 +410,10 @@ class BinanceSource:
                 status = exc.status if isinstance(exc, HandshakeRefused) else None
                 if status in (429, 418):
                     retry = retry_after_seconds(exc.headers.get("Retry-After"), delay)
-                    delay = max(delay, retry)
+                    delay = max(delay, self._cap_retry_after(retry, slot))
                     what = "is rate limiting us" if status == 429 else "has temporarily banned this IP"
                     self.log.warning(
-                        f"Binance {what} (HTTP {status}); reconnecting in {delay:.1f}s as Retry-After asks",
+                        f"Binance {what} (HTTP {status}); reconnecting in {delay:.1f}s (Retry-After: {retry:g}s)",
                         source=self.name, connection=slot,
                     )
                 elif status is not None:
@@ -382,25 +435,45 @@ class BinanceSource:
             self.log.info(f"connected to {conn.url}", source=self.name, connection=slot, streams=len(channels))
             return conn
 
+    def _cap_retry_after(self, seconds: float, slot: int) -> float:
+        """``seconds`` of a handshake's Retry-After, at most retry_after_max_seconds (warned once)."""
+        cap = float(self.opts["retry_after_max_seconds"])
+        if seconds <= cap:
+            return seconds
+        if not self._retry_after_capped:
+            self._retry_after_capped = True
+            self.log.warning(
+                f"Binance asks to wait {seconds:g}s before reconnecting (Retry-After); waiting at most "
+                f"retry_after_max_seconds={cap:g}s",
+                source=self.name, connection=slot, retry_after=seconds,
+            )
+        return cap
+
     async def _slot(self, slot: int, channels: list[str], emit) -> None:
-        """Keep one group of channels connected forever: reconnect, rotate."""
+        """Keep one group of channels connected forever: reconnect, rotate.
+
+        The reconnect delay grows (with jitter) while connections keep ending soon after they
+        opened — a repeated policy close (1008) or a server that drops us right after the
+        SUBSCRIBE is answered must not become a reconnect loop — and starts over only after a
+        connection stayed up ``backoff_reset_after_seconds``."""
         o = self.opts
         rotate_after = float(o["rotate_after_seconds"])
+        healthy_after = float(o["backoff_reset_after_seconds"])
         backoff = self._new_backoff()
         conn = await self._connect(slot, channels, backoff, 0.0)
         self.connections[slot] = conn
         while True:
             due = conn.opened_at + rotate_after - time.monotonic()
-            ready_wait = asyncio.ensure_future(conn.ready.wait())
-            done, _ = await asyncio.wait({conn.task, ready_wait}, timeout=max(0.0, due), return_when=asyncio.FIRST_COMPLETED)
-            if ready_wait in done and conn.task not in done:
-                backoff.reset()  # a connection that got subscribed counts as a success
-                done, _ = await asyncio.wait({conn.task}, timeout=max(0.0, conn.opened_at + rotate_after - time.monotonic()))
-            ready_wait.cancel()
+            done, _ = await asyncio.wait({conn.task}, timeout=max(0.0, due))
             if conn.task in done:
                 exc = None if conn.task.cancelled() else conn.task.exception()
                 self._set_open(-1)
                 await conn.close(drain_timeout=0)
+                healthy = conn.ready.is_set() and time.monotonic() - conn.opened_at >= healthy_after
+                if healthy:
+                    backoff.reset()
+                # Binance's restart notice is answered at once (the connection attempts limiter
+                # still bounds a server that repeats it); it does not reset the backoff
                 immediate = isinstance(exc, ServerShutdown)
                 delay = 0.0 if immediate else backoff.next_delay()
                 reason = _describe(exc) if exc is not None else "connection ended"
@@ -413,6 +486,8 @@ class BinanceSource:
                 conn = await self._connect(slot, channels, backoff, delay)
                 self.connections[slot] = conn
                 continue
+            if conn.ready.is_set() and time.monotonic() - conn.opened_at >= healthy_after:
+                backoff.reset()
             conn = await self._rotate(slot, channels, conn, backoff)
 
     async def _rotate(self, slot: int, channels: list[str], old: Connection, backoff: Backoff) -> Connection:
@@ -445,6 +520,50 @@ class BinanceSource:
         self.stats["rotations"] += 1
         self.log.info("rotation done: old connection closed", source=self.name, connection=slot)
         return new
+
+    # -- implausible ids -----------------------------------------------------------------------
+
+    def _on_too_far(self, ch: Channel, trade_id: int) -> None:
+        """Called by the router when it dead-lettered ``trade_id`` as too far ahead: ask REST,
+        at most once per PROBE_INTERVAL per channel, whether Binance has that trade."""
+        self.stats["implausible_ids"] += 1
+        key = f"probe:{ch.name}"  # kept with the fillers: cancelled with them at stop
+        task = self._fillers.get(key)
+        now = time.monotonic()
+        if (task is not None and not task.done()) or now - self._probed_at.get(ch.name, float("-inf")) < PROBE_INTERVAL:
+            return
+        self._probed_at[ch.name] = now
+        self._fillers[key] = asyncio.create_task(self._probe(ch, trade_id), name=f"{self.name}-probe-{ch.name}")
+
+    async def _probe(self, ch: Channel, trade_id: int) -> None:
+        """If Binance's REST API has trade ``trade_id``, the jump was real (a long downtime): let
+        the tracker accept ids that far ahead; the dead-lettered ones fall into the gap that the
+        next accepted trade opens, and are fetched over REST like any gap."""
+        tracker = ch.trades
+        ahead = trade_id - (tracker.last if tracker.last is not None else trade_id)
+        try:
+            rows = await self.rest.fetch(ch.symbol, trade_id, 1)
+        except RestError as exc:
+            self.log.warning(
+                f"{ch.symbol} trade id {trade_id} is {ahead} ahead of the last one and REST cannot confirm it "
+                f"({exc}); trades that far ahead stay dead letters until it can",
+                source=self.name, symbol=ch.symbol, stream=ch.stream, trade_id=trade_id,
+            )
+            return
+        row = rows[0] if rows and type(rows[0]) is dict else None
+        if row is not None and row.get("id") == trade_id:
+            tracker.vouch(trade_id)
+            self.log.warning(
+                f"{ch.symbol} trade id {trade_id}, {ahead} ahead of the last one, exists on Binance (REST): "
+                "accepting trades from there; the ones in between are a gap filled over REST",
+                source=self.name, symbol=ch.symbol, stream=ch.stream, trade_id=trade_id,
+            )
+        else:
+            self.log.warning(
+                f"ignored {ch.symbol} trade id {trade_id} ({ahead} ahead of the last one): Binance's REST API "
+                "does not have it; it is in the dead letters",
+                source=self.name, symbol=ch.symbol, stream=ch.stream, trade_id=trade_id,
+            )
 
     # -- gaps ----------------------------------------------------------------------------------
 
