@@ -503,6 +503,8 @@ class Engine:
         """Count what was not committed by the deadline: log it once, add it to the metric."""
         counts = self.take_uncommitted()
         self.abandoned = counts
+        for runner in self._runners.values():  # the summary's "not committed" says the same
+            runner.pending = sum(n for (sink, _), n in counts.items() if sink == runner.id)
         if not counts:
             return
         for (sink, stream), n in counts.items():

@@ -23,13 +23,15 @@ OUTAGE_SECONDS = float(os.environ.get("TICKWIRE_PG_OUTAGE_SECONDS", "3"))
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
 
-def start_pipeline(sim, writer_dsn: str, duration: float, log_path) -> subprocess.Popen:
+def start_pipeline(sim, writer_dsn: str, duration: float | None, log_path, *settings: str) -> subprocess.Popen:
+    """`tickwire run --profile postgres` against ``sim``; ``settings`` are extra ``--set`` items."""
     command = [
         sys.executable, "-m", "framework.cli", "-c", str(REPOSITORY / "streams.yaml"),
         "--set", f"sources.binance.url={sim.ws_url}", "--set", f"sources.binance.rest_url={sim.rest_url}",
         "--set", f"symbols=[{','.join(SYMBOLS)}]",
-        "run", "--profile", "postgres", "--duration", str(duration), "--no-status",
-        "--log-format", "json", "--metrics-port", "0",
+        *(argument for item in settings for argument in ("--set", item)),
+        "run", "--profile", "postgres", "--no-status", "--log-format", "json", "--metrics-port", "0",
+        *(("--duration", str(duration)) if duration is not None else ()),
     ]
     env = {**os.environ, "TICKWIRE_PG_DSN": writer_dsn, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
