@@ -15,6 +15,7 @@ from decimal import Decimal
 
 import psycopg
 
+from framework.testing import assert_clean_json_log
 from tests.fixtures.postgres import REPOSITORY
 
 # The brief's scenario is a 30 s outage; the default suite uses 3 s (same code path: refused
@@ -94,3 +95,4 @@ def test_nothing_is_lost_while_postgresql_is_stopped_mid_stream(postgres_tables,
         stored = assert_every_trade_stored_once_and_exactly(conn, sim)
     assert stored > before_outage + 200 * OUTAGE_SECONDS * 0.5  # the outage's trades arrived too
     assert "postgres unavailable; retrying" in log_path.read_text()
+    assert_clean_json_log(log_path.read_text())  # the outage is in JSON lines, without a traceback
