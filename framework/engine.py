@@ -568,8 +568,8 @@ class Engine:
         done, late = await asyncio.wait(closing, timeout=timeout)
         for task in late:
             task.cancel()
-            self.log.error(f"{closing[task].who}: close did not finish within the shutdown time; abandoned",
-                           sink=closing[task].id)
+            self.log.warning(f"{closing[task].who}: close still running at the end of shutdown_timeout_s; cancelled "
+                             "(a sink with a spool keeps what it did not send for the next start)", sink=closing[task].id)
         if late:
             await asyncio.wait(late, timeout=0.5)
         for task in closing:
