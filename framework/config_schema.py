@@ -166,6 +166,7 @@ BASE_SCHEMA: dict = {
                 "coalesce_batches": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4, "description": "With a backlog, up to this many queued batches of one stream are written together."},
                 "retry_initial_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60, "default": 0.5, "description": "First delay before a failed sink write is retried (doubles each time)."},
                 "retry_max_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 10, "description": "Longest delay between retries of a failed write; writes are retried until they succeed."},
+                "shutdown_timeout_s": {"type": "number", "minimum": 2, "maximum": 3600, "default": 15, "description": "From a stop request (SIGINT, SIGTERM, end of --duration) `tickwire run` returns within this time, whatever state a sink is in: writes not committed (or spooled) by then are abandoned, counted per sink and stream in a log line and in tickwire_records_abandoned_total, and the run exits 3."},
             },
         },
         "metrics": {

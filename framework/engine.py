@@ -31,7 +31,15 @@ Guarantees:
   a batch that was being handed over when a source was cancelled goes back to its buffer, every
   buffer is flushed, the workers drain their queues and wait for every write in flight, sinks
   are closed. An engine whose sources all return by themselves (e.g. a replay) shuts down the
-  same way.
+  same way. It is bounded: :meth:`Engine.run` returns at most ``shutdown_timeout_s`` after the
+  stop request (or the end of the sources), whatever a sink is doing (a database that is down
+  retries forever otherwise). Writes get that time minus a reserve for closing the sinks
+  (a third of it, 1.5–5 s); writes still running then are cancelled, and every record not
+  committed — buffered, queued or in a cancelled write — is counted per sink and stream in
+  :attr:`Engine.abandoned`, one error log line and ``tickwire_records_abandoned_total``. A
+  sink with a spool (Kafka) commits to its spool within its own ``send_timeout_ms``, so nothing
+  of it is abandoned unless its spool is full. A stop that arrives while the sinks are being
+  opened cancels the opening.
 
 Per-record counters are plain integers on the route; the ticker task adds their deltas to the
 Prometheus counters several times a second and flushes buffers older than ``linger_ms``.
@@ -49,11 +57,14 @@ from typing import Any
 import orjson
 
 from framework.components import DeadLetter, InvalidRecord, Rejected, RunContext, SinkSpec, SourceSpec, TransformSpec
+from framework.config_schema import BASE_SCHEMA
 from framework.logs import get_logger
 from framework.metrics import Metrics
 from framework.schemas import StreamSpec
 
 DEFAULT_TRANSFORMS = [("validate", {}), ("normalize", {})]
+_ENGINE_OPTIONS = BASE_SCHEMA["properties"]["engine"]["properties"]
+DEAD_LETTERS_LABEL = "dead_letters"  # the stream label of dead letters in abandoned counts
 
 
 class EngineError(Exception):
@@ -72,6 +83,8 @@ class EngineSettings:
     lag_sample_every: int = 64  # observe the event-time lag of one record in N (power of two)
     metrics_interval_s: float = 0.5  # how often plain counters are pushed into Prometheus
     coalesce_batches: int = 4  # with a backlog, up to this many queued batches of a stream make one write
+    # from a stop request to run() returning; the default is the schema's (one source of truth)
+    shutdown_timeout_s: float = _ENGINE_OPTIONS["shutdown_timeout_s"]["default"]
 
     @classmethod
     def from_options(cls, options: dict | None) -> EngineSettings:
@@ -107,6 +120,8 @@ class _SinkRunner:
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, queue_batches))
         self.pending = 0  # records queued or being written
         self.task: asyncio.Task | None = None
+        self.carry: Any = _NOTHING  # what the worker took from the queue for its next write
+        self.writing: dict[int, tuple[StreamSpec | None, int]] = {}  # writes started, not returned
         self.commits = 0
         self.commit_seconds = 0.0
 
@@ -283,6 +298,8 @@ class Engine:
         self._dead_pushed: dict[str, int] = {}
         self._dead_unrouted = 0  # dead letters of a profile without a destination (the first 5 are logged)
         self._stop = asyncio.Event()
+        self._stop_requested_at: float | None = None
+        self.abandoned: dict[tuple[str, str], int] = {}  # (sink, stream) → records not committed at stop
         self.ready = asyncio.Event()  # set once the sinks are open and the sources started
         self._source_tasks: dict[str, asyncio.Task] = {}
         self._crash_logged: set = set()
@@ -379,7 +396,10 @@ class Engine:
     # -- running -----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the engine to stop: sources are cancelled, everything received is flushed."""
+        """Ask the engine to stop: sources are cancelled, everything received is flushed; run()
+        returns within ``shutdown_timeout_s`` from now."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self._stop.set()
 
     @property
@@ -388,8 +408,13 @@ class Engine:
 
     async def run(self) -> None:
         self.started_at = time.monotonic()
-        await self._open_sinks()
+        if not await self._unless_stopped(self._open_sinks()):
+            self.log.info("stopping", reason="stop requested while the sinks were opening")
+            await self._close_sinks(self._shutdown_deadline())
+            self.stopped_at = time.monotonic()
+            return
         ticker = asyncio.create_task(self._tick(), name="tickwire-ticker")
+        deadline = None
         try:
             for runner in self._runners.values():
                 runner.task = asyncio.create_task(self._sink_worker(runner), name=f"tickwire-sink-{runner.id}")
@@ -402,17 +427,20 @@ class Engine:
                 if waiter in done or (self._source_tasks and pending == {waiter}):
                     break  # stop requested, or every source returned by itself
             waiter.cancel()
-            self.log.info("stopping", reason="stop requested" if self._stop.is_set() else "sources finished")
+            deadline = self._shutdown_deadline()
+            self.log.info("stopping", reason="stop requested" if self._stop.is_set() else "sources finished",
+                          shutdown_timeout_s=self.settings.shutdown_timeout_s)
+            writes_until = deadline - self._close_reserve()
             for task in self._source_tasks.values():
                 task.cancel()
-            await asyncio.gather(*self._source_tasks.values(), return_exceptions=True)
+            if self._source_tasks:
+                # a source that ignores cancellation is left behind, not waited for
+                await asyncio.wait(self._source_tasks.values(), timeout=max(0.0, writes_until - time.monotonic()))
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
             ticker = None
-            await self._flush_all()
-            for runner in self._runners.values():
-                await runner.queue.put(None)
-            await asyncio.gather(*(r.task for r in self._runners.values()))
+            if not await self._drain(writes_until):
+                self._abandon()
         finally:
             if ticker is not None:
                 ticker.cancel()
@@ -421,9 +449,103 @@ class Engine:
             for runner in self._runners.values():
                 if runner.task is not None and not runner.task.done():
                     runner.task.cancel()
-            await self._close_sinks()
+            await self._close_sinks(deadline or self._shutdown_deadline())
             self._push_metrics()
             self.stopped_at = time.monotonic()
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def _shutdown_deadline(self) -> float:
+        start = self._stop_requested_at or time.monotonic()
+        return start + self.settings.shutdown_timeout_s
+
+    def _close_reserve(self) -> float:
+        """What of shutdown_timeout_s is kept for closing the sinks (and cancelling writes)."""
+        return max(1.5, min(5.0, self.settings.shutdown_timeout_s / 3))
+
+    async def _unless_stopped(self, work) -> bool:
+        """Run ``work`` until it ends (True; its exception propagates) or stop() is called
+        first (False; ``work`` is cancelled)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        await asyncio.wait({task}, timeout=max(0.0, self._shutdown_deadline() - self._close_reserve() - time.monotonic()))
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            self.log.warning(f"opening the sinks failed while stopping: {task.exception()}")
+        return False
+
+    async def _drain(self, until: float) -> bool:
+        """Flush every buffer, let the workers write out their queues; True when all was
+        committed before ``until``. Otherwise the writes are cancelled (False)."""
+
+        async def drain() -> None:
+            await self._flush_all()
+            for runner in self._runners.values():
+                await runner.queue.put(None)
+            await asyncio.gather(*(r.task for r in self._runners.values()))
+
+        task = asyncio.create_task(drain(), name="tickwire-shutdown-drain")
+        await asyncio.wait({task}, timeout=max(0.0, until - time.monotonic()))
+        if task.done():
+            task.result()  # a worker's bug fails the run, as before
+            return True
+        task.cancel()  # cancels the workers it gathers, and with them the writes in flight
+        workers = [r.task for r in self._runners.values() if r.task is not None]
+        for worker in workers:
+            worker.cancel()
+        # a write that ignores cancellation (a thread inside a driver) is not waited for long
+        await asyncio.wait({task, *workers}, timeout=1.0)
+        for done in (task, *workers):
+            if done.done() and not done.cancelled():
+                done.exception()  # retrieved: the cancellation is what is reported
+        return False
+
+    def _abandon(self) -> None:
+        """Count what was not committed by the deadline: log it once, add it to the metric."""
+        counts = self.take_uncommitted()
+        self.abandoned = counts
+        for runner in self._runners.values():  # the summary's "not committed" says the same
+            runner.pending = sum(n for (sink, _), n in counts.items() if sink == runner.id)
+        if not counts:
+            return
+        for (sink, stream), n in counts.items():
+            self.metrics.records_abandoned.labels(sink=sink, stream=stream).inc(n)
+        self.log.error(
+            f"shutdown_timeout_s ({self.settings.shutdown_timeout_s:g}s) reached: {describe_uncommitted(counts)}",
+            **uncommitted_fields(counts),
+        )
+
+    def take_uncommitted(self) -> dict[tuple[str, str], int]:
+        """Records received but not committed, per (sink, stream): buffered, queued or in a
+        write that has not returned. Empties the queues: only for a run that is over (the
+        shutdown deadline, a forced exit)."""
+        counts: dict[tuple[str, str], int] = {}
+        self._count_buffers(counts)
+        for runner in self._runners.values():
+            items = [] if runner.carry is _NOTHING else [runner.carry]
+            runner.carry = _NOTHING
+            while not runner.queue.empty():
+                items.append(runner.queue.get_nowait())
+            for item in items:
+                if item is not None:
+                    _add(counts, runner.id, item[0], len(item[1]))
+            for stream, n in runner.writing.values():
+                _add(counts, runner.id, stream, n)
+            runner.writing.clear()
+        return counts
+
+    def _count_buffers(self, counts: dict[tuple[str, str], int]) -> None:
+        for route in self._routes.values():
+            for lane in route.lanes:
+                if lane.buf:
+                    _add(counts, lane.runner.id, lane.stream, len(lane.buf))
+        if self._dead and self._dead_letter_id is not None:
+            _add(counts, self._dead_letter_id, None, len(self._dead))
 
     async def _open_sinks(self) -> None:
         for runner in self._runners.values():
@@ -438,15 +560,28 @@ class Engine:
                 await self._close_sinks()
                 raise EngineError(f"{runner.who}: cannot open: {exc}") from exc
 
-    async def _close_sinks(self) -> None:
+    async def _close_sinks(self, until: float | None = None) -> None:
+        """Close every opened sink, all at once; a close still running at ``until`` is
+        cancelled (a spooling sink keeps what it did not send for the next start)."""
+        closing = {}
         for runner in self._runners.values():
             sink, runner.sink = runner.sink, None
-            if sink is None:
-                continue
-            try:
-                await sink.close()
-            except Exception as exc:
-                self.log.error(f"{runner.who}: close failed: {exc}", sink=runner.id)
+            if sink is not None:
+                closing[asyncio.create_task(sink.close(), name=f"tickwire-close-{runner.id}")] = runner
+        if not closing:
+            return
+        timeout = None if until is None else max(0.5, until - 0.5 - time.monotonic())
+        done, late = await asyncio.wait(closing, timeout=timeout)
+        for task in late:
+            task.cancel()
+            self.log.warning(f"{closing[task].who}: close still running at the end of shutdown_timeout_s; cancelled "
+                             "(a sink with a spool keeps what it did not send for the next start)", sink=closing[task].id)
+        if late:
+            await asyncio.wait(late, timeout=0.5)
+        for task in closing:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                runner = closing[task]
+                self.log.error(f"{runner.who}: close failed: {task.exception()}", sink=runner.id)
 
     def _start_sources(self) -> None:
         for sid, (spec, options) in self._source_plans.items():
@@ -587,11 +722,16 @@ class Engine:
         except (TypeError, ValueError):
             max_in_flight = 1
         in_flight: set[asyncio.Task] = set()
-        carry: Any = _NOTHING
+        writes = 0
 
         async def write_one(stream: StreamSpec | None, records: list) -> None:
+            nonlocal writes
             n = len(records)
+            writes += 1
+            key = writes
+            runner.writing[key] = (stream, n)  # until it returns: counted as abandoned if cancelled
             t0 = await self._write_with_retry(runner, stream, records)
+            del runner.writing[key]
             elapsed = time.perf_counter() - t0
             commit.observe(elapsed)
             runner.commits += 1
@@ -618,8 +758,10 @@ class Engine:
                     # wait for a free slot before taking more from the queue: what is in
                     # flight counts toward the memory bound, the queue keeps the backpressure
                     await settle(asyncio.FIRST_COMPLETED)
-                item = await queue.get() if carry is _NOTHING else carry
-                carry = _NOTHING
+                if runner.carry is _NOTHING:
+                    item = await queue.get()
+                else:
+                    item, runner.carry = runner.carry, _NOTHING
                 if item is None:
                     if in_flight:
                         await settle(asyncio.ALL_COMPLETED)  # shutdown waits for every write
@@ -631,7 +773,7 @@ class Engine:
                 while queue.qsize() and len(records) < limit:
                     nxt = queue.get_nowait()
                     if nxt is None or nxt[0] is not stream:
-                        carry = nxt  # the next write starts with it
+                        runner.carry = nxt  # the next write starts with it
                         break
                     if merged is None:
                         merged = records = list(records)
@@ -745,6 +887,24 @@ class Engine:
 
 
 _NOTHING = object()
+
+
+def describe_uncommitted(counts: dict[tuple[str, str], int]) -> str:
+    """One sentence for a log line: how many records were abandoned, where."""
+    where = "; ".join(f"sink {sink!r}, {stream}: {n:,}" for (sink, stream), n in sorted(counts.items()))
+    return (f"{sum(counts.values()):,} records were not committed and are abandoned ({where}); a source "
+            "that can replay (Binance REST) fills them on the next start")
+
+
+def uncommitted_fields(counts: dict[tuple[str, str], int]) -> dict:
+    """The same counts as structured log fields."""
+    return {"abandoned_total": sum(counts.values()),
+            "abandoned": {f"{sink}/{stream}": n for (sink, stream), n in sorted(counts.items())}}
+
+
+def _add(counts: dict[tuple[str, str], int], sink: str, stream: StreamSpec | str | None, n: int) -> None:
+    name = DEAD_LETTERS_LABEL if stream is None else stream if isinstance(stream, str) else stream.name
+    counts[(sink, name)] = counts.get((sink, name), 0) + n
 
 
 def _what(stream: StreamSpec | None) -> str:

@@ -95,6 +95,11 @@ class Metrics:
         self.gap_trades_filled = Counter(
             "tickwire_gap_trades_filled_total", "Trades recovered when filling gaps.", ["symbol"], registry=r
         )
+        self.records_abandoned = Counter(
+            "tickwire_records_abandoned_total",
+            "Records not committed when a stop reached engine.shutdown_timeout_s (or a forced exit).",
+            ["sink", "stream"], registry=r,
+        )
         # spooling sinks (Kafka)
         self.spool_bytes = Gauge("tickwire_spool_bytes", "Bytes in a sink's local spool.", ["sink"], registry=r)
         self.spool_records = Gauge("tickwire_spool_records", "Records in a sink's local spool.", ["sink"], registry=r)
@@ -103,6 +108,10 @@ class Metrics:
         )
         self.spool_dropped = Counter(
             "tickwire_spool_dropped_total", "Records dropped because a spool was full.", ["sink"], registry=r
+        )
+        self.spool_records_lost = Counter(
+            "tickwire_spool_records_lost_total",
+            "Spooled records found corrupt when a spool was opened, skipped.", ["sink"], registry=r,
         )
         self.send_errors = Counter("tickwire_send_errors_total", "Failed sends to a remote sink.", ["sink"], registry=r)
         # Spark job

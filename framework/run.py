@@ -3,9 +3,20 @@
 At start it prints where the data goes; while running it shows a live table on a terminal or
 logs a progress line (JSON logs elsewhere); at exit it prints a summary. With JSON logs, the
 start (event ``starting``: destinations, metrics URL) and the summary (event ``summary``) are
-log events too, so stderr is nothing but JSON lines. SIGINT/SIGTERM stop
-the sources, flush every buffer, wait for the sinks to commit, close them and exit 0. A second
-SIGINT exits at once (code 130), saying how many records were not committed.
+log events too, so stderr is nothing but JSON lines (third-party libraries' log records
+included, see framework/logs.py).
+
+Stopping: SIGINT, SIGTERM or the end of ``--duration`` stop the sources, flush every buffer, wait
+for the sinks to commit, close them. The whole stop takes at most ``engine.shutdown_timeout_s``
+(default 15 s) whatever a sink is doing — a database that is down, a broker that is gone: what is
+not committed by then is abandoned and counted per sink and stream (an error line and
+``tickwire_records_abandoned_total``). Should the process still be alive 5 s after that (a
+thread stuck inside a driver), a watchdog ends it. A second SIGINT or SIGTERM exits at once,
+with one error line saying what was abandoned.
+
+Exit codes: 0 every record received was committed (or spooled); 1 the run failed (a sink
+could not open…); 2 bad configuration or command line; 3 stopped in time but records were
+abandoned at ``shutdown_timeout_s`` (or the watchdog ended it); 130 forced by a second signal.
 """
 
 from __future__ import annotations
@@ -15,16 +26,19 @@ import gc
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 import click
 
-from framework.engine import Engine, EngineError
-from framework.logs import FORMATS, LEVELS, configure, get_logger
+from framework.engine import Engine, EngineError, describe_uncommitted, uncommitted_fields
+from framework.logs import FORMATS, LEVELS, configure, get_logger, log_loop_exceptions, report_suppressed
 from framework.metrics import DEFAULT_HOST, DEFAULT_PORT, Metrics
 from framework.status import Progress, StatusView, summary_lines
 
+EXIT_ABANDONED = 3
 EXIT_FORCED = 130
+WATCHDOG_GRACE_S = 5.0  # after shutdown_timeout_s, before the watchdog ends a process that hangs
 
 
 class MetricsPort(click.ParamType):
@@ -51,7 +65,7 @@ class MetricsPort(click.ParamType):
               help="Port of the Prometheus /metrics endpoint (default: metrics.port, 9464). 0 = no endpoint; "
                    "auto = a free port chosen by the OS (shown at start).")
 @click.option("--duration", type=float, default=None, metavar="SECONDS",
-              help="Stop by itself after this many seconds (flushes like Ctrl-C).")
+              help="Stop by itself after this many seconds (flushes like Ctrl-C, within engine.shutdown_timeout_s).")
 @click.option("--no-status", is_flag=True, help="No live table, even on a terminal (progress log lines instead).")
 @click.option("--progress-interval", type=float, default=10.0, show_default=True, metavar="SECONDS",
               help="Seconds between progress log lines when there is no live table.")
@@ -103,17 +117,31 @@ def _say(text: str) -> None:
 async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, duration: float | None,
                 live: bool, progress_interval: float, json_logs: bool) -> int:
     loop = asyncio.get_running_loop()
+    log_loop_exceptions(loop)
     signals = {"count": 0}
+    watchdog: list[threading.Timer] = []
+
+    def request_stop() -> None:
+        engine.stop()
+        if not watchdog:
+            watchdog.append(_arm_watchdog(engine.settings.shutdown_timeout_s + WATCHDOG_GRACE_S, log))
 
     def on_signal(signum: int) -> None:
         signals["count"] += 1
         name = signal.Signals(signum).name
         if signals["count"] == 1:
-            log.info(f"{name}: stopping — flushing buffers and waiting for the sinks to commit (again to force)")
-            engine.stop()
+            log.info(f"{name}: stopping — flushing buffers and waiting for the sinks to commit, at most "
+                     f"{engine.settings.shutdown_timeout_s:g}s (again to force)")
+            request_stop()
             return
-        pending = sum(s["pending"] for s in engine.snapshot()["sinks"].values())
-        _say(f"tickwire: forced exit on second {name}; {pending:,} records were not committed")
+        counts = engine.take_uncommitted()
+        for (sink, stream), n in counts.items():
+            engine.metrics.records_abandoned.labels(sink=sink, stream=stream).inc(n)
+        if counts:
+            log.error(f"forced exit on second {name}: {describe_uncommitted(counts)}", **uncommitted_fields(counts))
+        else:
+            log.error(f"forced exit on second {name}: 0 records were not committed")
+        sys.stderr.flush()
         os._exit(EXIT_FORCED)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -139,7 +167,7 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
                 _say(f"  -> {line}")
             _say(f"  metrics: {metrics_url or 'off'}")
     if duration is not None:
-        loop.call_later(duration, engine.stop)
+        loop.call_later(duration, request_stop)
     view = None
     ticker = None
     if live:
@@ -167,6 +195,9 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
         else:
             _say(f"tickwire: {exc}")
         code = 1
+    else:
+        if engine.abandoned:
+            code = EXIT_ABANDONED
     finally:
         if view is not None:
             view.stop()
@@ -181,7 +212,23 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
     else:
         for line in summary_lines(snapshot):
             _say(line)
+    report_suppressed()
     return code
+
+
+def _arm_watchdog(after: float, log: Any) -> threading.Timer:
+    """End the process ``after`` seconds from now if it is still alive: the engine's own bound
+    cannot interrupt a thread blocked inside a driver, and the interpreter waits for it at exit."""
+
+    def fire() -> None:
+        log.error(f"still running {after:g}s after the stop request (a sink's thread does not let go); exiting now")
+        sys.stderr.flush()
+        os._exit(EXIT_ABANDONED)
+
+    timer = threading.Timer(after, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 run_command = run

@@ -9,10 +9,22 @@ On disk, in the spool directory::
     00000000000000000002.seg
     acked                      "<segment> <offset>": everything before it is acknowledged
 
-Each record in a segment is ``length u32 | crc32 u32 | written_at_ms u64 | payload``, big
-endian; the CRC covers ``written_at_ms`` and the payload. A process killed with SIGKILL (or a
-power cut with ``fsync: never``) can leave a torn last record: :meth:`Spool.open` detects it by
-its length or checksum, truncates the segment there and logs how many bytes were dropped.
+A segment starts with ``TWSPOOL\x02`` (8 bytes); each record in it is framed as
+``magic u32 (f5 54 57 02) | length u32 | crc32 u32 | written_at_ms u64 | payload``, big endian;
+the CRC covers ``written_at_ms``, ``length`` and the payload. :meth:`Spool.open` checks every
+record. A bad one (a flipped bit, a torn write, garbage) does not cost the records after it:
+recovery resynchronises on the next place where the magic starts a record whose length fits
+and whose CRC matches, skips the damaged bytes (remembered, not rewritten, so acknowledged
+offsets stay valid) and logs, per damaged range, the segment, the offset, the bytes skipped
+and the records lost (the record markers in them, at least one); :attr:`Spool.lost_records` sums
+them for a metric (the Kafka sink's ``tickwire_spool_records_lost_total``). Damage that runs to
+the end of a segment — a process killed with SIGKILL mid-write, or a power cut with ``fsync:
+never`` — is truncated, so appending can continue, and logged as a torn record at the end.
+
+Segments written before this framing (no ``TWSPOOL`` header: ``length | crc32 | written_at_ms
+| payload``) are still read as they are; they have no marker to resynchronise on, so their
+recovery truncates at the first bad record and logs the bytes discarded. New records always go
+to a new-format segment.
 
 Delivery is at least once: records replayed but not yet acknowledged when the process dies are
 replayed again on the next start. Fully acknowledged segments are deleted.
@@ -36,7 +48,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-HEADER = struct.Struct(">IIQ")  # length, crc32, written_at_ms
+SEGMENT_HEADER = b"TWSPOOL\x02"  # first bytes of a segment in the current format
+RECORD_MAGIC = b"\xf5TW\x02"  # 0xf5 never occurs in UTF-8 text: rare inside JSON payloads
+RECORD_HEADER = struct.Struct(">4sIIQ")  # magic, length, crc32, written_at_ms
+LEGACY_HEADER = struct.Struct(">IIQ")  # segments without SEGMENT_HEADER: length, crc32, written_at_ms
 SEGMENT_SUFFIX = ".seg"
 ACK_FILE = "acked"
 FSYNC_POLICIES = ("always", "batch", "never")
@@ -61,12 +76,29 @@ class Position:
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How records are framed in a segment: the header struct and where its fields are."""
+
+    header: struct.Struct
+    length_at: int  # index of the length in the unpacked header
+    stamp_at: int  # index of written_at_ms
+    start: int  # offset of the first record
+
+
+CURRENT = _Layout(RECORD_HEADER, 1, 3, len(SEGMENT_HEADER))
+LEGACY = _Layout(LEGACY_HEADER, 0, 2, 0)
+
+
 @dataclass(slots=True)
 class _Segment:
     number: int
     path: Path
     size: int  # valid bytes
     records: int
+    layout: _Layout = CURRENT
+    # damaged ranges found at open, start → end: readers jump over them (offsets stay as written)
+    holes: dict[int, int] | None = None
 
 
 class Spool:
@@ -103,6 +135,8 @@ class Spool:
         self._read_file = None
         self._read_file_segment = -1
         self._opened = False
+        self.lost_records = 0  # corrupt records skipped by open() (at least one per damaged range)
+        self.lost_bytes = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -117,11 +151,12 @@ class Spool:
         self._acked = self._load_ack()
         for number in numbers:
             path = self._segment_path(number)
-            if number < self._acked.segment:
-                path.unlink()  # acknowledged before the crash, deletion did not happen
+            if number < self._acked.segment or path.stat().st_size == 0:
+                path.unlink()  # acknowledged before the crash (deletion did not happen), or empty
                 continue
-            size, records = self._recover_segment(path)
-            self._segments.append(_Segment(number, path, size, records))
+            segment = self._recover_segment(number, path)
+            size = segment.size
+            self._segments.append(segment)
             if number == self._acked.segment and self._acked.offset > size:
                 # The ack was saved but the data behind it was lost (fsync: never + power cut).
                 self._acked = Position(number, size)
@@ -153,11 +188,12 @@ class Spool:
         if not payloads:
             return 0
         now_ms = time.time_ns() // 1_000_000
+        stamp_crc = zlib.crc32(now_ms.to_bytes(8, "big"))
+        crc32, pack = zlib.crc32, RECORD_HEADER.pack
         frames = []
         for payload in payloads:
-            stamp = now_ms.to_bytes(8, "big")
-            crc = zlib.crc32(payload, zlib.crc32(stamp))
-            frames.append(HEADER.pack(len(payload), crc, now_ms) + payload)
+            length = len(payload)
+            frames.append(pack(RECORD_MAGIC, length, crc32(payload, crc32(length.to_bytes(4, "big"), stamp_crc)), now_ms) + payload)
         incoming = sum(len(frame) for frame in frames)
         dropped = self._make_room(incoming)
         # Keep each call's records together in as few writes as possible, rolling segments at
@@ -166,7 +202,7 @@ class Spool:
         pending_size = 0
         for frame in frames:
             segment = self._writable_segment()
-            if segment.size + pending_size + len(frame) > self.segment_bytes and (segment.size + pending_size) > 0:
+            if segment.size + pending_size + len(frame) > self.segment_bytes and (segment.size + pending_size) > CURRENT.start:
                 self._write(pending, pending_size)
                 pending, pending_size = [], 0
                 self._roll_segment()
@@ -196,10 +232,10 @@ class Spool:
 
     def _writable_segment(self) -> _Segment:
         if not self._segments or self._write_fd is None:
-            if self._segments:
+            if self._segments and self._segments[-1].layout is CURRENT:
                 segment = self._segments[-1]
                 self._write_fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND)
-            else:
+            else:  # none yet, or an old-format one: new records go to a new-format segment
                 self._roll_segment()
         return self._segments[-1]
 
@@ -210,8 +246,9 @@ class Spool:
             os.close(self._write_fd)
         number = self._segments[-1].number + 1 if self._segments else max(1, self._acked.segment)
         path = self._segment_path(number)
-        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._segments.append(_Segment(number, path, 0, 0))
+        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        os.write(self._write_fd, SEGMENT_HEADER)
+        self._segments.append(_Segment(number, path, len(SEGMENT_HEADER), 0))
         if self.fsync != "never":
             self._fsync_directory()  # the new file's name must survive a crash too
         if self._acked.segment < self._segments[0].number:
@@ -259,14 +296,20 @@ class Spool:
                 continue
             if segment.number > position.segment:
                 position = Position(segment.number, 0)
+            layout = segment.layout
+            unpack, header_size, length_at = layout.header.unpack, layout.header.size, layout.length_at
+            holes = segment.holes
             reader = self._reader_for(segment)
-            reader.seek(position.offset)
-            offset = position.offset
+            offset = max(position.offset, layout.start)
+            reader.seek(offset)
             while offset < segment.size and len(records) < max_records and size < max_bytes:
-                header = reader.read(HEADER.size)
-                length = HEADER.unpack(header)[0]
+                if holes and offset in holes:
+                    offset = holes[offset]
+                    reader.seek(offset)
+                    continue
+                length = unpack(reader.read(header_size))[length_at]
                 records.append(reader.read(length))
-                offset += HEADER.size + length
+                offset += header_size + length
                 size += length
             position = Position(segment.number, offset)
             if len(records) >= max_records or size >= max_bytes:
@@ -315,9 +358,9 @@ class Spool:
         total = 0
         for segment in self._segments:
             if segment.number == self._acked.segment:
-                total += segment.size - self._acked.offset
+                total += segment.size - max(self._acked.offset, segment.layout.start)
             elif segment.number > self._acked.segment:
-                total += segment.size
+                total += segment.size - segment.layout.start
         return total
 
     def total_bytes(self) -> int:
@@ -329,11 +372,15 @@ class Spool:
             if segment.number < self._acked.segment:
                 continue
             offset = self._acked.offset if segment.number == self._acked.segment else 0
+            offset = max(offset, segment.layout.start)
+            if segment.holes:
+                offset = segment.holes.get(offset, offset)
             if offset >= segment.size:
                 continue
             reader = self._reader_for(segment)
             reader.seek(offset)
-            return HEADER.unpack(reader.read(HEADER.size))[2] / 1000
+            layout = segment.layout
+            return layout.header.unpack(reader.read(layout.header.size))[layout.stamp_at] / 1000
         return None
 
     def __len__(self) -> int:
@@ -344,46 +391,96 @@ class Spool:
     def _segment_path(self, number: int) -> Path:
         return self.directory / f"{number:020d}{SEGMENT_SUFFIX}"
 
-    def _recover_segment(self, path: Path) -> tuple[int, int]:
-        """Validate every record; truncate at the first bad one. Returns (valid size, records)."""
-        size = path.stat().st_size
+    def _recover_segment(self, number: int, path: Path) -> _Segment:
+        """Check every record of a segment: skip damaged ranges (resynchronising on the next
+        valid record), truncate damage that runs to the end; log and count what was lost."""
+        data = path.read_bytes()
+        if not data.startswith(SEGMENT_HEADER):
+            if _legacy_record_end(data, 0) is not None:
+                return self._recover_legacy_segment(number, path, data)
+            self.log.warning("spool %s: %s: damaged segment header; reading its records anyway", self.directory, path.name)
+        size = len(data)
+        offset = CURRENT.start
         records = 0
-        offset = 0
-        with open(path, "rb") as segment:
-            while offset < size:
-                header = segment.read(HEADER.size)
-                if len(header) < HEADER.size:
-                    break
-                length, crc, written_at = HEADER.unpack(header)
-                if length > MAX_RECORD_BYTES:
-                    break
-                payload = segment.read(length)
-                if len(payload) < length or zlib.crc32(payload, zlib.crc32(written_at.to_bytes(8, "big"))) != crc:
-                    break
-                offset += HEADER.size + length
-                records += 1
-        if offset < size:
+        holes: dict[int, int] = {}
+        # the loop of _valid_record_end inlined, with the CRC of a batch's shared stamp reused:
+        # this runs over every spooled record when a spool is replayed after a restart
+        view, unpack_from, header_size, crc32 = memoryview(data), RECORD_HEADER.unpack_from, RECORD_HEADER.size, zlib.crc32
+        last_stamp = last_stamp_crc = None
+        while offset < size:
+            if offset + header_size <= size:
+                magic, length, crc, stamp = unpack_from(data, offset)
+                end = offset + header_size + length
+                if magic == RECORD_MAGIC and end <= size and length <= MAX_RECORD_BYTES:
+                    if stamp != last_stamp:
+                        last_stamp, last_stamp_crc = stamp, crc32(stamp.to_bytes(8, "big"))
+                    if crc32(view[offset + header_size:end], crc32(length.to_bytes(4, "big"), last_stamp_crc)) == crc:
+                        offset = end
+                        records += 1
+                        continue
+            resume = _next_valid_record(data, offset + 1)
+            lost = max(1, data.count(RECORD_MAGIC, offset, size if resume is None else resume))
+            self.lost_records += lost
+            if resume is None:
+                self.lost_bytes += size - offset
+                self.log.warning(
+                    "spool %s: %s: %d damaged bytes at the end, from offset %d (%d record(s) lost): a torn "
+                    "write (the process was killed mid-write) or corruption; truncated there",
+                    self.directory, path.name, size - offset, offset, lost,
+                )
+                self._truncate(path, offset)
+                size = offset
+                break
+            self.lost_bytes += resume - offset
             self.log.warning(
-                "spool %s: dropped a torn or corrupt record at the end of %s (%d bytes after offset "
-                "%d); the process writing it was probably killed mid-write",
-                self.directory, path.name, size - offset, offset,
+                "spool %s: %s: corrupt record at offset %d: skipped %d bytes to the next valid record at "
+                "offset %d (%d record(s) lost); the records after it are kept",
+                self.directory, path.name, offset, resume - offset, resume, lost,
             )
-            with open(path, "r+b") as segment:
-                segment.truncate(offset)
-                os.fsync(segment.fileno())
-        return offset, records
+            holes[offset] = resume
+            offset = resume
+        return _Segment(number, path, size, records, CURRENT, holes or None)
+
+    def _recover_legacy_segment(self, number: int, path: Path, data: bytes) -> _Segment:
+        """A segment from before record markers: valid records up to the first bad one; what
+        follows cannot be told apart from garbage, so it is truncated (and said so)."""
+        size = len(data)
+        offset = records = 0
+        while (end := _legacy_record_end(data, offset)) is not None:
+            offset = end
+            records += 1
+        if offset < size:
+            self.lost_records += 1
+            self.lost_bytes += size - offset
+            self.log.warning(
+                "spool %s: %s (old format, no record markers): bad record at offset %d; the %d bytes from "
+                "there to the end are discarded (at least 1 record lost; this format cannot resynchronise)",
+                self.directory, path.name, offset, size - offset,
+            )
+            self._truncate(path, offset)
+        return _Segment(number, path, offset, records, LEGACY)
+
+    @staticmethod
+    def _truncate(path: Path, size: int) -> None:
+        with open(path, "r+b") as segment:
+            segment.truncate(size)
+            os.fsync(segment.fileno())
 
     def _unacked_records_in(self, segment: _Segment) -> int:
         if segment.number < self._acked.segment:
             return 0
-        if segment.number > self._acked.segment or self._acked.offset == 0:
+        layout = segment.layout
+        if segment.number > self._acked.segment or self._acked.offset <= layout.start:
             return segment.records
         # Partly acknowledged: count what lies after the ack offset.
         reader = self._reader_for(segment)
         offset, count = self._acked.offset, 0
         while offset < segment.size:
+            if segment.holes and offset in segment.holes:
+                offset = segment.holes[offset]
+                continue
             reader.seek(offset)
-            offset += HEADER.size + HEADER.unpack(reader.read(HEADER.size))[0]
+            offset += layout.header.size + layout.header.unpack(reader.read(layout.header.size))[layout.length_at]
             count += 1
         return count
 
@@ -435,3 +532,40 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _valid_record_end(data: bytes, offset: int) -> int | None:
+    """Where the record at ``offset`` ends, if a whole valid record starts there."""
+    if data[offset:offset + 4] != RECORD_MAGIC or offset + RECORD_HEADER.size > len(data):
+        return None
+    _magic, length, crc, written_at = RECORD_HEADER.unpack_from(data, offset)
+    end = offset + RECORD_HEADER.size + length
+    if length > MAX_RECORD_BYTES or end > len(data):
+        return None
+    check = zlib.crc32(length.to_bytes(4, "big"), zlib.crc32(written_at.to_bytes(8, "big")))
+    if zlib.crc32(memoryview(data)[offset + RECORD_HEADER.size:end], check) != crc:
+        return None
+    return end
+
+
+def _next_valid_record(data: bytes, start: int) -> int | None:
+    """The offset of the first valid record at or after ``start``, or None."""
+    offset = data.find(RECORD_MAGIC, start)
+    while offset >= 0:
+        if _valid_record_end(data, offset) is not None:
+            return offset
+        offset = data.find(RECORD_MAGIC, offset + 1)
+    return None
+
+
+def _legacy_record_end(data: bytes, offset: int) -> int | None:
+    """Like :func:`_valid_record_end`, for a record of an old-format segment."""
+    if offset + LEGACY_HEADER.size > len(data):
+        return None
+    length, crc, written_at = LEGACY_HEADER.unpack_from(data, offset)
+    end = offset + LEGACY_HEADER.size + length
+    if length > MAX_RECORD_BYTES or end > len(data):
+        return None
+    if zlib.crc32(memoryview(data)[offset + LEGACY_HEADER.size:end], zlib.crc32(written_at.to_bytes(8, "big"))) != crc:
+        return None
+    return end

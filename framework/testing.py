@@ -18,13 +18,15 @@ reopen. Two ways to run them::
     # 2. anywhere: await check_sink_conformance(spec, options, ctx_factory, read_back=...)
 
 Also here: :func:`stream_spec` (a StreamSpec from a schema file), :func:`trade_payload` (a
-Binance-shaped trade), :class:`ListSource` and :class:`RecordingSink` (fakes for engine tests).
+Binance-shaped trade), :class:`ListSource` and :class:`RecordingSink` (fakes for engine tests),
+:func:`assert_clean_json_log` (fault tests: stderr of `tickwire run --log-format json`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,3 +386,18 @@ class SinkConformance:
 
     def test_reopen_keeps_data(self, sink_case):
         asyncio.run(check_reopen_keeps_data(sink_case))
+
+
+def assert_clean_json_log(text: str) -> list[dict]:
+    """What a fault test asserts on the captured stderr of ``tickwire run --log-format json``:
+    every line is one JSON object, none carries a traceback or an asyncio "exception was never
+    retrieved". Returns the parsed lines."""
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"stderr line {number} is not JSON: {line[:300]!r}") from None
+        assert "Traceback" not in line, f"stderr line {number} carries a traceback: {line[:1000]}"
+        assert "never retrieved" not in line, f"stderr line {number}: {line[:1000]}"
+    return lines

@@ -19,11 +19,16 @@ When the broker is unreachable, a batch that is not acknowledged within ``send_t
 to a local disk spool (framework/spool.py), and so does every later batch until the spool is
 empty again: ``write()`` then returns as soon as the batch is on disk, so the engine's queue
 keeps moving and the WebSocket keeps being read. With several writes in flight the spool keeps
-their order too: the first failure switches the sink to spooling (and abandons the producer, so
-the later in-flight writes fail fast), and a write goes to the spool only once every earlier
-write has settled (acknowledged or spooled). A background task replays the spool, in order,
-once the broker answers, and switches back to direct sends only when every write has settled.
-A spool left by a killed process is replayed on the next start.
+their order too: the first failure switches the sink to spooling and abandons the producer — the
+writes still waiting for its acknowledgements stop waiting and spool too — and a write goes to
+the spool only once every earlier write has settled (acknowledged or spooled). The abandoned
+producer is stopped in the background with aiokafka's public ``stop()`` (its unsent batches
+expire after ``send_timeout_ms``); every acknowledgement future we were handed has its outcome
+retrieved, so nothing is left for asyncio to complain about. A background task replays the
+spool, in order, once the broker answers and the abandoned producer is gone, and switches back
+to direct sends only when every write has settled. A spool left by a killed process is
+replayed on the next start; corrupt records in it are skipped, logged and counted in
+``tickwire_spool_records_lost_total``.
 Delivery is at least once: a batch whose acknowledgement was lost is sent again (consumers
 upsert on the primary key).
 
@@ -308,6 +313,10 @@ class KafkaSink:
         # failed): a write that must spool waits for its predecessor's, so the spool keeps order.
         self._settled: asyncio.Future | None = None
         self._drainer: asyncio.Task | None = None
+        # Set when the current producer is given up: writes waiting for its acknowledgements
+        # spool instead. A new event comes with each new producer.
+        self._abandoned = asyncio.Event()
+        self._retiring: set[asyncio.Task] = set()  # abandoned producers being stopped
         self._partitions: dict[str, list[int]] = {}
         self._partition_of_key: dict[str, dict[bytes | None, int]] = {}  # topic → key → partition
         self._key_bytes: dict[object, bytes] = {}
@@ -319,6 +328,7 @@ class KafkaSink:
         self._spool_age = m.spool_oldest_age_seconds.labels(sink=name)
         self._spool_dropped = m.spool_dropped.labels(sink=name)
         self._send_errors = m.send_errors.labels(sink=name)
+        self._spool_lost = m.spool_records_lost.labels(sink=name)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -343,6 +353,8 @@ class KafkaSink:
             self.spool.open()
         except SpoolError as error:
             raise KafkaSinkError(f"{self.who}: {error}") from error
+        if self.spool.lost_records:
+            self._spool_lost.inc(self.spool.lost_records)
         self._provision_pending = bool(self.options.get("provision"))
         try:
             await self._provision_if_pending()
@@ -384,21 +396,26 @@ class KafkaSink:
         self._provision_pending = False
 
     async def close(self) -> None:
-        if self._drainer is not None and not self._drainer.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._drainer), self.options.get("close_drain_timeout_ms", 10000) / 1000)
-            except asyncio.TimeoutError:
-                pass
-            self._drainer.cancel()
-            await asyncio.gather(self._drainer, return_exceptions=True)
-        if self.spool.pending_records():
-            self.log.warning(
-                f"{self.who}: {self.spool.pending_records()} records stay in the spool {self.spool.directory}; "
-                "they are sent on the next start"
-            )
-        await self._stop_producer()
-        self.spool.close()
-        self._update_spool_metrics()
+        """Replay the spool for up to ``close_drain_timeout_ms``, stop the producer (waiting
+        for its acknowledgements at most ``send_timeout_ms``), close the spool. Cancelled (the
+        engine's shutdown deadline), it still closes the spool: what is in it is sent next start."""
+        try:
+            if self._drainer is not None and not self._drainer.done():
+                await asyncio.wait({self._drainer}, timeout=self.options.get("close_drain_timeout_ms", 10000) / 1000)
+                self._drainer.cancel()
+                await asyncio.gather(self._drainer, return_exceptions=True)
+            if self.spool.pending_records():
+                self.log.warning(
+                    f"{self.who}: {self.spool.pending_records()} records stay in the spool {self.spool.directory}; "
+                    "they are sent on the next start"
+                )
+            await self._stop_producer()
+            await self._retired()
+        finally:
+            if self._drainer is not None:
+                self._drainer.cancel()
+            self.spool.close()
+            self._update_spool_metrics()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -477,10 +494,10 @@ class KafkaSink:
             try:
                 async with self._send_lock:  # FIFO: producer order = call order; no cancel inside
                     if not self._spooling:
-                        producer = self.producer
+                        producer, abandoned = self.producer, self._abandoned
                         futures = await self._enqueue(producer, groups)
                 if producer is not None:
-                    await asyncio.wait_for(asyncio.gather(*futures), self.send_timeout + 1)
+                    await self._acknowledged(futures, abandoned)
                     return
             except Exception as error:
                 # Already spooling (another write failed first, or this producer was abandoned):
@@ -494,9 +511,9 @@ class KafkaSink:
                         f"spooling to {self.spool.directory} until Kafka is back"
                     )
                     # From now on every write spools; the producer is abandoned so the writes
-                    # still in flight fail now rather than at their own timeouts.
+                    # still in flight spool now rather than at their own timeouts.
                     self._spooling = True
-                    await self._stop_producer(abandon=True)
+                    self._abandon_producer()
                     self._start_drainer()
                 elif not self._spooling:
                     self._spooling = True
@@ -552,27 +569,58 @@ class KafkaSink:
             raise
         self.producer = producer
 
-    async def _stop_producer(self, abandon: bool = False) -> None:
+    async def _stop_producer(self) -> None:
         producer, self.producer = self.producer, None
         if producer is not None:
-            await self._stop(producer, abandon)
+            await self._stop(producer)
 
-    @staticmethod
-    async def _stop(producer, abandon: bool = False) -> None:
-        if abandon:
-            # The unacknowledged batches are in the spool now; without this, stop() would wait
-            # to flush them to a broker that is gone. aiokafka has no public way to discard.
-            accumulator = getattr(producer, "_message_accumulator", None)
-            if accumulator is not None and hasattr(accumulator, "fail_all"):
-                from aiokafka.errors import KafkaTimeoutError
-
-                for batch in [b for queue in accumulator._batches.values() for b in queue] + list(accumulator._pending_batches):
-                    batch.future.add_done_callback(_retrieve_exception)
-                accumulator.fail_all(KafkaTimeoutError("abandoned: the batch was spooled"))
+    async def _stop(self, producer) -> None:
+        """aiokafka's ``stop()``: it sends what it holds, or waits for it to expire
+        (``request_timeout_ms`` = ``send_timeout_ms``); bounded a little beyond that."""
         try:
-            await asyncio.wait_for(producer.stop(), 5)
-        except (asyncio.TimeoutError, Exception):
-            pass
+            await asyncio.wait_for(producer.stop(), self.send_timeout + 5)
+        except asyncio.TimeoutError:
+            self.log.warning(f"{self.who}: the Kafka producer did not stop within {self.send_timeout + 5:g}s; left behind")
+        except Exception as error:  # stopping a producer whose broker is gone: nothing more to do
+            self.log.debug(f"{self.who}: stopping the Kafka producer: {error!r}")
+
+    def _abandon_producer(self) -> None:
+        """Give the current producer up (Kafka is away and its records are being spooled):
+        writes waiting for its acknowledgements stop waiting (they spool), and it is stopped in
+        the background; :meth:`_retired` waits for that."""
+        producer, self.producer = self.producer, None
+        self._abandoned.set()
+        self._abandoned = asyncio.Event()
+        if producer is not None:
+            task = asyncio.create_task(self._stop(producer), name=f"tickwire-kafka-retire-{self.name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retired(self) -> None:
+        """Until every abandoned producer stopped: its batches can no longer reach Kafka, so
+        a replay of the spool cannot be overtaken by one of them."""
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _acknowledged(self, futures: list[asyncio.Future], abandoned: asyncio.Event) -> None:
+        """Until the broker acknowledged every future (an error of one raises), for at most
+        ``send_timeout`` + 1 s (TimeoutError), or until the producer is abandoned
+        (ConnectionError)."""
+        acks = asyncio.gather(*futures)
+        acks.add_done_callback(_retrieve_exception)
+        given_up = asyncio.ensure_future(abandoned.wait())
+        try:
+            done, _ = await asyncio.wait({acks, given_up}, timeout=self.send_timeout + 1,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            given_up.cancel()
+            acks.cancel()  # no-op when done; else it only stops our waiting (aiokafka shields its batches)
+        if acks in done:
+            acks.result()
+            return
+        if given_up in done:
+            raise ConnectionError("the Kafka producer was abandoned (another write timed out)")
+        raise asyncio.TimeoutError(f"not acknowledged within {self.send_timeout + 1:g}s")
 
     async def _check_topics(self) -> None:
         metadata = await self.producer.client.fetch_all_metadata()
@@ -590,8 +638,9 @@ class KafkaSink:
     async def _send(self, groups: dict[tuple[str, int] | None, list[Message]]) -> None:
         """Send in order and wait until the broker acknowledged every message (spool replay)."""
         async with self._send_lock:
+            abandoned = self._abandoned
             futures = await self._enqueue(self.producer, groups)
-        await asyncio.wait_for(asyncio.gather(*futures), self.send_timeout + 1)
+        await self._acknowledged(futures, abandoned)
 
     async def _enqueue(self, producer, groups: dict[tuple[str, int] | None, list[Message]]) -> list[asyncio.Future]:
         """Hand the messages to the producer, per partition in order; returns the futures of
@@ -615,11 +664,11 @@ class KafkaSink:
             batch = producer.create_batch()
             for _topic, key, value, headers in group:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    futures.append(_retrieved(await producer.send_batch(batch, topic, partition=partition)))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                         raise KafkaSinkError(f"{self.who}: a message of {len(value)} bytes is larger than max_batch_bytes")
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            futures.append(_retrieved(await producer.send_batch(batch, topic, partition=partition)))
         return futures
 
     async def _partition_for(self, producer, topic: str, key: bytes | None) -> int:
@@ -651,6 +700,7 @@ class KafkaSink:
             self._update_spool_metrics()
             if self.producer is None:
                 try:
+                    await self._retired()  # the abandoned producer's batches must be gone first
                     await self._provision_if_pending()
                     await self._start_producer(self.send_timeout)
                 except KafkaSinkError as error:  # Kafka answers, and refuses: say so, keep spooling
@@ -683,7 +733,7 @@ class KafkaSink:
                 self._send_errors.inc()
                 if not _is_transient(error):
                     self.log.error(f"{self.who}: Kafka refused spooled records ({error!r}); retrying in {backoff:g}s")
-                await self._stop_producer(abandon=True)  # a fresh producer id: sequence numbers start over
+                self._abandon_producer()  # a fresh producer id: sequence numbers start over
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -699,9 +749,16 @@ class KafkaSink:
 
 
 def _retrieve_exception(future: asyncio.Future) -> None:
-    # Nobody awaits an abandoned batch; reading its exception keeps asyncio from logging it.
+    # An acknowledgement we stopped waiting for (abandoned, timed out) still fails later;
+    # reading its exception keeps asyncio from logging "exception was never retrieved".
     if not future.cancelled():
         future.exception()
+
+
+def _retrieved(future: asyncio.Future) -> asyncio.Future:
+    """``future`` (an acknowledgement from aiokafka), its outcome read whenever it comes."""
+    future.add_done_callback(_retrieve_exception)
+    return future
 
 
 def _dead_letters_go_here(config, sink_name: str) -> bool:

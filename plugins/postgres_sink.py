@@ -17,6 +17,12 @@ forever, so after such an error the batch is written row by row and the rejected
 
 Tables come from ``tickwire db migrate`` (plugins/postgres_migrate.py); ``open()`` checks they
 exist and says so if not. Connect as the ``tickwire_writer`` role, never as a superuser.
+
+A server that cannot be reached at start does not hold the start-up: ``open()`` tries once,
+refuses what retrying cannot fix (wrong password, missing table or privilege: an error at
+start), and otherwise logs that the server is unreachable and returns; the first write then
+connects with the same backoff, and checks the tables before writing. The run starts and can be
+stopped (the engine cancels a write still retrying at its ``shutdown_timeout_s``).
 """
 
 from __future__ import annotations
@@ -162,14 +168,27 @@ class PostgresSink:
         self._writers: dict[str, _TableWriter] = {}
         # one connection, one transaction at a time, even if the engine writes streams concurrently
         self._lock = asyncio.Lock()
+        self._tables_checked = False
         self._dead_letter_table = sql.Identifier(self.schema, DEAD_LETTER_TABLE)
 
     # -- Sink protocol ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect (waiting for a server that is still starting) and check the tables exist."""
+        """Connect and check the tables exist; a server that does not answer is not waited for
+        (the writes connect, with backoff), a refusal retrying cannot fix is an error now."""
         async with self._lock:
-            await self._call_with_reconnect(None, self._check_tables, fail_fast=True)
+            try:
+                await self._connect()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                if _is_configuration_failure(error):
+                    raise PostgresSinkError(f"sink {self.name!r} (postgres): cannot connect: {_first_line(error)}") from error
+                await self._drop_connection()
+                self.log.warning(
+                    "postgres unreachable at start; records wait in the engine's queue while the writes "
+                    "retry with backoff", error=_first_line(error), retry_max_seconds=self.retry_max,
+                )
+                return
+            await self._call_with_reconnect(None, _tables_only, fail_fast=True)  # checks them on connecting
 
     async def write(self, stream: StreamSpec, records: list[dict]) -> None:
         if not records:
@@ -304,6 +323,7 @@ class PostgresSink:
                     f"{about}: the connecting role may not INSERT into {self.schema}.{table}; connect "
                     "as tickwire_writer (granted by `tickwire db migrate`)"
                 )
+        self._tables_checked = True
 
     def _my_streams(self) -> list[StreamSpec]:
         return [stream for stream in self.ctx.streams if not stream.sinks or self.name in stream.sinks]
@@ -318,6 +338,8 @@ class PostgresSink:
         while True:
             try:
                 conn = await self._connect()
+                if not self._tables_checked:
+                    await self._check_tables(conn)
                 return await operation(conn)
             except psycopg.errors.UndefinedTable as error:
                 raise PostgresSinkError(
@@ -358,6 +380,10 @@ class PostgresSink:
             except psycopg.Error:
                 pass  # it is already broken; we only release the socket
             self._connection = None
+
+
+async def _tables_only(_conn: psycopg.AsyncConnection) -> None:
+    """The operation of open(): nothing beyond what every connection does first."""
 
 
 def _is_configuration_failure(error: psycopg.Error) -> bool:

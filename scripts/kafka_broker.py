@@ -8,6 +8,7 @@ no download after the first run. Used by the test fixture (tests/fixtures/kafka.
     python scripts/kafka_broker.py fetch                          # jars only; prints the libs dir
     python scripts/kafka_broker.py start [--port 9092] [--dir DIR] [--foreground]
     python scripts/kafka_broker.py stop [--dir DIR]
+    python scripts/kafka_broker.py kill [--dir DIR]                # SIGKILL: a crash, no flush
 
 A broker can be stopped cleanly (`stop`), killed with SIGKILL (`kill`) and started again on the
 same ports and the same data directory, which is what the "broker dies mid-stream" tests need.
@@ -345,14 +346,16 @@ def default_dir(port: int) -> Path:
     return cache_root() / "kafka" / f"broker-{port}"
 
 
-def _stop_from_state(directory: Path) -> None:
+def _stop_from_state(directory: Path, crash: bool = False) -> None:
+    """Stop the broker recorded in ``directory``: SIGTERM (SIGKILL after 30 s), or at once
+    with SIGKILL when ``crash`` (what the outage tests do; start it again on the same port)."""
     state_path = directory / STATE_FILE
     if not state_path.exists():
         print(f"no broker state in {directory}; nothing to stop", file=sys.stderr)
         return
     pid = json.loads(state_path.read_text())["pid"]
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGKILL if crash else signal.SIGTERM)
     except ProcessLookupError:
         print(f"broker process {pid} is not running", file=sys.stderr)
         state_path.unlink()
@@ -367,7 +370,7 @@ def _stop_from_state(directory: Path) -> None:
     else:
         os.kill(pid, signal.SIGKILL)
     state_path.unlink()
-    print(f"stopped broker process {pid}", file=sys.stderr)
+    print(f"{'killed' if crash else 'stopped'} broker process {pid}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = commands.add_parser("stop", help="stop a broker started with `start`")
     stop.add_argument("--port", type=int, default=9092)
     stop.add_argument("--dir", type=Path, default=None)
+    kill = commands.add_parser("kill", help="SIGKILL a broker started with `start`, as a crash would")
+    kill.add_argument("--port", type=int, default=9092)
+    kill.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args(argv)
 
     try:
@@ -390,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             print(fetch_jars())
             return 0
         directory = args.dir or default_dir(args.port)
-        if args.command == "stop":
-            _stop_from_state(directory)
+        if args.command in ("stop", "kill"):
+            _stop_from_state(directory, crash=args.command == "kill")
             return 0
         broker = KafkaBroker(directory, port=args.port, controller_port=args.controller_port, heap=args.heap)
         started = time.monotonic()

@@ -13,7 +13,7 @@ import plugins.normalize
 import plugins.validate
 from framework.components import InvalidRecord, SinkSpec, TransformSpec
 from framework.engine import Engine, EngineError, EngineSettings
-from framework.testing import LIST_SOURCE, RECORDING_SINK, RecordingSink, stream_spec, trade_payload
+from framework.testing import LIST_SOURCE, RECORDING_SINK, RecordingSink, assert_clean_json_log, stream_spec, trade_payload
 
 
 def transforms() -> dict[str, TransformSpec]:
@@ -227,6 +227,66 @@ def test_stop_waits_for_the_writes_in_flight():
     assert InFlightSink.active == 0 and sink.closed
     assert sorted(r["trade_id"] for r in sink.records) == list(range(300))
     assert written(engine) == 300
+
+
+def test_a_stop_returns_within_shutdown_timeout_while_every_write_fails_and_counts_what_was_abandoned():
+    """A store that is down (every write raises, retried forever): the stop still returns in
+    shutdown_timeout_s, and every record received is either committed or counted as abandoned,
+    per sink and stream, in Engine.abandoned, the metric and one error line."""
+    engine = make_engine([trade_payload(i) for i in range(10_000)], sink_options={"fail_first": 10**9},
+                         source_options={"forever": True},
+                         settings=EngineSettings(batch_size=100, linger_ms=20, queue_batches=4, retry_initial_s=0.01,
+                                                 retry_max_s=0.05, shutdown_timeout_s=2))
+
+    async def main() -> float:
+        task = asyncio.create_task(engine.run())
+        await asyncio.sleep(0.3)
+        engine.stop()
+        stopped = time.monotonic()
+        await asyncio.wait_for(task, 10)
+        return time.monotonic() - stopped
+
+    with capture_logs() as logs:
+        took = asyncio.run(main())
+    assert took <= 2.0, f"run() returned {took:.2f}s after stop(); shutdown_timeout_s is 2"
+    received = engine.snapshot()["streams"]["trade"]["received"]
+    assert received > 0 and written(engine) == 0
+    assert engine.abandoned == {("rec", "trade"): received}
+    assert engine.metrics.value("tickwire_records_abandoned_total", sink="rec", stream="trade") == received
+    reports = [e for e in logs if "abandoned_total" in e]
+    assert len(reports) == 1 and reports[0]["log_level"] == "error"
+    assert reports[0]["abandoned"] == {"rec/trade": received}
+    assert f"{received:,} records were not committed" in reports[0]["event"]
+    assert RecordingSink.instances["rec"].closed
+    assert engine.snapshot()["sinks"]["rec"]["pending"] == received  # the summary says the same
+
+
+class HangingOpen(RecordingSink):
+    async def open(self):
+        await asyncio.Event().wait()
+
+
+def test_a_stop_while_a_sink_is_still_opening_cancels_the_opening():
+    spec = SinkSpec(name="hanging", factory=HangingOpen, description="", plugin="test", supports_dead_letters=True)
+    engine = make_engine([trade_payload(0)], sink_spec=spec, settings=EngineSettings(shutdown_timeout_s=2))
+
+    async def main() -> float:
+        task = asyncio.create_task(engine.run())
+        await asyncio.sleep(0.2)
+        engine.stop()
+        stopped = time.monotonic()
+        await asyncio.wait_for(task, 10)
+        return time.monotonic() - stopped
+
+    assert asyncio.run(main()) < 2.0
+    assert not engine.ready.is_set() and RecordingSink.instances["rec"].closed
+
+
+def test_shutdown_timeout_default_comes_from_the_schema():
+    from framework.config_schema import BASE_SCHEMA
+
+    assert EngineSettings().shutdown_timeout_s == BASE_SCHEMA["properties"]["engine"]["properties"]["shutdown_timeout_s"]["default"] == 15
+    assert EngineSettings.from_options({"shutdown_timeout_s": 4}).shutdown_timeout_s == 4
 
 
 def test_invalid_records_become_dead_letters_with_reason_and_plugin():
@@ -490,6 +550,26 @@ def test_second_sigint_forces_exit_with_a_message(tmp_path):
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130
     assert "forced exit on second SIGINT" in err and "records were not committed" in err
+
+
+def test_sigterm_with_a_sink_that_never_commits_exits_3_within_the_bound(tmp_path):
+    write_project(tmp_path)
+    with open(tmp_path / "streams.yaml", "a") as config:
+        config.write("  shutdown_timeout_s: 2\n")  # under engine:, the last section
+    proc = tickwire(tmp_path, "--profile", "stuck")
+    deadline = time.monotonic() + 30
+    while '"starting"' not in (line := proc.stderr.readline()):
+        assert time.monotonic() < deadline and line, "did not start"
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    took = time.monotonic() - sent
+    assert proc.returncode == 3, err[-3000:]
+    assert took < 2 + 1.5, f"took {took:.1f}s; shutdown_timeout_s is 2"
+    lines = assert_clean_json_log(line + err)
+    report = [entry for entry in lines if "abandoned_total" in entry]
+    assert len(report) == 1 and report[0]["abandoned"]["stuck/trade"] > 0
 
 
 def test_unknown_profile_is_a_clear_error(tmp_path):

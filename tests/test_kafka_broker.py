@@ -60,3 +60,30 @@ def test_acknowledged_data_survives_sigkill_and_restart_on_the_same_address(kafk
     assert kafka_broker.bootstrap == bootstrap_before
     received = asyncio.run(consume(kafka_broker.bootstrap, topic, len(messages)))
     assert [r.value for r in received] == [value for _, value in messages]
+
+
+def test_the_kill_command_sigkills_the_recorded_broker_process(tmp_path):
+    """`python scripts/kafka_broker.py kill --dir DIR` sends SIGKILL (no controlled shutdown) to
+    the process recorded by `start`, and forgets it; a stand-in process plays the JVM here."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from scripts.kafka_broker import STATE_FILE, main
+
+    stand_in = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+    try:
+        (tmp_path / STATE_FILE).write_text(json.dumps({"pid": stand_in.pid, "port": 1}))
+        reaper = threading.Thread(target=stand_in.wait)  # a real broker is not our child: no zombie
+        reaper.start()
+        started = time.monotonic()
+        assert main(["kill", "--dir", str(tmp_path)]) == 0
+        reaper.join(5)
+        assert stand_in.returncode == -signal.SIGKILL  # it ignores SIGTERM: only a SIGKILL ends it at once
+        assert time.monotonic() - started < 5
+        assert not (tmp_path / STATE_FILE).exists()
+    finally:
+        stand_in.kill()

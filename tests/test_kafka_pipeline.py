@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from framework.spool import Spool
+from framework.testing import assert_clean_json_log
 from plugins.kafka_sink import decode_spooled
 from tests.fixtures.kafka import consume_until_quiet
 
@@ -162,6 +163,12 @@ def test_broker_sigkilled_mid_stream_and_restarted_20s_later_loses_no_trade(kafk
             run.kill()
         kafka_broker.ensure_running()
     assert "spooling to" in pipeline.log()
+    # the outage is in the log as JSON lines only: aiokafka's own complaints deduplicated, no
+    # traceback, no asyncio "Future exception was never retrieved"
+    lines = assert_clean_json_log(pipeline.log())
+    from_aiokafka = [line for line in lines if str(line.get("logger", "")).startswith("aiokafka")]
+    assert from_aiokafka, "aiokafka's records should be in the log, as JSON"
+    assert len(from_aiokafka) < 40, f"{len(from_aiokafka)} aiokafka lines: repeats are not deduplicated"
     by_symbol = trades_by_symbol(pipeline.read("trade"))
     assert_complete_and_ordered(by_symbol)
     assert sum(len(ids) for ids in by_symbol.values()) > 400 * 25 * 0.8  # the outage's trades are there
@@ -198,6 +205,7 @@ def test_ingest_sigkilled_while_spooling_sends_the_spool_after_restart(kafka_bro
     assert len(spooled) > 500, "the killed run should have spooled a few seconds of trades"
 
     pipeline.finish(pipeline.start("--duration", "5"), interrupt=False)
+    assert_clean_json_log(pipeline.log())
     stored = {(symbol, i) for symbol, ids in trades_by_symbol(pipeline.read("trade")).items() for i in ids}
     assert spooled <= stored, f"{len(spooled - stored)} spooled trades never reached Kafka"
     assert list(pipeline.spool_dir.glob("*.seg")) == []
@@ -224,6 +232,7 @@ def test_provision_waits_for_a_broker_that_is_down_at_start(kafka_broker, simula
     finally:
         kafka_broker.ensure_running()
     assert f"created topic {pipeline.topics['trade']}" in pipeline.log()
+    assert_clean_json_log(pipeline.log())
     by_symbol = trades_by_symbol(pipeline.read("trade"))
     assert_complete_and_ordered(by_symbol)
     assert sum(len(ids) for ids in by_symbol.values()) > 400 * 8 * 0.8  # the trades spooled before it came

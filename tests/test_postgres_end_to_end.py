@@ -15,6 +15,7 @@ from decimal import Decimal
 
 import psycopg
 
+from framework.testing import assert_clean_json_log
 from tests.fixtures.postgres import REPOSITORY
 
 # The brief's scenario is a 30 s outage; the default suite uses 3 s (same code path: refused
@@ -23,13 +24,15 @@ OUTAGE_SECONDS = float(os.environ.get("TICKWIRE_PG_OUTAGE_SECONDS", "3"))
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
 
-def start_pipeline(sim, writer_dsn: str, duration: float, log_path) -> subprocess.Popen:
+def start_pipeline(sim, writer_dsn: str, duration: float | None, log_path, *settings: str) -> subprocess.Popen:
+    """`tickwire run --profile postgres` against ``sim``; ``settings`` are extra ``--set`` items."""
     command = [
         sys.executable, "-m", "framework.cli", "-c", str(REPOSITORY / "streams.yaml"),
         "--set", f"sources.binance.url={sim.ws_url}", "--set", f"sources.binance.rest_url={sim.rest_url}",
         "--set", f"symbols=[{','.join(SYMBOLS)}]",
-        "run", "--profile", "postgres", "--duration", str(duration), "--no-status",
-        "--log-format", "json", "--metrics-port", "0",
+        *(argument for item in settings for argument in ("--set", item)),
+        "run", "--profile", "postgres", "--no-status", "--log-format", "json", "--metrics-port", "0",
+        *(("--duration", str(duration)) if duration is not None else ()),
     ]
     env = {**os.environ, "TICKWIRE_PG_DSN": writer_dsn, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
@@ -92,3 +95,4 @@ def test_nothing_is_lost_while_postgresql_is_stopped_mid_stream(postgres_tables,
         stored = assert_every_trade_stored_once_and_exactly(conn, sim)
     assert stored > before_outage + 200 * OUTAGE_SECONDS * 0.5  # the outage's trades arrived too
     assert "postgres unavailable; retrying" in log_path.read_text()
+    assert_clean_json_log(log_path.read_text())  # the outage is in JSON lines, without a traceback

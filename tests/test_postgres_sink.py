@@ -7,6 +7,8 @@ value must equal the normalized record's string exactly (scale and trailing zero
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
 import time
 from decimal import Decimal
@@ -190,6 +192,61 @@ def test_nothing_is_lost_while_postgresql_is_stopped(postgres_tables) -> None:
     with psycopg.connect(postgres_tables.dsn) as conn:
         stored = conn.execute("SELECT trade_id FROM trades ORDER BY trade_id").fetchall()
     assert [trade_id for (trade_id,) in stored] == list(range(6000))
+
+
+def test_postgresql_down_at_open_does_not_hold_the_start_and_the_first_write_waits_for_it(postgres_tables, caplog) -> None:
+    """open() with the server stopped returns at once (logged); the write retries with backoff
+    and stores the batch once the server is back; the tables are checked on that connection."""
+    cluster = postgres_tables.db.cluster
+    records = normalized(TRADE, [trade_payload(i) for i in range(100)])
+
+    async def scenario() -> float:
+        sink, _ = new_sink(postgres_tables.writer_dsn)
+        opened = time.monotonic()
+        await sink.open()
+        open_took = time.monotonic() - opened
+        try:
+            write = asyncio.create_task(sink.write(TRADE, records))
+            await asyncio.sleep(1.0)
+            assert not write.done(), "the write must wait for the server, not fail"
+            await asyncio.to_thread(cluster.start)
+            await asyncio.wait_for(write, 30)
+        finally:
+            await sink.close()
+        return open_took
+
+    cluster.stop()
+    try:
+        with caplog.at_level(logging.WARNING):
+            open_took = asyncio.run(scenario())
+            gc.collect()
+    finally:
+        cluster.start()
+    assert open_took < 2
+    with psycopg.connect(postgres_tables.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 100
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage() or r.exc_info]
+
+
+def test_a_missing_table_found_on_a_late_connection_is_named(postgres_db) -> None:
+    """PostgreSQL down at open: the table check happens on the first connection of a write."""
+    cluster = postgres_db.cluster
+
+    async def scenario():
+        sink, _ = new_sink(postgres_db.dsn)
+        await sink.open()
+        await asyncio.to_thread(cluster.start)
+        try:
+            await sink.write(TRADE, normalized(TRADE, [trade_payload(0)]))
+        finally:
+            await sink.close()
+
+    cluster.stop()
+    try:
+        with pytest.raises(PostgresSinkError, match=r"stream 'trade': table public.trades does not exist"):
+            asyncio.run(scenario())
+    finally:
+        cluster.start()
 
 
 def test_a_record_postgresql_rejects_is_dead_lettered_and_the_rest_stored(postgres_tables) -> None:
