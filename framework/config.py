@@ -412,6 +412,18 @@ def check_stream_schema(schema_doc: Document) -> list[Problem]:
     for key in ("kafka_key", "event_time"):
         if key in note and note[key] not in columns:
             problems.append(Problem(schema_doc.mark((ANNOTATION, key)), dotted((ANNOTATION, key)), f"'{note[key]}' is not a column of this schema"))
+    sequence = note.get("sequence") if isinstance(note.get("sequence"), dict) else {}
+    for key, logicals in (("column", ("bigint", "integer")), ("partition", ("text",))):
+        at = (ANNOTATION, "sequence", key)
+        name = sequence.get(key)
+        if name is None:
+            continue
+        if name not in columns:
+            problems.append(Problem(schema_doc.mark(at), dotted(at), f"'{name}' is not a column of this schema"))
+        elif columns[name].logical not in logicals:
+            problems.append(Problem(schema_doc.mark(at), dotted(at), f"the sequence {key} must be of type {' or '.join(logicals)}"))
+        elif name not in note.get("primary_key", []):
+            problems.append(Problem(schema_doc.mark(at), dotted(at), f"the sequence {key} '{name}' must be part of the primary key"))
     if "event_time" in note and note["event_time"] in columns and columns[note["event_time"]].logical != "timestamp_ms":
         problems.append(Problem(schema_doc.mark((ANNOTATION, "event_time")), dotted((ANNOTATION, "event_time")), "the event-time column must be of type timestamp_ms"))
     const = schema.get("properties", {}).get("e", {}).get("const")

@@ -95,6 +95,12 @@ class Metrics:
         self.gap_trades_filled = Counter(
             "tickwire_gap_trades_filled_total", "Trades recovered when filling gaps.", ["symbol"], registry=r
         )
+        self.trade_gap_trades_lost = Counter(
+            "tickwire_trade_gap_trades_lost_total",
+            "Trades lost for good: ranges a source could not fill (recorded in trade_gaps), by reason.",
+            ["stream", "symbol", "reason"],
+            registry=r,
+        )
         # spooling sinks (Kafka)
         self.spool_bytes = Gauge("tickwire_spool_bytes", "Bytes in a sink's local spool.", ["sink"], registry=r)
         self.spool_records = Gauge("tickwire_spool_records", "Records in a sink's local spool.", ["sink"], registry=r)

@@ -36,6 +36,12 @@ class TradeIdTracker:
         self.max_ranges = max_ranges
         self.abandoned = 0  # ids forgotten because too many ranges were open
 
+    def resume_from(self, last_id: int) -> None:
+        """Start as if every id <= ``last_id`` had been stored (what the sinks hold at start-up):
+        the next id expected is ``last_id + 1``; a later one opens a gap below it."""
+        self.last = last_id
+        self.missing = []
+
     def accept(self, t: int) -> int:
         """Classify trade id ``t`` and record it. Returns NEW, GAP, LATE or DUPLICATE."""
         last = self.last
