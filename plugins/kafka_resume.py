@@ -50,10 +50,11 @@ def add_ids(out: dict[str, set[int]], values, sequence: tuple[str, str], decode)
 
 
 async def read_topic_tail(
-    client_settings: dict, stream: StreamSpec, *, chunk: int = TAIL_CHUNK_RECORDS, deadline_s: float = TAIL_DEADLINE_SECONDS,
+    client_settings: dict, stream: StreamSpec, partitions: list[int], *, chunk: int = TAIL_CHUNK_RECORDS, deadline_s: float = TAIL_DEADLINE_SECONDS,
 ) -> tuple[dict[str, set[int]], list[str]]:
     """(symbol → ids read from the newest records of ``stream``'s topic, symbols not found in
-    time though their partition was not read to its beginning)."""
+    time though their partition was not read to its beginning). ``partitions``: the topic's,
+    as the producer knows them."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     topic = stream.topic.name
@@ -64,10 +65,7 @@ async def read_topic_tail(
     ids: dict[str, set[int]] = {}
     unfinished: list[str] = []
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        if not partitions:
-            await consumer.client.force_metadata_update()
-            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        partitions = sorted(partitions)
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         begin = await consumer.beginning_offsets(tps)

@@ -476,7 +476,10 @@ class KafkaSink:
         ids = {symbol: set(found) for symbol, found in self._spooled_ids.get(stream.name, {}).items()}
         started = time.monotonic()
         try:
-            in_topic, unfinished = await read_topic_tail(self._client_settings, stream)
+            if self.producer is None:
+                raise ConnectionError("Kafka is unreachable")
+            partitions = sorted(await self.producer.partitions_for(stream.topic.name))
+            in_topic, unfinished = await read_topic_tail(self._client_settings, stream, partitions)
         except Exception as error:  # unreachable, no such topic…: what the spool holds is all we know
             self.log.warning(f"{self.who}, stream {stream.name!r}: cannot read the end of topic {stream.topic.name} "
                              f"to resume ({error!r}); {'the spool alone decides' if ids else 'it cannot tell'}")
