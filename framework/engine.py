@@ -493,7 +493,7 @@ class Engine:
         self.metrics.trade_gap_trades_lost.labels(stream=gap.stream, symbol=gap.symbol, reason=gap.reason).inc(gap.count)
         self.log.warning(
             f"trades lost: {gap.symbol} ids {gap.first_id}..{gap.last_id} ({gap.count} trades) of stream "
-            f"{gap.stream!r} cannot be fetched ({gap.reason}); recorded in trade_gaps",
+            f"{gap.stream!r} cannot be fetched ({gap.reason}); recorded in the stream's stores (trade_gaps) or dead letters",
             stream=gap.stream, symbol=gap.symbol, first_id=gap.first_id, last_id=gap.last_id, lost=gap.count, reason=gap.reason,
         )
         self._gaps.append(gap)

@@ -4,10 +4,11 @@ resumes there: the newest records of the stream's topic, plus what still waits i
 Kafka has no index by symbol, so :func:`read_topic_tail` reads each partition backwards, in
 chunks of ``chunk`` records from its end, until every symbol the default partitioner sends to
 that partition was seen (or the partition's beginning, or the deadline). Only the sequence and
-partition fields of each value are decoded. Measured (docs/architecture.md, "Resume"): for a
-1M-record, 3-partition trade topic with 3 symbols the answer takes one chunk per partition, tens
-of milliseconds; a symbol that stopped trading long ago makes the walk read its whole
-partition, which the deadline bounds.
+partition fields of each value are decoded. Measured with bench/kafka_resume_bench.py (local
+broker, 1M records of 3 symbols in 3 partitions): 0.40 s including the consumer's start, one
+5,000-record chunk per partition; with a 4th symbol whose only records are the 100 oldest, its
+partition (~333k records) is read to the start in 6.6 s (~50k records/s). The deadline
+(TAIL_DEADLINE_SECONDS) bounds a topic far larger than that.
 """
 
 from __future__ import annotations
