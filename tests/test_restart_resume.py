@@ -30,6 +30,14 @@ class LocalRun:
         self.db = tmp_path / "tickwire.db"
         self.tmp_path = tmp_path
         self.runs = 0
+        self.processes: list[subprocess.Popen] = []
+
+    def kill_leftovers(self) -> None:
+        """After a failed assertion: no `tickwire run` outlives its test."""
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def start(self, *extra: str) -> subprocess.Popen:
         self.runs += 1
@@ -42,9 +50,11 @@ class LocalRun:
             "TICKWIRE_DEAD_LETTER_PATH": str(self.tmp_path / "dead-letter.jsonl"),
         }
         with open(self.log_path, "wb") as log:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "framework.cli", "run", "--log-format", "json", "--metrics-port", "auto", *extra],
                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        self.processes.append(proc)
+        return proc
 
     def log(self) -> list[dict]:
         lines = []
@@ -82,6 +92,20 @@ class LocalRun:
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)}
 
 
+@pytest.fixture
+def local_run(simulator, tmp_path):
+    """``local_run(sim)``: a :class:`LocalRun`; its processes are killed after the test."""
+    runs: list[LocalRun] = []
+
+    def make(sim) -> LocalRun:
+        runs.append(LocalRun(sim, tmp_path))
+        return runs[-1]
+
+    yield make
+    for run in runs:
+        run.kill_leftovers()
+
+
 def stop(proc: subprocess.Popen, how: str) -> None:
     if how == "duration":
         proc.wait(timeout=40)
@@ -109,9 +133,9 @@ def assert_every_trade_once(run: LocalRun, sim) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigterm", "duration"])
-def test_restart_after_a_stop_resumes_with_zero_missing_and_zero_duplicates(simulator, tmp_path, how):
+def test_restart_after_a_stop_resumes_with_zero_missing_and_zero_duplicates(simulator, local_run, how):
     sim = simulator(rate=300)
-    run = LocalRun(sim, tmp_path)
+    run = local_run(sim)
     first = run.start(*(["--duration", "4"] if how == "duration" else []))
     run.wait_until_every_symbol_passes(first, {s: 0 for s in SYMBOLS})
     if how != "duration":
@@ -138,11 +162,11 @@ def test_restart_after_a_stop_resumes_with_zero_missing_and_zero_duplicates(simu
     assert run.rows("select count(*) from trade_gaps") == [(0,)]
 
 
-def test_a_range_rest_no_longer_serves_is_recorded_counted_and_logged(simulator, tmp_path):
+def test_a_range_rest_no_longer_serves_is_recorded_counted_and_logged(simulator, local_run):
     # The simulator keeps only the newest 300 trades of each symbol for REST; 3 s of downtime
     # at ~200 trades per symbol and second leave the oldest part of the hole unservable.
     sim = simulator(rate=600, history=300)
-    run = LocalRun(sim, tmp_path)
+    run = local_run(sim)
     first = run.start()
     run.wait_until_every_symbol_passes(first, {s: 0 for s in SYMBOLS})
     stop(first, "sigkill")
