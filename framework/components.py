@@ -8,7 +8,7 @@ JSON Schema of the component's options (validated with the config and shown by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from framework.config import Config
@@ -39,6 +39,33 @@ class DeadLetter:
     received_at: str  # ISO-8601 UTC
 
 
+# Why a range of trade ids was given up (TradeGap.reason); docs/architecture.md explains each.
+GAP_TOO_LARGE = "too_large"  # longer than the source's gap_fill_max_trades
+GAP_NOT_SERVED = "not_served"  # older than the exchange's REST history still holds
+GAP_REST_ERROR = "rest_error"  # REST refused or kept failing
+GAP_FILL_OFF = "gap_fill_off"  # the source was configured not to fetch gaps
+GAP_REASONS = (GAP_TOO_LARGE, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_FILL_OFF)
+
+
+@dataclass(frozen=True, slots=True)
+class TradeGap:
+    """Trades ``first_id`` … ``last_id`` (inclusive) of ``symbol`` in ``stream`` are lost for
+    good: a source reports it once it stopped trying (never for a range it may still fill), the
+    engine records it in every store of the stream (``trade_gaps``) and counts it in
+    ``tickwire_trade_gap_trades_lost_total``."""
+
+    stream: str
+    symbol: str
+    first_id: int
+    last_id: int
+    reason: str  # one of GAP_REASONS
+    detected_at: str  # ISO-8601 UTC
+
+    @property
+    def count(self) -> int:
+        return self.last_id - self.first_id + 1
+
+
 @dataclass(slots=True)
 class RunContext:
     """What a source or sink factory gets besides its own options."""
@@ -48,6 +75,13 @@ class RunContext:
     metrics: Metrics
     log: Any  # a structlog BoundLogger bound with plugin= and component=
     config_dir: Any  # pathlib.Path; relative paths in options resolve against it
+    # Sources only: stream → symbol → the last sequence id (trade id) every store of the stream
+    # holds (the minimum over the sinks that could tell). A source resumes after it, filling the
+    # downtime; a symbol absent here starts from the live stream.
+    resume: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Sources only: report a range lost for good; the engine logs it, counts it and records it in
+    # the stream's stores (trade_gaps) or the dead-letter destination. Never blocks.
+    report_gap: Callable[[TradeGap], None] | None = None
 
 
 class Rejected:
@@ -108,6 +142,9 @@ Transform = Callable[[dict], "dict | None"]
 
 
 class Sink(Protocol):
+    """A store. Besides these members a sink may have the optional ones of
+    :class:`ResumableSink` and :class:`GapRecordingSink` (docs/architecture.md)."""
+
     supports_dead_letters: bool
 
     async def open(self) -> None: ...
@@ -120,6 +157,28 @@ class Sink(Protocol):
 
     async def close(self) -> None:
         """Flush and release. Called once, after the last write."""
+
+
+@runtime_checkable
+class ResumableSink(Protocol):
+    """Optional Sink member: what the store already holds, so a restart loses nothing."""
+
+    async def last_sequence_ids(self, stream: StreamSpec) -> dict[str, int] | None:
+        """Per partition value (symbol), the last sequence id (trade id) of ``stream`` this sink
+        holds durably, such that it holds every id of its recent window up to it (a hole that
+        is not recorded in ``trade_gaps`` lowers it to just below the hole); ``{}`` when it holds
+        nothing; None when it cannot tell. Columns come from the schema's ``x-tickwire.sequence``
+        annotation (``stream.sequence``). Called once, after ``open()``, before any write."""
+
+
+@runtime_checkable
+class GapRecordingSink(Protocol):
+    """Optional Sink member: record trades lost for good where the data goes."""
+
+    async def write_gaps(self, gaps: list[TradeGap]) -> None:
+        """Store ``gaps`` (``trade_gaps`` table, dead-letter topic…). Returning is the
+        acknowledgement, as for ``write``; raise to have the engine retry. Idempotent per
+        (stream, symbol, first_id)."""
 
 
 @dataclass(frozen=True)

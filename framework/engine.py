@@ -56,15 +56,20 @@ from typing import Any
 
 import orjson
 
-from framework.components import DeadLetter, InvalidRecord, Rejected, RunContext, SinkSpec, SourceSpec, TransformSpec
+from framework.components import (
+    DeadLetter, GapRecordingSink, InvalidRecord, Rejected, ResumableSink, RunContext, SinkSpec, SourceSpec, TradeGap,
+    TransformSpec,
+)
 from framework.config_schema import BASE_SCHEMA
 from framework.logs import get_logger
 from framework.metrics import Metrics
+from framework.resume import combine, gap_dead_letter
 from framework.schemas import StreamSpec
 
 DEFAULT_TRANSFORMS = [("validate", {}), ("normalize", {})]
 _ENGINE_OPTIONS = BASE_SCHEMA["properties"]["engine"]["properties"]
 DEAD_LETTERS_LABEL = "dead_letters"  # the stream label of dead letters in abandoned counts
+TRADE_GAPS_LABEL = "trade_gaps"  # likewise for lost-range records
 
 
 class EngineError(Exception):
@@ -300,6 +305,8 @@ class Engine:
         self._stop = asyncio.Event()
         self._stop_requested_at: float | None = None
         self.abandoned: dict[tuple[str, str], int] = {}  # (sink, stream) → records not committed at stop
+        self._resume: dict[str, dict[str, int]] = {}  # stream → symbol → last id held (see _read_resume_points)
+        self._gaps: list[TradeGap] = []  # reported by sources, not yet handed to the sinks
         self.ready = asyncio.Event()  # set once the sinks are open and the sources started
         self._source_tasks: dict[str, asyncio.Task] = {}
         self._crash_logged: set = set()
@@ -385,13 +392,17 @@ class Engine:
         return route
 
     def _context(self, plugin: str, component: str, name: str, streams: list[StreamSpec]) -> RunContext:
-        return RunContext(
+        ctx = RunContext(
             config=self.config,
             streams=streams,
             metrics=self.metrics,
             log=get_logger(plugin=plugin, component=component, **{component: name}),
             config_dir=self.config_dir,
         )
+        if component == "source":
+            ctx.resume = {s.name: dict(self._resume[s.name]) for s in streams if s.name in self._resume}
+            ctx.report_gap = self.report_gap
+        return ctx
 
     # -- running -----------------------------------------------------------------------------
 
@@ -408,7 +419,7 @@ class Engine:
 
     async def run(self) -> None:
         self.started_at = time.monotonic()
-        if not await self._unless_stopped(self._open_sinks()):
+        if not await self._unless_stopped(self._open_sinks()) or not await self._unless_stopped(self._read_resume_points()):
             self.log.info("stopping", reason="stop requested while the sinks were opening")
             await self._close_sinks(self._shutdown_deadline())
             self.stopped_at = time.monotonic()
@@ -583,6 +594,73 @@ class Engine:
                 runner = closing[task]
                 self.log.error(f"{runner.who}: close failed: {task.exception()}", sink=runner.id)
 
+    async def _read_resume_points(self) -> None:
+        """Ask every sink of each sequenced stream what it holds; keep, per symbol, the minimum
+        over the sinks that could tell (the least complete store decides) for the sources."""
+        for route in self._routes.values():
+            stream = route.stream
+            if stream.sequence is None:
+                continue
+            answers: dict[str, dict[str, int] | None] = {}
+            for lane in route.lanes:
+                runner = lane.runner
+                if not isinstance(runner.sink, ResumableSink):
+                    continue
+                try:
+                    answers[runner.id] = await runner.sink.last_sequence_ids(stream)
+                except Exception as exc:
+                    raise EngineError(f"{runner.who}, stream {stream.name!r}: cannot read what it holds: {exc}") from exc
+            points = combine(answers)
+            told = sorted(sink_id for sink_id, answer in answers.items() if answer is not None)
+            if not points:
+                why = "the stores hold nothing yet" if told else "no store can tell what it holds"
+                self.log.info(f"resuming {stream.name}: from the live stream ({why})", stream=stream.name)
+                continue
+            self._resume[stream.name] = {symbol: last for symbol, (last, _) in points.items()}
+            where = ", ".join(f"{symbol} from id {last} ({sink_id})" for symbol, (last, sink_id) in sorted(points.items()))
+            fresh = sorted(set(stream.symbols) - set(points))
+            self.log.info(
+                f"resuming {stream.name}: {where}" + (f"; from the live stream: {', '.join(fresh)}" if fresh else ""),
+                stream=stream.name, sinks=told,
+            )
+
+    def report_gap(self, gap: TradeGap) -> None:
+        """A source gave up on ``gap``: log it, count it, and queue it for the stream's stores
+        (``write_gaps``) or, for a stream whose stores cannot record gaps, the dead-letter
+        destination. Never blocks; handed over by the ticker and at shutdown."""
+        self.metrics.trade_gap_trades_lost.labels(stream=gap.stream, symbol=gap.symbol, reason=gap.reason).inc(gap.count)
+        self.log.warning(
+            f"trades lost: {gap.symbol} ids {gap.first_id}..{gap.last_id} ({gap.count} trades) of stream "
+            f"{gap.stream!r} cannot be fetched ({gap.reason}); recorded in the stream's stores (trade_gaps) or dead letters",
+            stream=gap.stream, symbol=gap.symbol, first_id=gap.first_id, last_id=gap.last_id, lost=gap.count, reason=gap.reason,
+        )
+        self._gaps.append(gap)
+
+    async def _flush_gaps(self) -> None:
+        gaps, self._gaps = self._gaps, []
+        try:
+            await self._hand_over_gaps(gaps)
+        except asyncio.CancelledError:
+            # the shutdown flush hands them over again (write_gaps is idempotent per range)
+            self._gaps[:0] = gaps
+            raise
+
+    async def _hand_over_gaps(self, gaps: list[TradeGap]) -> None:
+        by_stream: dict[str, list[TradeGap]] = {}
+        for gap in gaps:
+            by_stream.setdefault(gap.stream, []).append(gap)
+        for name, stream_gaps in by_stream.items():
+            route = self._routes.get(name)
+            runners = [lane.runner for lane in route.lanes] if route is not None else []
+            recording = [r for r in runners if isinstance(r.sink, GapRecordingSink)]
+            for runner in recording:
+                runner.pending += len(stream_gaps)
+                await runner.queue.put((GAPS, list(stream_gaps)))
+            if not recording:
+                for gap in stream_gaps:
+                    letter = gap_dead_letter(gap)
+                    await self._dead_letter(gap.stream, letter.reason, "engine", letter.raw, None)
+
     def _start_sources(self) -> None:
         for sid, (spec, options) in self._source_plans.items():
             streams = [s for s in self.streams.values() if s.source == sid]
@@ -684,6 +762,8 @@ class Engine:
             )
 
     async def _flush_all(self) -> None:
+        if self._gaps:
+            await self._flush_gaps()
         for route in self._routes.values():
             for lane in route.lanes:
                 await self._flush(lane)
@@ -701,6 +781,8 @@ class Engine:
                 for lane in route.lanes:
                     if lane.buf and now - lane.since >= linger:
                         await self._flush(lane)
+            if self._gaps:
+                await self._flush_gaps()
             if self._dead and now - self._dead_since >= linger:
                 await self._flush_dead()
             if now >= next_push:
@@ -737,7 +819,7 @@ class Engine:
             runner.commits += 1
             runner.commit_seconds += elapsed
             runner.pending -= n
-            if stream is not None:
+            if isinstance(stream, StreamSpec):
                 child = written_children.get(stream.name)
                 if child is None:
                     child = written_children[stream.name] = self.metrics.messages_written.labels(stream=stream.name, sink=runner.id)
@@ -798,12 +880,14 @@ class Engine:
             try:
                 if stream is None:
                     await runner.sink.write_dead_letters(records)
+                elif stream is GAPS:
+                    await runner.sink.write_gaps(records)
                 else:
                     await runner.sink.write(stream, records)
                 if attempt:
                     self.log.info(
                         f"{runner.who}, {_what(stream)}: write succeeded after {attempt} retries",
-                        sink=runner.id, stream=stream.name if stream else None,
+                        sink=runner.id, stream=_stream_name(stream),
                     )
                 return t0
             except asyncio.CancelledError:
@@ -813,7 +897,7 @@ class Engine:
                 self.log.warning(
                     f"{runner.who}, {_what(stream)}: {exc}; retrying in {delay:g}s",
                     sink=runner.id,
-                    stream=stream.name if stream else None,
+                    stream=_stream_name(stream),
                     attempt=attempt,
                     records=len(records),
                     error=type(exc).__name__,
@@ -887,6 +971,8 @@ class Engine:
 
 
 _NOTHING = object()
+# In a sink queue, in place of the stream: the batch is a list of TradeGap for write_gaps.
+GAPS = object()
 
 
 def describe_uncommitted(counts: dict[tuple[str, str], int]) -> str:
@@ -902,13 +988,24 @@ def uncommitted_fields(counts: dict[tuple[str, str], int]) -> dict:
             "abandoned": {f"{sink}/{stream}": n for (sink, stream), n in sorted(counts.items())}}
 
 
-def _add(counts: dict[tuple[str, str], int], sink: str, stream: StreamSpec | str | None, n: int) -> None:
-    name = DEAD_LETTERS_LABEL if stream is None else stream if isinstance(stream, str) else stream.name
+def _add(counts: dict[tuple[str, str], int], sink: str, stream: Any, n: int) -> None:
+    if stream is None:
+        name = DEAD_LETTERS_LABEL
+    elif stream is GAPS:
+        name = TRADE_GAPS_LABEL
+    else:
+        name = stream if isinstance(stream, str) else stream.name
     counts[(sink, name)] = counts.get((sink, name), 0) + n
 
 
-def _what(stream: StreamSpec | None) -> str:
+def _what(stream: Any) -> str:
+    if stream is GAPS:
+        return "trade gaps"
     return f"stream {stream.name!r}" if stream is not None else "dead letters"
+
+
+def _stream_name(stream: Any) -> str | None:
+    return stream.name if isinstance(stream, StreamSpec) else None
 
 
 def _sources_section(config: Any) -> dict:

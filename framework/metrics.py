@@ -100,6 +100,12 @@ class Metrics:
             "Records not committed when a stop reached engine.shutdown_timeout_s (or a forced exit).",
             ["sink", "stream"], registry=r,
         )
+        self.trade_gap_trades_lost = Counter(
+            "tickwire_trade_gap_trades_lost_total",
+            "Trades lost for good: ranges a source could not fill (recorded in trade_gaps), by reason.",
+            ["stream", "symbol", "reason"],
+            registry=r,
+        )
         # spooling sinks (Kafka)
         self.spool_bytes = Gauge("tickwire_spool_bytes", "Bytes in a sink's local spool.", ["sink"], registry=r)
         self.spool_records = Gauge("tickwire_spool_records", "Records in a sink's local spool.", ["sink"], registry=r)

@@ -215,6 +215,18 @@ def _annotation_problems(schema_doc, schema: dict) -> list[Problem]:
             problem((ANNOTATION, key), f"'{note[key]}' is not a column of this schema")
     if "event_time" in note and note["event_time"] in columns and columns[note["event_time"]].logical != "timestamp_ms":
         problem((ANNOTATION, "event_time"), "the event-time column must be of type timestamp_ms")
+    sequence = note.get("sequence") if isinstance(note.get("sequence"), dict) else {}
+    for key, logicals in (("column", ("bigint", "integer")), ("partition", ("text",))):
+        name = sequence.get(key)
+        if name is None:
+            continue
+        at = (ANNOTATION, "sequence", key)
+        if name not in columns:
+            problem(at, f"'{name}' is not a column of this schema")
+        elif columns[name].logical not in logicals:
+            problem(at, f"the sequence {key} must be of type {' or '.join(logicals)}")
+        elif name not in note.get("primary_key", []):
+            problem(at, f"the sequence {key} '{name}' must be part of the primary key")
     const = schema.get("properties", {}).get("e", {}).get("const") if isinstance(schema.get("properties", {}).get("e"), dict) else None
     if const is not None and const != note.get("event_type"):
         problem((ANNOTATION, "event_type"), f"event_type '{note.get('event_type')}' differs from properties.e.const '{const}'")

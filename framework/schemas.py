@@ -95,6 +95,14 @@ class StreamSpec:
     def event_time(self) -> str | None:
         return self.annotation.get("event_time")
 
+    @property
+    def sequence(self) -> tuple[str, str] | None:
+        """``(sequence column, partition column)`` from ``x-tickwire.sequence``: ids that grow
+        by one per event within each value of the partition column (trade ids per symbol), or
+        None for streams without one. Resume on restart and gap records rely on it."""
+        note = self.annotation.get("sequence")
+        return (note["column"], note["partition"]) if note else None
+
     @cached_property
     def columns(self) -> list[Column]:
         return columns_of(self.schema)

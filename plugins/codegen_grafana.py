@@ -7,7 +7,7 @@
   symbol appears by itself), price, candles, current price, 1h/24h change, 24h high/low, trades
   in 24h, trades per second, last 100 trades.
 - ``pipeline.json`` — health from Prometheus: WebSocket rates per stream, invalid/dead letters,
-  reconnects, gaps, connections, Kafka rates per topic and lag, Spark rows/s and batch time,
+  reconnects, gaps, completeness (trades lost per symbol), connections, Kafka rates per topic and lag, Spark rows/s and batch time,
   PostgreSQL rows per table (the tables of streams.yaml), end-to-end latency, up/down, spool.
 - ``logs.json`` — Loki: every container's logs, filterable by service and level.
 
@@ -243,6 +243,12 @@ def pipeline(config: Config) -> dict:
         prom_target("sum by (symbol) (increase(tickwire_gap_trades_missing_total[$__rate_interval]))", "missing {{symbol}}", "A"),
         prom_target("sum by (symbol) (increase(tickwire_gap_trades_filled_total[$__rate_interval]))", "filled {{symbol}}", "B")],
         "Trade-id gaps found in the stream and trades recovered from the REST API."), 8, 8)
+    lost = stat("Completeness: trades lost per symbol", PROM, [prom_target(
+        "sum by (symbol, reason) (tickwire_trade_gap_trades_lost_total)", "{{symbol}} {{reason}}", instant=True)],
+        "Trades lost for good (ranges no source could fill; one row each in trade_gaps or on the dead-letter "
+        "topic), by symbol and reason since the process started. No value = complete capture.")
+    lost["options"]["textMode"] = "value_and_name"
+    layout.add(lost, 8, 8)
     layout.add(stat("Open connections", PROM, [prom_target("sum(tickwire_connections_open)", instant=True)],
                     "WebSocket connections currently open (0 = disconnected).", colored=True), 4, 8)
     layout.add(stat("Spool", PROM, [

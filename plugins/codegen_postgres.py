@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from framework.components import CodegenSpec
 from framework.hookspecs import hookimpl
+from framework.resume import TRADE_GAPS_TABLE
 from framework.schemas import Column, StreamSpec, quote_identifier as q
 
 PG_TYPES = {
@@ -86,6 +87,17 @@ def support_ddl() -> list[str]:
     PRIMARY KEY (query, batch_id)
 );""",
         f"COMMENT ON TABLE {PROGRESS_TABLE} IS 'Spark micro-batches already committed, so a replayed batch is skipped.';",
+        f"""CREATE TABLE IF NOT EXISTS {TRADE_GAPS_TABLE} (
+    stream TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    first_id BIGINT NOT NULL,
+    last_id BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    detected_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (stream, symbol, first_id)
+);""",
+        f"COMMENT ON TABLE {TRADE_GAPS_TABLE} IS 'Trades lost for good: ranges of trade ids a source could not fill, with the reason.';",
     ]
 
 

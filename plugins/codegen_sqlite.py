@@ -27,6 +27,19 @@ DEAD_LETTERS_DDL = """CREATE TABLE IF NOT EXISTS dead_letters (
     received_at TEXT NOT NULL
 );"""
 
+# Trades lost for good (framework/components.py TradeGap): one row per range, never a row
+# for a range that was filled later.
+TRADE_GAPS_DDL = """CREATE TABLE IF NOT EXISTS trade_gaps (
+    stream TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detected_at TEXT NOT NULL,
+    PRIMARY KEY (stream, symbol, first_id)
+);"""
+
 
 def ddl_for(stream: StreamSpec) -> list[str]:
     """CREATE TABLE/INDEX IF NOT EXISTS statements for one stream."""
@@ -40,7 +53,7 @@ def ddl_for(stream: StreamSpec) -> list[str]:
 
 
 def generate(config) -> dict[str, str]:
-    statements = [s for stream in config.streams.values() for s in ddl_for(stream)] + [DEAD_LETTERS_DDL]
+    statements = [s for stream in config.streams.values() for s in ddl_for(stream)] + [DEAD_LETTERS_DDL, TRADE_GAPS_DDL]
     return {"schema.sqlite.sql": HEADER + "\n" + "\n\n".join(statements) + "\n"}
 
 

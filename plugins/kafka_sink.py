@@ -36,6 +36,11 @@ When the spool reaches ``spool.max_bytes``: ``on_full: block`` makes ``write()``
 then slows the source down), ``drop_oldest`` drops the oldest spooled records and counts them
 in ``tickwire_spool_dropped_total``.
 
+Resume (``last_sequence_ids``): the last trade ids per symbol are read from the end of the
+stream's topic (plugins/kafka_resume.py) together with the records still in the spool, which
+count as held. Trades lost for good (``write_gaps``) go to the dead-letter topic, the range and
+reason in the ``tickwire-reason`` header and the value (JSON).
+
 Secrets come from the environment only: ``sasl_password_env`` and ``ssl_key_password_env`` name
 the variables; streams.yaml never holds a password.
 """
@@ -51,8 +56,9 @@ from pathlib import Path
 
 import msgspec
 
-from framework.components import DeadLetter, RunContext, SinkSpec
+from framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
 from framework.hookspecs import hookimpl
+from framework.resume import complete_up_to, gap_dead_letter, holes_in
 from framework.schemas import StreamSpec
 from framework.spool import Spool, SpoolError, SpoolFull
 
@@ -322,6 +328,8 @@ class KafkaSink:
         self._key_bytes: dict[object, bytes] = {}
         self._stream_headers: dict[str, list[tuple[str, bytes]]] = {}
         self._topics: dict[str, str] = {}
+        self._spooled_ids: dict[str, dict[str, set[int]]] = {}  # see _ids_in_spool
+        self._dead_letter_topic_exists: bool | None = None  # checked at the first write_gaps
         m = ctx.metrics
         self._spool_bytes = m.spool_bytes.labels(sink=name)
         self._spool_records = m.spool_records.labels(sink=name)
@@ -375,6 +383,7 @@ class KafkaSink:
         if self.spool.pending_records():
             self._spooling = True
             self.log.info(f"{self.who}: {self.spool.pending_records()} spooled records from an earlier run will be sent first")
+        self._spooled_ids = self._ids_in_spool()  # before the drainer reads it
         if self._spooling:
             self._start_drainer()
         self._update_spool_metrics()
@@ -471,6 +480,72 @@ class KafkaSink:
             raw = letter.raw.encode() if isinstance(letter.raw, str) else bytes(letter.raw)
             messages.append((self.dead_letter_topic, stream or None, raw, headers))
         await self._deliver({None: messages})
+
+    # -- resume and lost ranges (optional Sink members) ------------------------------------
+
+    async def last_sequence_ids(self, stream: StreamSpec) -> dict[str, int] | None:
+        """Per symbol, the last trade id in the topic or the spool with no hole below it among
+        the records read; None when the broker cannot be read and the spool holds nothing."""
+        from plugins.kafka_resume import read_topic_tail
+
+        if stream.sequence is None or stream.topic is None:
+            return None
+        ids = {symbol: set(found) for symbol, found in self._spooled_ids.get(stream.name, {}).items()}
+        started = time.monotonic()
+        try:
+            if self.producer is None:
+                raise ConnectionError("Kafka is unreachable")
+            partitions = sorted(await self.producer.partitions_for(stream.topic.name))
+            in_topic, unfinished = await read_topic_tail(self._client_settings, stream, partitions)
+        except Exception as error:  # unreachable, no such topic…: what the spool holds is all we know
+            self.log.warning(f"{self.who}, stream {stream.name!r}: cannot read the end of topic {stream.topic.name} "
+                             f"to resume ({error!r}); {'the spool alone decides' if ids else 'it cannot tell'}")
+            return {symbol: complete_up_to(max(found), holes_in(found)) for symbol, found in ids.items()} or None
+        for symbol, found in in_topic.items():
+            ids.setdefault(symbol, set()).update(found)
+        if unfinished:
+            self.log.warning(f"{self.who}, stream {stream.name!r}: no record of {', '.join(unfinished)} found near the end "
+                             f"of topic {stream.topic.name} in time; they start from the live stream")
+        self.log.info(f"{self.who}, stream {stream.name!r}: read the end of topic {stream.topic.name} in "
+                      f"{time.monotonic() - started:.2f}s", stream=stream.name)
+        return {symbol: complete_up_to(max(found), holes_in(found)) for symbol, found in ids.items()}
+
+    def _ids_in_spool(self) -> dict[str, dict[str, set[int]]]:
+        """stream → symbol → trade ids of the records waiting in the spool (read once at open,
+        then rewound so the drainer replays them all)."""
+        from plugins.kafka_resume import _decoder, add_ids
+
+        by_topic = {self._topics[s.name]: s for s in self.ctx.streams if s.sequence is not None and s.name in self._topics}
+        if not by_topic or not self.spool.pending_records():
+            return {}
+        values: dict[str, list[bytes]] = {}
+        while True:
+            records, _ = self.spool.read(self.replay_batch_records)
+            if not records:
+                break
+            for record in records:
+                topic, _key, value, _headers = decode_spooled(record)
+                if topic in by_topic:
+                    values.setdefault(topic, []).append(value)
+        self.spool.rewind()
+        out: dict[str, dict[str, set[int]]] = {}
+        for topic, topic_values in values.items():
+            stream = by_topic[topic]
+            add_ids(out.setdefault(stream.name, {}), topic_values, stream.sequence, _decoder(stream.sequence).decode)
+        return out
+
+    async def write_gaps(self, gaps: list[TradeGap]) -> None:
+        """Trades lost for good: one record per range on the dead-letter topic. Should that
+        topic not exist (it is provisioned with the stream topics), the log line and the
+        metric the engine made are the record: waiting for the topic would stall every write."""
+        if self._dead_letter_topic_exists is None and self.producer is not None and not self._spooling:
+            metadata = await self.producer.client.fetch_all_metadata()
+            self._dead_letter_topic_exists = self.dead_letter_topic in metadata.topics()
+        if self._dead_letter_topic_exists is False:
+            self.log.error(f"{self.who}: topic {self.dead_letter_topic} does not exist; {len(gaps)} lost range(s) not "
+                           "recorded in Kafka (run `tickwire kafka provision`)")
+            return
+        await self.write_dead_letters([gap_dead_letter(gap, f"{SINK_TYPE}:{self.name}") for gap in gaps])
 
     async def _deliver(self, groups: dict[tuple[str, int] | None, list[Message]]) -> None:
         """Send ``groups`` ((topic, partition) → messages; None: partition not known yet), or spool

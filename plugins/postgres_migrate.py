@@ -3,7 +3,7 @@
 In one transaction, holding an advisory lock (so two migrations never interleave):
 
 1. the DDL of the ``postgres`` codegen target (``tickwire generate postgres``): stream tables,
-   derived tables (``candles_1m``), ``dead_letters``, ``stream_progress``, keys and indexes; it
+   derived tables (``candles_1m``), ``dead_letters``, ``stream_progress``, ``trade_gaps``, keys and indexes; it
    is written with IF NOT EXISTS, so applying it again changes nothing;
 2. the roles, created or brought back to least privilege:
    ``tickwire_writer`` — SELECT, INSERT, UPDATE on those tables (the postgres sink and Spark);
@@ -31,7 +31,7 @@ from psycopg import sql
 
 from framework.config_schema import SQL_IDENTIFIER
 from framework.hookspecs import hookimpl
-from plugins.codegen_postgres import DEAD_LETTER_TABLE, PROGRESS_TABLE
+from plugins.codegen_postgres import DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE
 
 ADMIN_DSN_VARIABLE = "TICKWIRE_PG_ADMIN_DSN"
 EXIT_USAGE = 2
@@ -96,7 +96,7 @@ def managed_tables(config) -> list[str]:
     """Every table the migration creates, in DDL order."""
     tables = [stream.table for stream in config.streams.values()]
     tables += [block["table"] for block in config.derived.values()]
-    return tables + [DEAD_LETTER_TABLE, PROGRESS_TABLE]
+    return tables + [DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE]
 
 
 def generated_ddl(manager, config) -> str:

@@ -15,6 +15,9 @@ A record PostgreSQL rejects (a value out of range, a NULL key…) would make the
 forever, so after such an error the batch is written row by row and the rejected rows go to
 ``dead_letters`` with PostgreSQL's reason, in the same transaction.
 
+Resume: ``last_sequence_ids`` reads, per symbol, the last trade id the table holds
+(framework/resume.py); ``write_gaps`` records trades lost for good in ``trade_gaps``.
+
 Tables come from ``tickwire db migrate`` (plugins/postgres_migrate.py); ``open()`` checks they
 exist and says so if not. Connect as the ``tickwire_writer`` role, never as a superuser.
 
@@ -37,9 +40,13 @@ from datetime import datetime, timezone
 import psycopg
 from psycopg import sql
 
-from framework.components import DeadLetter, RunContext, SinkSpec
+from framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
 from framework.hookspecs import hookimpl
-from framework.schemas import StreamSpec
+from framework.resume import (
+    TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql,
+    recorded_gaps_sql, window_ids_sql,
+)
+from framework.schemas import StreamSpec, quote_identifier as q
 
 SINK_TYPE = "postgres"
 DSN_VARIABLE = "TICKWIRE_PG_DSN"
@@ -212,6 +219,42 @@ class PostgresSink:
             return
         async with self._lock:
             await self._call_with_reconnect(None, lambda conn: self._store_dead_letters(conn, letters))
+
+    async def last_sequence_ids(self, stream: StreamSpec) -> dict[str, int] | None:
+        """Sink protocol (optional): per symbol, the last trade id held without an unexplained
+        hole below it; None for a stream without a sequence."""
+        if stream.sequence is None:
+            return None
+        async with self._lock:
+            return await self._call_with_reconnect(stream.name, lambda conn: self._read_held(conn, stream))
+
+    async def _read_held(self, conn: psycopg.AsyncConnection, stream: StreamSpec) -> dict[str, int]:
+        table = f"{q(self.schema)}.{q(stream.table)}"
+        gaps = f"{q(self.schema)}.{q(TRADE_GAPS_TABLE)}"
+        out = {}
+        rows = await (await conn.execute(held_sql(table, stream.sequence))).fetchall()
+        for part, hi, count, lowest in rows:
+            if incomplete(hi, count, lowest):
+                cursor = await conn.execute(window_ids_sql(table, stream.sequence, "%s"), [part, lowest])
+                ids = [i for (i,) in await cursor.fetchall()]
+                cursor = await conn.execute(recorded_gaps_sql(gaps, "%s"), [stream.name, part, lowest])
+                hi = complete_up_to(hi, holes_in(ids), await cursor.fetchall())
+            out[part] = int(hi)
+        return out
+
+    async def write_gaps(self, gaps: list[TradeGap]) -> None:
+        """Sink protocol (optional): record trades lost for good in ``trade_gaps``."""
+        if not gaps:
+            return
+        table = f"{q(self.schema)}.{q(TRADE_GAPS_TABLE)}"
+
+        async def insert(conn: psycopg.AsyncConnection) -> None:
+            async with conn.transaction():
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(insert_gaps_sql(table, "%s"), [gap_row(g) for g in gaps])
+
+        async with self._lock:
+            await self._call_with_reconnect(gaps[0].stream, insert)
 
     async def close(self) -> None:
         async with self._lock:

@@ -12,7 +12,8 @@
   ``executemany``, see ``ROWS_PER_STATEMENT``) — on one connection owned by one dedicated
   thread, so the event loop keeps reading while SQLite writes.
 * Decimals are TEXT, stored exactly as received and read back equal.
-* Dead letters go to the ``dead_letters`` table.
+* Dead letters go to the ``dead_letters`` table; trades lost for good to ``trade_gaps``.
+* Resume: ``last_sequence_ids`` reads, per symbol, the last trade id held (framework/resume.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
-from framework.components import DeadLetter, RunContext, SinkSpec
+from framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
 from framework.hookspecs import hookimpl
 from framework.threads import DedicatedThread
 from framework.schemas import StreamSpec, quote_identifier as q
-from plugins.codegen_sqlite import DEAD_LETTERS_DDL, ddl_for
+from framework.resume import (
+    TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql, recorded_gaps_sql,
+    window_ids_sql,
+)
+from plugins.codegen_sqlite import DEAD_LETTERS_DDL, TRADE_GAPS_DDL, ddl_for
 
 # Rows per INSERT statement. executemany() releases and re-takes the GIL around every row's
 # sqlite3_step, and while the event loop thread is busy each re-take can wait up to a whole
@@ -111,6 +116,7 @@ class SQLiteSink:
                 for statement in ddl_for(stream):
                     conn.execute(statement)
             conn.execute(DEAD_LETTERS_DDL)
+            conn.execute(TRADE_GAPS_DDL)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -186,6 +192,40 @@ class SQLiteSink:
                 "INSERT INTO dead_letters (stream, reason, plugin, payload, received_at) VALUES (?, ?, ?, ?, ?)",
                 [(d.stream, d.reason, d.plugin, d.raw, d.received_at) for d in letters],
             )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def last_sequence_ids(self, stream: StreamSpec) -> dict[str, int] | None:
+        """Sink protocol (optional): per symbol, the last trade id held without an unexplained
+        hole below it; None for a stream without a sequence."""
+        if stream.sequence is None:
+            return None
+        return await self._thread.call(self._last_sequence_ids_sync, stream)
+
+    def _last_sequence_ids_sync(self, stream: StreamSpec) -> dict[str, int]:
+        conn = self._conn
+        table = q(stream.table)
+        out = {}
+        for part, hi, count, lowest in conn.execute(held_sql(table, stream.sequence)).fetchall():
+            if incomplete(hi, count, lowest):
+                ids = [i for (i,) in conn.execute(window_ids_sql(table, stream.sequence, "?"), (part, lowest))]
+                recorded = conn.execute(recorded_gaps_sql(TRADE_GAPS_TABLE, "?"), (stream.name, part, lowest)).fetchall()
+                hi = complete_up_to(hi, holes_in(ids), recorded)
+            out[part] = hi
+        return out
+
+    async def write_gaps(self, gaps: list[TradeGap]) -> None:
+        """Sink protocol (optional): record trades lost for good in ``trade_gaps``."""
+        await self._thread.call(self._write_gaps_sync, gaps)
+
+    def _write_gaps_sync(self, gaps: list[TradeGap]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(insert_gaps_sql(TRADE_GAPS_TABLE, "?"), [gap_row(g) for g in gaps])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -18,8 +18,13 @@ What it does, so the limits Binance enforces are never hit:
   ``E`` per channel), once the engine accepted the first copy;
 * dead-letters, with a reason, trade ids older than the window and ids implausibly far ahead
   (``max_id_jump``; such an id is checked against REST, and a real jump is then accepted);
+* resumes where the stores left off: each symbol's trade-id tracker starts at the last id the
+  stores hold (``ctx.resume``), so the first live trade after a restart opens a gap over the
+  downtime that is filled like any other;
 * detects trade-id gaps (after a reconnect, or when one connection is behind another), reports
-  them and fills them from ``GET /api/v3/historicalTrades``;
+  them and fills them from ``GET /api/v3/historicalTrades``; a range it cannot fill (too large,
+  older than REST serves, REST refusing) is reported to the engine (``ctx.report_gap``), which
+  records it in ``trade_gaps``;
 * sends frames it cannot use (binary, oversized, malformed, invalid UTF-8, unknown streams or
   events, a symbol that is not the channel's, wrong JSON types, error replies) to the
   dead-letter destination and keeps reading.
@@ -33,7 +38,8 @@ from typing import Any
 
 import aiohttp
 
-from framework.components import SourceSpec
+from framework.components import GAP_FILL_OFF, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_TOO_LARGE, SourceSpec, TradeGap
+from framework.engine import iso_now
 from framework.hookspecs import hookimpl
 from plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
 from plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
@@ -329,6 +335,7 @@ class BinanceSource:
             self.log.warning("no stream uses this Binance source; it stays idle", source=self.name)
             await asyncio.Event().wait()
         o = self.opts
+        self._resume_trackers()
         self.router = FrameRouter(self.channels, emit, int(o["max_frame_bytes"]), self._on_gap, self._on_too_far)
         timeout = aiohttp.ClientTimeout(total=30, connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -567,6 +574,36 @@ class BinanceSource:
 
     # -- gaps ----------------------------------------------------------------------------------
 
+    def _resume_trackers(self) -> None:
+        """Seed each trade channel with the last id its stores hold. The first live trade then
+        opens the gap last+1 … first_live-1 and the filler fetches it. Waiting for that trade
+        (rather than asking REST for the newest id at once) costs no REST weight — 25 per
+        symbol, minutes of budget for a thousand symbols — and bounds the hole exactly; a
+        symbol that trades rarely is filled when it trades, and nothing is lost meanwhile: the
+        stores still say where to resume."""
+        resume = getattr(self.ctx, "resume", None) or {}
+        for ch in self.channels.values():
+            last = resume.get(ch.stream, {}).get(ch.symbol)
+            if ch.trades is not None and last is not None:
+                ch.trades.resume_from(int(last))
+
+    def _give_up(self, ch: Channel, lo: int, hi: int, reason: str) -> list[tuple[int, int]]:
+        """Stop waiting for the ids still missing in ``[lo, hi]`` and report them lost; returns
+        the ranges given up."""
+        tracker = ch.trades
+        ranges = tracker.missing_in(lo, hi)
+        tracker.forget(lo, hi)
+        report = getattr(self.ctx, "report_gap", None)
+        for a, b in ranges:
+            if report is not None:
+                report(TradeGap(ch.stream, ch.symbol, a, b, reason, iso_now()))
+            else:
+                self.log.warning(
+                    f"trades lost: {ch.symbol} ids {a}..{b} ({b - a + 1} trades) cannot be fetched ({reason})",
+                    source=self.name, stream=ch.stream, symbol=ch.symbol, reason=reason,
+                )
+        return ranges
+
     def _on_gap(self, ch: Channel) -> None:
         """Called by the router when trade ids jump; starts the channel's filler if idle."""
         task = self._fillers.get(ch.name)
@@ -601,6 +638,8 @@ class BinanceSource:
                     source=self.name, stream=ch.stream, symbol=ch.symbol, first_id=lo, last_id=hi, missing=n,
                 )
             if not self.opts["gap_fill"]:
+                for lo, hi in new:
+                    self.stats["gap_trades_lost"] += sum(b - a + 1 for a, b in self._give_up(ch, lo, hi, GAP_FILL_OFF))
                 continue
             await self._fill(ch, new)
 
@@ -608,22 +647,25 @@ class BinanceSource:
         """Fetch the missing trades of ``gaps`` (sorted ranges) from REST and emit them.
 
         One request asks for up to 1000 ids from the first still-missing one, so several small
-        gaps close together cost one request; ids that arrived live meanwhile are skipped."""
+        gaps close together cost one request; ids that arrived live meanwhile are skipped. What
+        cannot be fetched is given up with its reason (:meth:`_give_up`): beyond
+        gap_fill_max_trades, before the oldest trade REST still serves, or after REST failed."""
         tracker = ch.trades
         emit = self.router.emit
         cap = int(self.opts["gap_fill_max_trades"])
-        lost = [0] * len(gaps)
-        for i, (lo, hi) in enumerate(gaps):
+        given: list[tuple[int, int]] = []  # ranges given up
+        for lo, hi in gaps:
             if hi - lo + 1 > cap:
-                lost[i] += tracker.forget(lo + cap, hi)
                 self.log.warning(
                     f"gap of {hi - lo + 1} trades in {ch.symbol} is larger than gap_fill_max_trades={cap}; "
                     f"ids {lo + cap}..{hi} will not be fetched",
                     source=self.name, symbol=ch.symbol,
                 )
+                given += self._give_up(ch, lo + cap, hi, GAP_TOO_LARGE)
         filled = [0] * len(gaps)
         span_hi = gaps[-1][1]
         cur = gaps[0][0]
+        left_reason = GAP_NOT_SERVED  # why whatever is still missing after the loop is
         try:
             while True:
                 todo = tracker.missing_in(cur, span_hi)
@@ -633,6 +675,9 @@ class BinanceSource:
                 reach = max(b for a, b in todo if a < cur + 1000)
                 rows = await self.rest.fetch(ch.symbol, cur, min(1000, reach - cur + 1))
                 received_ns = time.time_ns()
+                if rows and rows[0]["id"] > cur:
+                    # REST starts after cur: the older trades are beyond the history it keeps
+                    given += self._give_up(ch, cur, min(rows[0]["id"] - 1, span_hi), GAP_NOT_SERVED)
                 top = cur - 1
                 for row in rows:
                     tid = row["id"]
@@ -650,11 +695,15 @@ class BinanceSource:
                 if cur > span_hi:
                     break
         except RestError as exc:
+            left_reason = GAP_REST_ERROR
             self.log.error(f"could not fill gaps in {ch.symbol} trades: {exc}", source=self.name, symbol=ch.symbol)
         except (KeyError, TypeError) as exc:
+            left_reason = GAP_REST_ERROR
             self.log.error(f"unexpected historicalTrades row while filling {ch.symbol}: {exc!r}", source=self.name)
+        for lo, hi in gaps:
+            given += self._give_up(ch, lo, hi, left_reason)
+        lost = [sum(max(0, min(b, hi) - max(a, lo) + 1) for a, b in given) for lo, hi in gaps]
         for i, (lo, hi) in enumerate(gaps):
-            lost[i] += tracker.forget(lo, hi)
             self.stats["gap_trades_filled"] += filled[i]
             self.stats["gap_trades_lost"] += lost[i]
             _inc(self.metrics, "gap_trades_filled", filled[i], symbol=ch.symbol)
@@ -672,13 +721,16 @@ class BinanceSource:
                 )
 
     def _report_unfilled(self) -> None:
-        """At stop: say which trades are still missing (they were not fetched in time)."""
+        """At stop: say which trades are still missing. They are not lost: the stores hold
+        newer trades above them, so the next start resumes below the hole and fetches them
+        (see ``last_sequence_ids``)."""
         for ch in self.channels.values():
             if ch.trades is not None and ch.trades.missing:
                 ranges = ", ".join(f"{a}..{b}" for a, b in ch.trades.missing[:5])
                 more = f" and {len(ch.trades.missing) - 5} more ranges" if len(ch.trades.missing) > 5 else ""
                 self.log.warning(
-                    f"stopping with {ch.trades.count_missing()} {ch.symbol} trades not fetched yet: ids {ranges}{more}",
+                    f"stopping with {ch.trades.count_missing()} {ch.symbol} trades not fetched yet: ids {ranges}{more}; "
+                    "the next start fetches them",
                     source=self.name, symbol=ch.symbol, stream=ch.stream,
                 )
 

@@ -166,3 +166,15 @@ CREATE TABLE IF NOT EXISTS stream_progress (
     PRIMARY KEY (query, batch_id)
 );
 COMMENT ON TABLE stream_progress IS 'Spark micro-batches already committed, so a replayed batch is skipped.';
+
+CREATE TABLE IF NOT EXISTS trade_gaps (
+    stream TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    first_id BIGINT NOT NULL,
+    last_id BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    detected_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (stream, symbol, first_id)
+);
+COMMENT ON TABLE trade_gaps IS 'Trades lost for good: ranges of trade ids a source could not fill, with the reason.';

@@ -74,3 +74,14 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload TEXT NOT NULL,
     received_at TEXT NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS trade_gaps (
+    stream TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detected_at TEXT NOT NULL,
+    PRIMARY KEY (stream, symbol, first_id)
+);
