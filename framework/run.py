@@ -152,6 +152,9 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
         _say(f"tickwire: cannot serve metrics on {host}:{port}: {exc} (--metrics-port auto picks a free port, 0 turns it off)")
         return 2
     task = asyncio.create_task(engine.run())
+    # --duration counts from when the pipeline is ready; a start-up that hangs (a store that does
+    # not answer where to resume) is stopped after the same time
+    timer = loop.call_later(duration, request_stop) if duration is not None else None
     # wait until the sinks are open, so their destinations can be printed (or the run failed)
     ready = asyncio.create_task(engine.ready.wait())
     await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -166,7 +169,8 @@ async def _main(engine: Engine, log: Any, profile: str, host: str, port: int, du
             for line in engine.destinations():
                 _say(f"  -> {line}")
             _say(f"  metrics: {metrics_url or 'off'}")
-    if duration is not None:
+    if timer is not None and engine.ready.is_set():
+        timer.cancel()
         loop.call_later(duration, request_stop)
     view = None
     ticker = None
