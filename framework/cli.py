@@ -21,6 +21,7 @@ import jsonschema
 from framework.components import PluginError
 from framework.config import DEFAULT_CONFIG, Config, load_config, plugin_settings
 from framework.documents import DocumentError
+from framework.extras import MissingDependency
 from framework.plugins import PluginManager
 
 EXIT_CONFIG = 2
@@ -48,6 +49,8 @@ class App:
     @cached_property
     def config(self) -> Config:
         self.manager.raise_errors()
+        for message in self.manager.skipped:
+            click.secho(f"tickwire: {message} (see `tickwire plugins`)", fg="yellow", err=True)
         return load_config(self.config_path, self.manager, overrides=self.overrides)
 
 
@@ -61,7 +64,14 @@ class TickwireGroup(click.Group):
             for problem in exc.problems:
                 click.echo(str(problem), err=True)
             n = len(exc.problems)
+            app = ctx.find_object(App)
+            if app is not None and app.manager.skipped:
+                click.echo("tickwire: a plugin that was skipped may provide what is missing: "
+                           + ", ".join(i.name for i in app.manager.infos.values() if i.skipped), err=True)
             click.secho(f"tickwire: {n} problem{'s' if n != 1 else ''} found; nothing was run.", fg="red", err=True)
+            ctx.exit(EXIT_CONFIG)
+        except MissingDependency as exc:
+            click.secho(f"tickwire: {exc}", fg="red", err=True)
             ctx.exit(EXIT_CONFIG)
         except PluginError as exc:
             click.echo(str(exc), err=True)
@@ -205,7 +215,10 @@ def plugins_command(app: App, as_json: bool) -> None:
         return
     width = max([len(i.name) for i in infos] + [6])
     for info in infos:
-        status = click.style(f"  FAILED: {info.error}", fg="red") if info.error else ""
+        if info.error:
+            status = click.style(f"  FAILED{' (skipped)' if info.skipped else ''}: {info.error}", fg="red")
+        else:
+            status = click.style("  unavailable", fg="yellow") if info.unavailable else ""
         click.echo(f"{info.name:{width}}  {info.origin}{status}")
         for what in info.registers:
             kind, _, name = what.partition(":")
@@ -213,6 +226,8 @@ def plugins_command(app: App, as_json: bool) -> None:
                     "codegen": app.manager.codegen}.get(kind, {}).get(name)
             desc = f"  {spec.description}" if spec else ""
             click.echo(f"{'':{width}}    {kind:9} {name}{desc}")
+        for problem in info.unavailable:
+            click.secho(f"{'':{width}}    unavailable: {problem}", fg="yellow")
     for name in app.manager.blocked:
         click.echo(f"{name:{width}}  blocked")
     for error in app.manager.errors:

@@ -47,6 +47,7 @@ from pathlib import Path
 import msgspec
 
 from framework.components import DeadLetter, RunContext, SinkSpec
+from framework.extras import KAFKA
 from framework.hookspecs import hookimpl
 from framework.schemas import StreamSpec
 from framework.spool import Spool, SpoolError, SpoolFull
@@ -729,6 +730,7 @@ KAFKA_SINK = SinkSpec(
     description="Kafka topics per stream (acks=all, idempotent) with a disk spool for broker outages",
     config_schema=OPTIONS_SCHEMA,
     supports_dead_letters=True,
+    requires=KAFKA,
 )
 
 
