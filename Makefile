@@ -16,13 +16,18 @@ $(VENV)/bin/activate:
 	$(PYTHON_BASE) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip setuptools wheel
 
+# An editable install maps tickwire.framework to framework/ (etc.) with an import hook, and
+# setuptools then warns that a folder named like the package could shadow it; the only such
+# folder here, tickwire/, is the package itself, so that warning is silenced.
+PIP_EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(PYTHON) -m pip install -q -e
+
 # The run-time install; re-done when pyproject.toml changes.
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
-	$(PYTHON) -m pip install -q -e .
+	$(PIP_EDITABLE) .
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PIP_EDITABLE) '.[test]'
 	@touch $@
 
 setup: $(VENV)/.installed
