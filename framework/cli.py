@@ -23,6 +23,7 @@ from framework.config import DEFAULT_CONFIG, Config, load_config, plugin_setting
 from framework.documents import DocumentError
 from framework.extras import MissingDependency
 from framework.plugins import PluginManager
+from framework.project import init_command
 
 EXIT_CONFIG = 2
 
@@ -105,6 +106,9 @@ def cli(ctx: click.Context, config_path: Path, overrides: tuple[str, ...], plugi
         ctx.obj = App(config_path, PluginManager(block=block_plugin, directories=plugins_dir), list(overrides))
     else:
         ctx.obj.config_path, ctx.obj.overrides = config_path, list(overrides)
+
+
+cli.add_command(init_command)
 
 
 @cli.command()
