@@ -1,6 +1,7 @@
 # tickwire — two commands do everything on a fresh Debian 12 machine:
 #   make run    set up (Python venv) and run the main job: Binance -> SQLite (profile local)
-#   make test   set up everything the tests need (packages, PostgreSQL, Kafka and Spark jars) and run them
+#   make test   set up everything the tests need (packages, PostgreSQL, Kafka and Spark jars) and run them,
+#               including tests/test_install.py: the wheel and a run-time-only install in fresh venvs
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TICKWIRE := $(VENV)/bin/tickwire
@@ -48,8 +49,9 @@ setup-test: $(VENV)/.installed-test
 test: setup-test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# Run-time dependencies are enough; CI passes VALIDATE_ARGS=--format=github for annotations.
 validate: setup
-	$(TICKWIRE) validate
+	$(TICKWIRE) validate $(VALIDATE_ARGS)
 
 bench: setup-test
 	$(PYTHON) bench/run_all.py
