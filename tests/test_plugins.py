@@ -168,8 +168,7 @@ CSV_PLUGIN = '''
 import csv
 from pathlib import Path
 
-from framework.components import SinkSpec
-from framework.hookspecs import hookimpl
+from tickwire import SinkSpec, hookimpl
 
 
 class CsvSink:
