@@ -3,7 +3,9 @@
 FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md streams.yaml ./
+COPY schemas/ schemas/
+COPY tickwire/ tickwire/
 COPY framework/ framework/
 COPY plugins/ plugins/
 RUN python -m venv /opt/tickwire && /opt/tickwire/bin/pip install ".[kafka,postgres]"

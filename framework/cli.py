@@ -7,6 +7,7 @@ parses the command line, because the set of commands depends on the plugins.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -21,7 +22,10 @@ import jsonschema
 from framework.components import PluginError
 from framework.config import DEFAULT_CONFIG, Config, load_config, plugin_settings
 from framework.documents import DocumentError
+from framework import report_formats
+from framework.extras import MissingDependency
 from framework.plugins import PluginManager
+from framework.project import init_command
 
 EXIT_CONFIG = 2
 
@@ -48,6 +52,8 @@ class App:
     @cached_property
     def config(self) -> Config:
         self.manager.raise_errors()
+        for message in self.manager.skipped:
+            click.secho(f"tickwire: {message} (see `tickwire plugins`)", fg="yellow", err=True)
         return load_config(self.config_path, self.manager, overrides=self.overrides)
 
 
@@ -61,7 +67,14 @@ class TickwireGroup(click.Group):
             for problem in exc.problems:
                 click.echo(str(problem), err=True)
             n = len(exc.problems)
+            app = ctx.find_object(App)
+            if app is not None and app.manager.skipped:
+                click.echo("tickwire: a plugin that was skipped may provide what is missing: "
+                           + ", ".join(i.name for i in app.manager.infos.values() if i.skipped), err=True)
             click.secho(f"tickwire: {n} problem{'s' if n != 1 else ''} found; nothing was run.", fg="red", err=True)
+            ctx.exit(EXIT_CONFIG)
+        except MissingDependency as exc:
+            click.secho(f"tickwire: {exc}", fg="red", err=True)
             ctx.exit(EXIT_CONFIG)
         except PluginError as exc:
             click.echo(str(exc), err=True)
@@ -97,24 +110,45 @@ def cli(ctx: click.Context, config_path: Path, overrides: tuple[str, ...], plugi
         ctx.obj.config_path, ctx.obj.overrides = config_path, list(overrides)
 
 
+cli.add_command(init_command)
+
+
 @cli.command()
 @click.option("--samples", type=click.Path(path_type=Path), default=None,
               help="Folder of sample payloads, one <stream>.jsonl per stream. Default: tests/samples next to the config.")
+@click.option("--format", "output_format", type=click.Choice(report_formats.FORMATS), default="text", show_default=True,
+              help="github: annotations on the offending lines of a pull request; json: a list of "
+                   "{file, line, col, path, reason} on stdout.")
 @click.pass_obj
-def validate(app: App, samples: Path | None) -> None:
+def validate(app: App, samples: Path | None, output_format: str) -> None:
     """Check streams.yaml, every stream schema and its annotations, and sample payloads.
 
-    All problems are reported at once as file:line:col: path: reason; exit code 2 if any.
-    This is the "schema validation in CI" step.
+    All problems are reported at once as file:line:col: path: reason (or --format github|json);
+    exit code 2 if any. This is the "schema validation in CI" step (also a pre-commit hook).
     """
+    say = functools.partial(click.echo, err=output_format == "json")  # json: stdout is the report alone
+    try:
+        _validate(app, samples, say)
+    except DocumentError as exc:
+        if output_format == "text":
+            raise  # printed by TickwireGroup, as for every command
+        click.echo(report_formats.render(exc.problems, output_format))
+        n = len(exc.problems)
+        click.secho(f"tickwire: {n} problem{'s' if n != 1 else ''} found.", fg="red", err=True)
+        sys.exit(EXIT_CONFIG)
+    if output_format == "json":
+        click.echo("[]")
+
+
+def _validate(app: App, samples: Path | None, say) -> None:
     from framework.components import InvalidRecord
     from framework.documents import Mark, Problem
 
     config = app.config
-    click.echo(f"{app.config_path}: ok ({len(config.streams)} streams, {len(config.sinks)} sinks, "
+    say(f"{app.config_path}: ok ({len(config.streams)} streams, {len(config.sinks)} sinks, "
                f"{len(config.data['profiles'])} profiles, {len(config.derived)} derived)")
     for name, stream in config.streams.items():
-        click.echo(f"  {stream.schema_path.name}: ok ({len(stream.columns)} columns, key {', '.join(stream.primary_key)})")
+        say(f"  {stream.schema_path.name}: ok ({len(stream.columns)} columns, key {', '.join(stream.primary_key)})")
     folder = samples or config.dir / "tests" / "samples"
     problems: list[Problem] = []
     checked = 0
@@ -147,7 +181,7 @@ def validate(app: App, samples: Path | None) -> None:
     if problems:
         raise DocumentError(problems)
     if checked:
-        click.echo(f"  samples: {checked} payloads in {os.path.relpath(folder)} match their schemas")
+        say(f"  samples: {checked} payloads in {os.path.relpath(folder)} match their schemas")
 
 
 def _fast_validator(app: App, stream):
@@ -205,7 +239,10 @@ def plugins_command(app: App, as_json: bool) -> None:
         return
     width = max([len(i.name) for i in infos] + [6])
     for info in infos:
-        status = click.style(f"  FAILED: {info.error}", fg="red") if info.error else ""
+        if info.error:
+            status = click.style(f"  FAILED{' (skipped)' if info.skipped else ''}: {info.error}", fg="red")
+        else:
+            status = click.style("  unavailable", fg="yellow") if info.unavailable else ""
         click.echo(f"{info.name:{width}}  {info.origin}{status}")
         for what in info.registers:
             kind, _, name = what.partition(":")
@@ -213,6 +250,8 @@ def plugins_command(app: App, as_json: bool) -> None:
                     "codegen": app.manager.codegen}.get(kind, {}).get(name)
             desc = f"  {spec.description}" if spec else ""
             click.echo(f"{'':{width}}    {kind:9} {name}{desc}")
+        for problem in info.unavailable:
+            click.secho(f"{'':{width}}    unavailable: {problem}", fg="yellow")
     for name in app.manager.blocked:
         click.echo(f"{name:{width}}  blocked")
     for error in app.manager.errors:

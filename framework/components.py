@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol,
 
 if TYPE_CHECKING:
     from framework.config import Config
+    from framework.extras import Requirement
     from framework.metrics import Metrics
     from framework.schemas import StreamSpec
 
@@ -188,6 +189,9 @@ class _Spec:
     description: str
     config_schema: dict = field(default_factory=lambda: {"type": "object"})
     plugin: str = ""  # filled in by the plugin manager
+    # Modules needed only when the component is used (framework.extras); missing ones make it
+    # unavailable, not the plugin: e.g. ``requires=POSTGRES`` says ``pip install 'tickwire[postgres]'``.
+    requires: Requirement | None = None
 
 
 @dataclass(frozen=True)

@@ -348,6 +348,10 @@ class Engine:
             if type_ not in plugins.sources:
                 raise EngineError(f"source {sid!r}: no source plugin named {type_!r} (known: {', '.join(sorted(plugins.sources))})")
             sources[sid] = (plugins.sources[type_], opts)
+        for kind, used in (("sink", sinks), ("source", sources)):
+            for component_id, (spec, _options) in sorted(used.items()):
+                if spec.requires is not None:  # an optional dependency: say how to install it
+                    spec.requires.check(f"{kind} {component_id!r} (type {spec.name}, plugin {spec.plugin})")
         return cls(
             streams=streams,
             sources=sources,

@@ -2,8 +2,12 @@
 
 Built-in plugins and third-party ones come through the same entry-point group (``tickwire``);
 local plugin folders add ``*.py`` modules. Any plugin can be blocked by name. Every problem is
-reported with the plugin's name: an import error, a hook whose name matches no spec (a typo),
-a component registered twice.
+reported with the plugin's name. A plugin that fails to import is skipped (as tox does): it is
+listed by ``tickwire plugins`` and named in a warning, and everything else keeps working; the
+config then fails only if it uses something only that plugin would have registered. A hook
+whose name matches no spec (a typo) or a component registered twice stops every command.
+A component whose optional dependency is missing (``requires``, see framework/extras.py) is
+registered but listed as unavailable.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class PluginInfo:
     module: str
     registers: list[str] = field(default_factory=list)  # "sink:sqlite", "command:simulate", …
     error: str | None = None
+    skipped: bool = False  # failed to import: nothing it would register is there
+    unavailable: list[str] = field(default_factory=list)  # components whose dependencies are missing
 
 
 class _Manager(pluggy.PluginManager):
@@ -49,7 +55,8 @@ class PluginManager:
         self.pm = _Manager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # stop every command that needs the plugins
+        self.skipped: list[str] = []  # plugins that failed to import, one message each
         self.blocked = sorted(set(block))
         for name in self.blocked:
             self.pm.set_blocked(name)
@@ -75,6 +82,11 @@ class PluginManager:
         if plugin in self.infos:
             self.infos[plugin].error = message
 
+    def _skip(self, info: PluginInfo, message: str) -> None:
+        info.error, info.skipped = message, True
+        self.infos[info.name] = info
+        self.skipped.append(f"plugin '{info.name}' skipped: {message}")
+
     def _register(self, module: ModuleType, name: str, origin: str) -> None:
         if name in self.infos:
             self._fail(name, f"a plugin of this name is already loaded from {self.infos[name].origin}")
@@ -96,8 +108,7 @@ class PluginManager:
             try:
                 module = ep.load()
             except Exception as exc:  # any import failure is the plugin's, reported by name
-                self.infos[ep.name] = PluginInfo(ep.name, origin, ep.value)
-                self._fail(ep.name, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
+                self._skip(PluginInfo(ep.name, origin, ep.value), f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
                 continue
             self._register(module, ep.name, origin)
 
@@ -118,8 +129,8 @@ class PluginManager:
                 sys.modules[module_name] = module
                 spec.loader.exec_module(module)
             except Exception as exc:
-                self.infos[name] = PluginInfo(name, f"local folder {directory}", module_name)
-                self._fail(name, f"failed to import {path}: {type(exc).__name__}: {exc}")
+                self._skip(PluginInfo(name, f"local folder {directory}", module_name),
+                           f"failed to import {path}: {type(exc).__name__}: {exc}")
                 continue
             self._register(module, name, f"local folder {directory}")
 
@@ -160,6 +171,8 @@ class PluginManager:
                 return
             registry[spec.name] = replace(spec, plugin=plugin)
             self._note(plugin, f"{kind}:{spec.name}")
+            if spec.requires is not None:
+                self._note_unavailable(plugin, spec.requires.problem(f"{kind} '{spec.name}'"))
 
         self._guarded(plugin, impl.function, register=register)
 
@@ -173,6 +186,10 @@ class PluginManager:
         if plugin in self.infos:
             self.infos[plugin].registers.append(what)
 
+    def _note_unavailable(self, plugin: str, problem: str | None) -> None:
+        if problem and plugin in self.infos:
+            self.infos[plugin].unavailable.append(problem)
+
     def add_commands(self, cli) -> None:
         """Let plugins add CLI commands; records which plugin added which command."""
         for impl in self.pm.hook.tickwire_register_commands.get_hookimpls():
@@ -180,7 +197,19 @@ class PluginManager:
             self._guarded(impl.plugin_name, impl.function, cli=cli)
             for command in sorted(set(cli.commands) - before):
                 self._note(impl.plugin_name, f"command:{command}")
+                for path, requirement in _command_requirements(cli.commands[command], f"tickwire {command}"):
+                    self._note_unavailable(impl.plugin_name, requirement.problem(f"`{path}`"))
 
     def raise_errors(self) -> None:
         if self.errors:
             raise PluginError("\n".join(self.errors))
+
+
+def _command_requirements(command, path: str):
+    """(command path, requirement) of a click command and its subcommands marked with
+    :func:`framework.extras.requires`."""
+    requirement = getattr(command, "tickwire_requires", None)
+    if requirement is not None:
+        yield path, requirement
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from _command_requirements(sub, f"{path} {name}")

@@ -7,15 +7,22 @@ mapping, Kafka keys, the fast validator — is derived from the :class:`StreamSp
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 ANNOTATION = "x-tickwire"
 LOGICAL_TYPES = ("decimal", "bigint", "integer", "text", "boolean", "timestamp_ms")
-META_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "x-tickwire.meta.json"
+
+
+def shipped_schemas() -> Traversable:
+    """The schemas that ship with tickwire (package data, the repository's schemas/): those of
+    the default streams.yaml, streams.schema.json and the x-tickwire meta-schema."""
+    return importlib.resources.files("tickwire") / "schemas"
 
 
 class StreamSchemaError(ValueError):
@@ -139,4 +146,4 @@ def load_schema(path: Path) -> dict:
 
 
 def load_meta_schema() -> dict[str, Any]:
-    return load_schema(META_SCHEMA_PATH)
+    return json.loads((shipped_schemas() / "x-tickwire.meta.json").read_text(encoding="utf-8"))

@@ -34,9 +34,8 @@ from typing import Any, Awaitable, Callable
 
 from framework.components import DeadLetter, RunContext, SinkSpec, SourceSpec
 from framework.metrics import Metrics
-from framework.schemas import StreamSpec, load_schema
+from framework.schemas import StreamSpec, load_schema, shipped_schemas
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 TRADE_EPOCH_MS = 1672531200000  # 2023-01-01T00:00:00Z
 
 
@@ -53,10 +52,10 @@ def stream_spec(
     transforms: list[tuple[str, dict]] | None = None,
     source: str = "test",
 ) -> StreamSpec:
-    """A :class:`StreamSpec` from a schema file (a name is looked up in tickwire's schemas/)."""
+    """A :class:`StreamSpec` from a schema file (a name is looked up in the schemas tickwire ships)."""
     path = Path(schema)
     if not path.is_absolute() and not path.exists():
-        path = SCHEMAS_DIR / path
+        path = Path(shipped_schemas() / str(path))
     return StreamSpec(
         name=name,
         source=source,

@@ -20,6 +20,7 @@ from typing import Callable
 
 import click
 
+from framework.extras import KAFKA, requires
 from framework.hookspecs import hookimpl
 
 EXIT_FAILED = 1
@@ -160,6 +161,7 @@ def kafka_group() -> None:
     """Kafka topics for the kafka sink."""
 
 
+@requires(KAFKA)
 @kafka_group.command("provision")
 @click.option("--sink", "sink_id", metavar="ID", help="Kafka sink whose connection settings to use (default: the only/first one).")
 @click.option("--bootstrap-servers", metavar="HOST:PORT", help="Override the sink's bootstrap_servers.")

@@ -57,6 +57,7 @@ from pathlib import Path
 import msgspec
 
 from framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
+from framework.extras import KAFKA
 from framework.hookspecs import hookimpl
 from framework.resume import complete_up_to, gap_dead_letter, holes_in
 from framework.schemas import StreamSpec
@@ -861,6 +862,7 @@ KAFKA_SINK = SinkSpec(
     description="Kafka topics per stream (acks=all, idempotent) with a disk spool for broker outages",
     config_schema=OPTIONS_SCHEMA,
     supports_dead_letters=True,
+    requires=KAFKA,
 )
 
 

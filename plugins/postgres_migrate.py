@@ -26,12 +26,15 @@ import secrets
 from dataclasses import dataclass
 
 import click
-import psycopg
-from psycopg import sql
 
 from framework.config_schema import SQL_IDENTIFIER
+from framework.extras import POSTGRES, optional_module, requires
 from framework.hookspecs import hookimpl
 from plugins.codegen_postgres import DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE
+
+# The `postgres` extra, imported when `tickwire db migrate` runs: the plugin loads without it.
+psycopg = optional_module("psycopg", POSTGRES, "`tickwire db migrate`")
+sql = optional_module("psycopg.sql", POSTGRES, "`tickwire db migrate`")
 
 ADMIN_DSN_VARIABLE = "TICKWIRE_PG_ADMIN_DSN"
 EXIT_USAGE = 2
@@ -268,6 +271,7 @@ def db_group() -> None:
     """PostgreSQL: tables and roles."""
 
 
+@requires(POSTGRES)
 @db_group.command("migrate")
 @click.option("--dsn", envvar=ADMIN_DSN_VARIABLE, show_envvar=True, metavar="DSN",
               help="Admin connection (superuser or owner with CREATEROLE). Prefer the environment "

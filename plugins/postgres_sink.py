@@ -37,16 +37,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import psycopg
-from psycopg import sql
-
 from framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
+from framework.extras import POSTGRES, optional_module
 from framework.hookspecs import hookimpl
 from framework.resume import (
     TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql,
     recorded_gaps_sql, window_ids_sql,
 )
 from framework.schemas import StreamSpec, quote_identifier as q
+
+# The `postgres` extra, imported when the sink is first used: the plugin loads without it.
+psycopg = optional_module("psycopg", POSTGRES, "the postgres sink")
+sql = optional_module("psycopg.sql", POSTGRES, "the postgres sink")
 
 SINK_TYPE = "postgres"
 DSN_VARIABLE = "TICKWIRE_PG_DSN"
@@ -456,4 +458,5 @@ def tickwire_register_sinks(register) -> None:
         description="PostgreSQL tables (COPY + INSERT … ON CONFLICT DO NOTHING, one transaction per batch)",
         config_schema=OPTIONS_SCHEMA,
         supports_dead_letters=True,
+        requires=POSTGRES,
     ))

@@ -13,23 +13,18 @@ Everything the job does is in ``spark/`` (see ``spark/__init__.py``).
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import click
 
+from framework.extras import SPARK, requires
 from framework.hookspecs import hookimpl
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _spark_modules():
-    """Import ``spark.job`` and ``spark.jars`` (from the repository when not installed)."""
-    try:
-        from spark import jars, job
-    except ImportError:
-        sys.path.insert(0, str(REPO))
-        from spark import jars, job
+    """The job and jars modules, imported when a spark command runs (they need pyspark)."""
+    from spark import jars, job
+
     return job, jars
 
 
@@ -52,6 +47,7 @@ def spark_group() -> None:
     """Spark Structured Streaming: Kafka topics → PostgreSQL tables and candles."""
 
 
+@requires(SPARK)
 @spark_group.command("jars")
 def jars_command() -> None:
     """Fetch the Kafka connector jars for the installed PySpark (once) and print their paths."""
@@ -63,6 +59,7 @@ def jars_command() -> None:
         raise click.ClickException(str(error)) from error
 
 
+@requires(SPARK)
 @spark_group.command("submit")
 @click.option("--mapping", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="The JSON of `tickwire generate spark` (default: generate it from the config).")
@@ -122,7 +119,7 @@ def submit_command(app, mapping, master, bootstrap, dsn, checkpoint_dir, trigger
         line = ["spark-submit", "--master", master]
         for key, value in conf.items():
             line += ["--conf", f"{key}={value}"]
-        click.echo(_render(line + [str(REPO / "spark" / "job.py")] + args))
+        click.echo(_render(line + [str(Path(job.__file__).resolve())] + args))
         return
     args += ["--master", master, "--jars", ",".join(jar_paths)]
     raise SystemExit(job.run(job.options_from_args(job.parser().parse_args(args))))

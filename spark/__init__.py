@@ -14,3 +14,9 @@ One Spark application runs one streaming query per stream of the generated mappi
 The job needs Python only on the driver: every per-row expression runs in the JVM, so a cluster's
 executors need no tickwire install.
 """
+
+from importlib.resources import files
+
+# Shipped inside the package (package data), read where it is installed.
+METRICS_PROPERTIES = files(__name__) / "metrics.properties"  # Spark's metrics settings (spark.metrics.conf)
+POM = files(__name__) / "pom.xml"  # the Kafka connector jars Maven fetches (spark.jars)

@@ -3,7 +3,7 @@
 Spark's own ``spark.jars.packages`` resolves through Ivy, which ignores Maven's settings.xml
 (mirrors, proxies, credentials), so we resolve with Maven and hand the files to ``spark.jars``:
 
-    mvn -q -B -f java/spark/pom.xml dependency:copy-dependencies \
+    mvn -q -B -f spark/pom.xml dependency:copy-dependencies \
         -Dspark.version=<pyspark version> -DoutputDirectory=<cache>/spark-jars/<version>
 
 The cache is ``${TICKWIRE_CACHE:-~/.cache/tickwire}/spark-jars/<version>``; a directory is used
@@ -15,14 +15,14 @@ classpath twice.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.resources
 import os
 import re
 import sys
 from pathlib import Path
 
 from framework.maven import MavenError, cache_root, fetch_dependencies
-
-POM = Path(__file__).resolve().parent.parent / "java" / "spark" / "pom.xml"
+from spark import POM
 CONNECTOR = "spark-sql-kafka-0-10_2.13"
 _VERSIONED_JAR = re.compile(r"^(?P<artifact>.+?)-\d+(\.\d+)+[\w.\-]*\.jar$")
 
@@ -56,7 +56,7 @@ def bundled_jar_dirs() -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def fetch_jars(version: str | None = None, pom: Path = POM, quiet: bool = False) -> list[Path]:
+def fetch_jars(version: str | None = None, pom=POM, quiet: bool = False) -> list[Path]:
     """Return the connector jars for Spark ``version`` (default: the installed PySpark),
     fetching them when the cache lacks them; none when Spark already ships the connector (an
     image with it in ``$SPARK_HOME/jars``). Safe to call from concurrent processes."""
@@ -71,7 +71,7 @@ def fetch_jars(version: str | None = None, pom: Path = POM, quiet: bool = False)
     return jars
 
 
-def _fetch(version: str, pom: Path, jars_dir: Path, quiet: bool) -> Path:
+def _fetch(version: str, pom, jars_dir: Path, quiet: bool) -> Path:
     def unpublished(output: str) -> str:
         if "Could not find artifact" not in output:
             return ""
@@ -79,9 +79,10 @@ def _fetch(version: str, pom: Path, jars_dir: Path, quiet: bool) -> Path:
                 "connector is published (see the `spark` extra in pyproject.toml).")
 
     try:
-        return fetch_dependencies(pom, jars_dir, what=f"the Spark {version} Kafka connector jars",
-                                  expect=f"{CONNECTOR}-{version}.jar", properties={"spark.version": version},
-                                  quiet=quiet, hint=unpublished)
+        with importlib.resources.as_file(pom) as pom_path:
+            return fetch_dependencies(pom_path, jars_dir, what=f"the Spark {version} Kafka connector jars",
+                                      expect=f"{CONNECTOR}-{version}.jar", properties={"spark.version": version},
+                                      quiet=quiet, hint=unpublished)
     except MavenError as error:
         raise JarsError(str(error)) from None
 

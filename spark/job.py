@@ -4,7 +4,7 @@ Run it with ``tickwire spark submit`` (which fetches the connector jars and gene
 mapping), or with a plain spark-submit (``tickwire spark submit --print-command`` prints it)::
 
     spark-submit --master 'local[*]' --conf spark.jars=<the jars of `python -m spark.jars`> \
-        spark/job.py --mapping spark-mapping.json --bootstrap localhost:9092 \
+        <this file, where tickwire is installed> --mapping spark-mapping.json --bootstrap localhost:9092 \
         --dsn postgresql://... --checkpoint-dir /var/lib/tickwire/spark-checkpoints
 
 Every query reads its topic, writes with :class:`~spark.postgres_writer.PostgresWriter` in
@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -28,16 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-if __package__ in (None, ""):  # run as a file by spark-submit: make `spark.*` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from spark import candles as candle_queries  # noqa: E402
-from spark import mapping as mapping_module  # noqa: E402
-from spark import records  # noqa: E402
-from spark.postgres_writer import EVENT_TIME, PostgresWriter, TableTarget  # noqa: E402
+# Run as a file by spark-submit too: these imports then find the installed package (tickwire
+# must be installed in the Python Spark uses, PYSPARK_PYTHON; the executors need nothing).
+from spark import METRICS_PROPERTIES
+from spark import candles as candle_queries
+from spark import mapping as mapping_module
+from spark import records
+from spark.postgres_writer import EVENT_TIME, PostgresWriter, TableTarget
 
 log = logging.getLogger("tickwire.spark")
-METRICS_PROPERTIES = Path(__file__).resolve().parent / "metrics.properties"
 
 
 @dataclass

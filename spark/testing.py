@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, localcontext
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from framework.schemas import shipped_schemas
 
 
 def config_yaml(topic: str, derived: str = "candles_1m: {kind: candles, from: trade, interval: 1 minute, "
@@ -30,7 +30,7 @@ symbols: [BTCUSDT, ETHUSDT, BNBUSDT]
 streams:
   trade:
     channel: "{{symbol}}@trade"
-    schema: {REPO / "schemas" / "trade.schema.json"}
+    schema: {Path(shipped_schemas() / "trade.schema.json")}
     table: trades
     topic: {{name: {topic}, partitions: 2}}
 derived:

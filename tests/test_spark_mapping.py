@@ -107,6 +107,12 @@ def test_print_command_is_a_spark_submit_line_without_the_password(tmp_path):
     assert "secret" not in out.stdout and '--dsn "$TICKWIRE_SPARK_PG_DSN"' in out.stdout
     assert (tmp_path / "spark-mapping.json").is_file()
 
+    # the printed file is the installed job, and it runs as a file (what spark-submit does)
+    [job_file] = [part for part in out.stdout.split() if part.endswith("job.py")]
+    assert Path(job_file).is_file()
+    as_file = subprocess.run([sys.executable, job_file, "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert as_file.returncode == 0 and "--mapping" in as_file.stdout, as_file.stderr
+
 
 def test_expected_candles_orders_by_time_then_id():
     t0 = 1_700_000_040_000

@@ -1,6 +1,6 @@
 """The Binance-compatible simulator server (aiohttp, one port).
 
-WebSocket (spot market streams, as documented in /work/shared/binance):
+WebSocket (spot market streams as Binance documents them; examples in tests/data/binance-wire-examples.jsonl):
   ``/ws/<stream>[/<stream>…]``   raw events          ``/ws``      raw, then SUBSCRIBE
   ``/stream?streams=a/b/c``      combined wrapper    ``/stream``  combined, then SUBSCRIBE
   Requests: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, SET_PROPERTY/GET_PROPERTY ``combined``.

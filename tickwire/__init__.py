@@ -1,0 +1,53 @@
+"""tickwire: declarative, plugin-based ingestion of market streams.
+
+This module is the API a plugin author imports; everything else is internal and may change::
+
+    from tickwire import SinkSpec, hookimpl
+
+    @hookimpl
+    def tickwire_register_sinks(register):
+        register(SinkSpec(name="csv", factory=CsvSink, description="…"))
+
+Register the module in the ``tickwire`` entry-point group of your package (or put it in a
+plugin folder: ``--plugins-dir``). Hooks are documented in ``tickwire.framework.hookspecs``.
+Test a sink with :class:`SinkConformance` (pytest) or :func:`check_sink_conformance`.
+
+The installed package holds the repository's folders under one name: ``tickwire.framework``
+(the core), ``tickwire.plugins`` (the built-in plugins), ``tickwire.spark`` (the Spark job), and
+as package data the default ``streams.yaml`` and ``schemas/`` (what ``tickwire init`` copies).
+"""
+
+from framework.components import (
+    CodegenSpec,
+    DeadLetter,
+    Emitter,
+    InvalidRecord,
+    PluginError,
+    RunContext,
+    Sink,
+    SinkSpec,
+    Source,
+    SourceSpec,
+    Transform,
+    TransformSpec,
+)
+from framework.extras import MissingDependency, Requirement, optional_module, requires
+from framework.hookspecs import hookimpl
+from framework.schemas import Column, StreamSpec
+from framework.testing import (
+    ListSource,
+    RecordingSink,
+    SinkCase,
+    SinkConformance,
+    check_sink_conformance,
+    make_context,
+    stream_spec,
+    trade_payload,
+)
+
+__all__ = [
+    "CodegenSpec", "Column", "DeadLetter", "Emitter", "InvalidRecord", "ListSource", "MissingDependency",
+    "PluginError", "RecordingSink", "Requirement", "RunContext", "Sink", "SinkCase", "SinkConformance",
+    "SinkSpec", "Source", "SourceSpec", "StreamSpec", "Transform", "TransformSpec", "check_sink_conformance",
+    "hookimpl", "make_context", "optional_module", "requires", "stream_spec", "trade_payload",
+]
