@@ -44,7 +44,7 @@ demo: setup
 setup-test: $(VENV)/.installed-test
 	bash scripts/install_system_deps.sh
 	$(PYTHON) scripts/kafka_broker.py fetch
-	$(PYTHON) -m spark.jars >/dev/null
+	$(PYTHON) -m tickwire.spark.jars >/dev/null
 
 test: setup-test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

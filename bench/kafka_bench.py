@@ -257,7 +257,7 @@ class Bench:
         ))
 
     def cli(self, *args: str, sets: list[str] = ()) -> list[str]:
-        command = [PYTHON, "-m", "framework.cli", "-c", str(self.config)]
+        command = [PYTHON, "-m", "tickwire.framework.cli", "-c", str(self.config)]
         for item in sets:
             command += ["--set", item]
         return [*command, *args]

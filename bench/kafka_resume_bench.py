@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 
-from framework.schemas import StreamSpec, TopicSpec
-from plugins.kafka_resume import read_topic_tail
+from tickwire.framework.schemas import StreamSpec, TopicSpec
+from tickwire.plugins.kafka_resume import read_topic_tail
 from scripts.kafka_broker import KafkaBroker
 from tests.fixtures.kafka import create_topics
 

@@ -46,7 +46,7 @@ from scripts.pg_cluster import PostgresCluster  # noqa: E402
 from tests.fixtures.simulator import start_simulator  # noqa: E402
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
-TICKWIRE = [sys.executable, "-m", "framework.cli"]
+TICKWIRE = [sys.executable, "-m", "tickwire.framework.cli"]
 PASSWORDS = {"TICKWIRE_PG_WRITER_PASSWORD": "bench-writer", "TICKWIRE_PG_READER_PASSWORD": "bench-reader"}
 
 CONFIG = """\

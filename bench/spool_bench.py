@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from framework.spool import Spool  # noqa: E402
+from tickwire.framework.spool import Spool  # noqa: E402
 
 
 def payloads(count: int) -> list[bytes]:

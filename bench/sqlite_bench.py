@@ -188,7 +188,7 @@ def run_tickwire(sim, args, workdir: Path, label: str) -> dict:
                       schema=REPO / "schemas/trade.schema.json", batch_size=args.batch_size)
     )
     proc = subprocess.Popen(
-        [PYTHON, "-m", "framework.cli", "-c", str(workdir / "streams.yaml"), "run", "--metrics-port", "auto",
+        [PYTHON, "-m", "tickwire.framework.cli", "-c", str(workdir / "streams.yaml"), "run", "--metrics-port", "auto",
          "--log-format", "json", "--no-status", "--progress-interval", "3600"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -261,7 +261,7 @@ def run_baseline(sim, args, workdir: Path) -> dict:
 def _frames(n: int) -> list[str]:
     import orjson
 
-    from framework.testing import TRADE_EPOCH_MS
+    from tickwire.framework.testing import TRADE_EPOCH_MS
 
     out = []
     for i in range(n):
@@ -298,13 +298,14 @@ def offline_baseline(frames: list[str], db: Path) -> dict:
 def offline_tickwire(frames: list[str], workdir: Path, batch_size: int) -> dict:
     import asyncio
 
-    import plugins.jsonl_sink
-    import plugins.normalize
-    import plugins.sqlite_sink
-    import plugins.validate
-    from framework.engine import Engine, EngineSettings
-    from framework.testing import stream_spec
-    from plugins.binance.frames import FrameRouter, build_channels
+    import tickwire.plugins.jsonl_sink
+    import tickwire.plugins.normalize
+    import tickwire.plugins.sqlite_sink
+    import tickwire.plugins.validate
+    from tickwire import plugins
+    from tickwire.framework.engine import Engine, EngineSettings
+    from tickwire.framework.testing import stream_spec
+    from tickwire.plugins.binance.frames import FrameRouter, build_channels
 
     specs: dict = {}
     for module in (plugins.validate, plugins.normalize):
@@ -326,7 +327,7 @@ def offline_tickwire(frames: list[str], workdir: Path, batch_size: int) -> dict:
                 if pending is not None:
                     await pending
 
-    from framework.components import SourceSpec
+    from tickwire.framework.components import SourceSpec
 
     engine = Engine(
         streams=[stream],

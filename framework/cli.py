@@ -19,13 +19,13 @@ from pathlib import Path
 import click
 import jsonschema
 
-from framework.components import PluginError
-from framework.config import DEFAULT_CONFIG, Config, load_config, plugin_settings
-from framework.documents import DocumentError
-from framework import report_formats
-from framework.extras import MissingDependency
-from framework.plugins import PluginManager
-from framework.project import init_command
+from tickwire.framework.components import PluginError
+from tickwire.framework.config import DEFAULT_CONFIG, Config, load_config, plugin_settings
+from tickwire.framework.documents import DocumentError
+from tickwire.framework import report_formats
+from tickwire.framework.extras import MissingDependency
+from tickwire.framework.plugins import PluginManager
+from tickwire.framework.project import init_command
 
 EXIT_CONFIG = 2
 
@@ -141,8 +141,8 @@ def validate(app: App, samples: Path | None, output_format: str) -> None:
 
 
 def _validate(app: App, samples: Path | None, say) -> None:
-    from framework.components import InvalidRecord
-    from framework.documents import Mark, Problem
+    from tickwire.framework.components import InvalidRecord
+    from tickwire.framework.documents import Mark, Problem
 
     config = app.config
     say(f"{app.config_path}: ok ({len(config.streams)} streams, {len(config.sinks)} sinks, "
@@ -314,7 +314,7 @@ def build(argv: list[str]) -> tuple[click.Group, App]:
     manager = PluginManager(block=block + config_block, directories=dirs + config_dirs)
     group = copy.copy(cli)
     group.commands = dict(cli.commands)
-    from framework.run import run as run_command  # here: the engine imports the plugin machinery
+    from tickwire.framework.run import run as run_command  # here: the engine imports the plugin machinery
 
     group.add_command(run_command)
     manager.add_commands(group)

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from framework.config import Config
-    from framework.extras import Requirement
-    from framework.metrics import Metrics
-    from framework.schemas import StreamSpec
+    from tickwire.framework.config import Config
+    from tickwire.framework.extras import Requirement
+    from tickwire.framework.metrics import Metrics
+    from tickwire.framework.schemas import StreamSpec
 
 
 class InvalidRecord(Exception):
@@ -189,7 +189,7 @@ class _Spec:
     description: str
     config_schema: dict = field(default_factory=lambda: {"type": "object"})
     plugin: str = ""  # filled in by the plugin manager
-    # Modules needed only when the component is used (framework.extras); missing ones make it
+    # Modules needed only when the component is used (tickwire.framework.extras); missing ones make it
     # unavailable, not the plugin: e.g. ``requires=POSTGRES`` says ``pip install 'tickwire[postgres]'``.
     requires: Requirement | None = None
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from framework import documents
-from framework.config_schema import bounded, build_schema
-from framework.documents import Document, DocumentError, Mark, Problem, dotted
-from framework.plugins import PluginManager
-from framework.schema_checks import check_stream_schema
-from framework.schemas import META_SCHEMA_PATH, StreamSchemaError, StreamSpec, TopicSpec
-from framework.validation import option_problems, schema_problems
+from tickwire.framework import documents
+from tickwire.framework.config_schema import bounded, build_schema
+from tickwire.framework.documents import Document, DocumentError, Mark, Problem, dotted
+from tickwire.framework.plugins import PluginManager
+from tickwire.framework.schema_checks import check_stream_schema
+from tickwire.framework.schemas import META_SCHEMA_PATH, StreamSchemaError, StreamSpec, TopicSpec
+from tickwire.framework.validation import option_problems, schema_problems
 
 DEFAULT_CONFIG = "streams.yaml"
 DEFAULT_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -83,7 +83,7 @@ class Config:
 
     @property
     def engine(self) -> dict:
-        """As written; the defaults belong to framework.engine.EngineSettings."""
+        """As written; the defaults belong to tickwire.framework.engine.EngineSettings."""
         return dict(self.data.get("engine", {}))
 
     @property

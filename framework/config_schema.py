@@ -7,7 +7,7 @@ installed plugins register (component option blocks and extra top-level sections
 Numbers have ranges: the core's options declare their own; a plugin option of type
 ``integer`` or ``number`` that declares no upper bound gets :data:`INTEGER_CEILING` or
 :data:`NUMBER_CEILING` (so ``1e300`` seconds cannot overflow a timer). Integers must be written
-as integers and numbers must be finite (see :mod:`framework.validation`).
+as integers and numbers must be finite (see :mod:`tickwire.framework.validation`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import copy
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from framework.plugins import PluginManager
+    from tickwire.framework.plugins import PluginManager
 
 SYMBOL_PATTERN = "^[A-Z0-9]{2,20}$"
 # Lowercase, so unquoted and quoted spellings name the same table in PostgreSQL; SQLite keeps

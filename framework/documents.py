@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from framework.problems import DocumentError, Mark, Problem, dotted  # noqa: F401  (re-exported)
-from framework.yaml_events import DocumentTooLarge, compose
+from tickwire.framework.problems import DocumentError, Mark, Problem, dotted  # noqa: F401  (re-exported)
+from tickwire.framework.yaml_events import DocumentTooLarge, compose
 
 Path_ = tuple  # a location in the document: ("streams", "trade", "table")
 

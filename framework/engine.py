@@ -56,15 +56,15 @@ from typing import Any
 
 import orjson
 
-from framework.components import (
+from tickwire.framework.components import (
     DeadLetter, GapRecordingSink, InvalidRecord, Rejected, ResumableSink, RunContext, SinkSpec, SourceSpec, TradeGap,
     TransformSpec,
 )
-from framework.config_schema import BASE_SCHEMA
-from framework.logs import get_logger
-from framework.metrics import Metrics
-from framework.resume import combine, gap_dead_letter
-from framework.schemas import StreamSpec
+from tickwire.framework.config_schema import BASE_SCHEMA
+from tickwire.framework.logs import get_logger
+from tickwire.framework.metrics import Metrics
+from tickwire.framework.resume import combine, gap_dead_letter
+from tickwire.framework.schemas import StreamSpec
 
 DEFAULT_TRANSFORMS = [("validate", {}), ("normalize", {})]
 _ENGINE_OPTIONS = BASE_SCHEMA["properties"]["engine"]["properties"]
@@ -180,7 +180,7 @@ class _Route:
 
 class Emitter:
     """What a source gets: ``await emit.record(stream, payload, received_ns)``, or its hot-loop
-    variant ``record_nowait``; the contract is :class:`framework.components.Emitter`'s."""
+    variant ``record_nowait``; the contract is :class:`tickwire.framework.components.Emitter`'s."""
 
     def __init__(self, engine: Engine, source_id: str, plugin: str):
         self._engine = engine
@@ -198,7 +198,7 @@ class Emitter:
         return type(pending) is not Rejected
 
     def record_nowait(self, stream: str, payload: dict, received_ns: int):
-        """``record`` without the coroutine (the contract is :class:`framework.components.Emitter`'s):
+        """``record`` without the coroutine (the contract is :class:`tickwire.framework.components.Emitter`'s):
         does all the work that needs no waiting and returns None (accepted and buffered), a
         :class:`Rejected` (its dead letter to await), or a coroutine the caller must await
         before the next record (accepted; a full batch to hand to a sink queue — that is the
@@ -328,7 +328,7 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: Any, plugins: Any, profile: str | None = None, metrics: Metrics | None = None, log=None) -> Engine:
-        """Build from the loaded :class:`~framework.config.Config` and the plugin manager."""
+        """Build from the loaded :class:`~tickwire.framework.config.Config` and the plugin manager."""
         prof = config.profile(profile)  # None: the config's default profile
         streams = config.profile_streams(prof)  # copies, with .sinks = the profile's sinks
         wanted = set(prof.sinks) | ({prof.dead_letter} if prof.dead_letter else set())

@@ -17,7 +17,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from framework.components import (
+    from tickwire.framework.components import (
         CodegenSpec,
         SinkSpec,
         SourceSpec,
@@ -35,7 +35,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def tickwire_register_sources(register: Callable[[SourceSpec], None]) -> None:
     """Register source components (things that produce payloads, e.g. a WebSocket feed).
 
-    :param register: call it once per :class:`~framework.components.SourceSpec`. The spec's
+    :param register: call it once per :class:`~tickwire.framework.components.SourceSpec`. The spec's
         ``name`` is what streams.yaml puts in ``sources.<id>.type``.
 
     Called once when the plugin manager builds its registry.
@@ -46,9 +46,9 @@ def tickwire_register_sources(register: Callable[[SourceSpec], None]) -> None:
 def tickwire_register_transforms(register: Callable[[TransformSpec], None]) -> None:
     """Register per-record transforms (``validate``, ``normalize``, …).
 
-    :param register: call it once per :class:`~framework.components.TransformSpec`. A
+    :param register: call it once per :class:`~tickwire.framework.components.TransformSpec`. A
         transform factory receives the stream it serves and returns a plain function
-        ``record -> record | None`` that raises :class:`~framework.components.InvalidRecord`
+        ``record -> record | None`` that raises :class:`~tickwire.framework.components.InvalidRecord`
         to send a record to the dead-letter destination.
     """
 
@@ -57,7 +57,7 @@ def tickwire_register_transforms(register: Callable[[TransformSpec], None]) -> N
 def tickwire_register_sinks(register: Callable[[SinkSpec], None]) -> None:
     """Register sink components (SQLite, Kafka, PostgreSQL, JSON lines, …).
 
-    :param register: call it once per :class:`~framework.components.SinkSpec`. The spec's
+    :param register: call it once per :class:`~tickwire.framework.components.SinkSpec`. The spec's
         ``name`` is what streams.yaml puts in ``sinks.<id>.type``.
     """
 
@@ -66,7 +66,7 @@ def tickwire_register_sinks(register: Callable[[SinkSpec], None]) -> None:
 def tickwire_register_codegen_targets(register: Callable[[CodegenSpec], None]) -> None:
     """Register code-generation targets for ``tickwire generate TARGET``.
 
-    :param register: call it once per :class:`~framework.components.CodegenSpec`. The
+    :param register: call it once per :class:`~tickwire.framework.components.CodegenSpec`. The
         factory receives the loaded config and returns ``{relative file name: content}``;
         the output must be deterministic.
     """

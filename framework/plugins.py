@@ -23,8 +23,8 @@ from typing import Iterable
 
 import pluggy
 
-from framework import hookspecs
-from framework.components import CodegenSpec, PluginError, SinkSpec, SourceSpec, TransformSpec
+from tickwire.framework import hookspecs
+from tickwire.framework.components import CodegenSpec, PluginError, SinkSpec, SourceSpec, TransformSpec
 
 
 @dataclass
@@ -207,7 +207,7 @@ class PluginManager:
 
 def _command_requirements(command, path: str):
     """(command path, requirement) of a click command and its subcommands marked with
-    :func:`framework.extras.requires`."""
+    :func:`tickwire.framework.extras.requires`."""
     requirement = getattr(command, "tickwire_requires", None)
     if requirement is not None:
         yield path, requirement

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from framework.documents import _ENV_REF
-from framework.schemas import shipped_schemas
+from tickwire.framework.documents import _ENV_REF
+from tickwire.framework.schemas import shipped_schemas
 
 README = """\
 # tickwire project

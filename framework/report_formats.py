@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from framework.documents import Problem
+from tickwire.framework.documents import Problem
 
 FORMATS = ("text", "github", "json")
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from framework.components import DeadLetter, TradeGap
-from framework.schemas import quote_identifier as q
+from tickwire.framework.components import DeadLetter, TradeGap
+from tickwire.framework.schemas import quote_identifier as q
 
 # How many of the newest ids per symbol a sink checks for holes. A hole older than this was
 # left before the last RESUME_WINDOW trades were stored, i.e. by an earlier run that already

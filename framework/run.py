@@ -31,10 +31,10 @@ from typing import Any
 
 import click
 
-from framework.engine import Engine, EngineError, describe_uncommitted, uncommitted_fields
-from framework.logs import FORMATS, LEVELS, configure, get_logger, log_loop_exceptions, report_suppressed
-from framework.metrics import DEFAULT_HOST, DEFAULT_PORT, Metrics
-from framework.status import Progress, StatusView, summary_lines
+from tickwire.framework.engine import Engine, EngineError, describe_uncommitted, uncommitted_fields
+from tickwire.framework.logs import FORMATS, LEVELS, configure, get_logger, log_loop_exceptions, report_suppressed
+from tickwire.framework.metrics import DEFAULT_HOST, DEFAULT_PORT, Metrics
+from tickwire.framework.status import Progress, StatusView, summary_lines
 
 EXIT_ABANDONED = 3
 EXIT_FORCED = 130

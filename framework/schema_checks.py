@@ -24,9 +24,9 @@ from urllib.parse import unquote
 
 from jsonschema import Draft202012Validator
 
-from framework.problems import Problem, dotted
-from framework.schemas import ANNOTATION, columns_of, load_meta_schema
-from framework.validation import DocumentValidator, dedupe, describe
+from tickwire.framework.problems import Problem, dotted
+from tickwire.framework.schemas import ANNOTATION, columns_of, load_meta_schema
+from tickwire.framework.validation import DocumentValidator, dedupe, describe
 
 _SCHEMA_VALUED = ("items", "additionalProperties", "propertyNames", "contains", "if", "then", "else", "not")
 _SCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
@@ -53,7 +53,7 @@ _meta_validator = None
 
 
 def check_stream_schema(schema_doc) -> list[Problem]:
-    """A stream schema (a :class:`framework.documents.Document`) against the meta-schema,
+    """A stream schema (a :class:`tickwire.framework.documents.Document`) against the meta-schema,
     JSON Schema 2020-12 and what the pipeline can execute, then the annotations' consistency."""
     global _meta_validator
     if _meta_validator is None:

@@ -6,7 +6,7 @@ accepted (if ``supports_dead_letters``), close releases everything and the data 
 reopen. Two ways to run them::
 
     # 1. pytest: subclass and provide a `sink_case` fixture
-    from framework.testing import SinkCase, SinkConformance, make_context
+    from tickwire.framework.testing import SinkCase, SinkConformance, make_context
 
     class TestMySink(SinkConformance):
         @pytest.fixture
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from framework.components import DeadLetter, RunContext, SinkSpec, SourceSpec
-from framework.metrics import Metrics
-from framework.schemas import StreamSpec, load_schema, shipped_schemas
+from tickwire.framework.components import DeadLetter, RunContext, SinkSpec, SourceSpec
+from tickwire.framework.metrics import Metrics
+from tickwire.framework.schemas import StreamSpec, load_schema, shipped_schemas
 
 TRADE_EPOCH_MS = 1672531200000  # 2023-01-01T00:00:00Z
 
@@ -88,8 +88,8 @@ def trade_payload(i: int, symbol: str = "BTCUSDT", *, price: str | None = None, 
 
 def normalized(stream: StreamSpec, payloads: list[dict]) -> list[dict]:
     """Payloads through the built-in validate → normalize chain."""
-    from plugins.normalize import make_normalizer
-    from plugins.validate import make_validator
+    from tickwire.plugins.normalize import make_normalizer
+    from tickwire.plugins.validate import make_validator
 
     v, n = make_validator(stream, {}), make_normalizer(stream, {})
     return [n(v(p)) for p in payloads]
@@ -102,7 +102,7 @@ class _Obj:
 
 def make_context(streams: list[StreamSpec], config_dir: str | Path = ".", *, metrics: Metrics | None = None, config: Any = None, log: Any = None) -> RunContext:
     """A :class:`RunContext` for a component under test (fresh metrics registry)."""
-    from framework.logs import get_logger
+    from tickwire.framework.logs import get_logger
 
     return RunContext(
         config=config,

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator, ValidationError
 
-from framework.problems import Problem, dotted
+from tickwire.framework.problems import Problem, dotted
 
 SYMBOL_HINT = "^[A-Z0-9]{2,20}"
 
@@ -67,7 +67,7 @@ def _short(value: Any) -> str:
 
 
 def schema_problems(doc, schema: dict) -> list[Problem]:
-    """``doc`` (a :class:`framework.documents.Document`) against ``schema``."""
+    """``doc`` (a :class:`tickwire.framework.documents.Document`) against ``schema``."""
     problems = []
     for error in DocumentValidator(schema).iter_errors(doc.data):
         problems += describe(doc, error)

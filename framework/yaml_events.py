@@ -4,7 +4,7 @@ PyYAML's own composer and constructor recurse once per nesting level and expand 
 full, so a 20,000-deep list exhausts the Python stack and a "billion laughs" alias bomb eats
 all memory. Here the depth and the number of values are counted as the events arrive, and
 building stops with a :class:`Problem` at the first event over a limit. Used by
-:mod:`framework.documents`, which owns marks, scalars and the public API.
+:mod:`tickwire.framework.documents`, which owns marks, scalars and the public API.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
-from framework.problems import Mark, Problem, dotted
+from tickwire.framework.problems import Mark, Problem, dotted
 
 if TYPE_CHECKING:
-    from framework.documents import Document, Limits
+    from tickwire.framework.documents import Document, Limits
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when installed: ~10x faster
 _MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from framework.components import CodegenSpec
-from framework.hookspecs import hookimpl
+from tickwire.framework.components import CodegenSpec
+from tickwire.framework.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from framework.config import Config
+    from tickwire.framework.config import Config
 
 SILENCE_SECONDS = 120
 DEFAULT_DEAD_LETTER_TOPIC = "tickwire.dead-letter"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-from framework.components import CodegenSpec
-from framework.config_schema import build_schema
-from framework.hookspecs import hookimpl
-from plugins.codegen_postgres import PG_TYPES
+from tickwire.framework.components import CodegenSpec
+from tickwire.framework.config_schema import build_schema
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.plugins.codegen_postgres import PG_TYPES
 
 
 def stream_tables(config) -> dict[str, str]:

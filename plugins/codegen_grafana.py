@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from framework.components import CodegenSpec
-from framework.hookspecs import hookimpl
+from tickwire.framework.components import CodegenSpec
+from tickwire.framework.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from framework.config import Config
+    from tickwire.framework.config import Config
 
 PG = {"type": "grafana-postgresql-datasource", "uid": "postgres"}
 PROM = {"type": "prometheus", "uid": "prometheus"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from framework.components import CodegenSpec
-from framework.hookspecs import hookimpl
+from tickwire.framework.components import CodegenSpec
+from tickwire.framework.hookspecs import hookimpl
 
 DEFAULT_DEAD_LETTER_TOPIC = "tickwire.dead-letter"
 

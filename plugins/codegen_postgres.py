@@ -7,10 +7,10 @@ quoted, so a table ``select`` or a column ``group`` works.
 
 from __future__ import annotations
 
-from framework.components import CodegenSpec
-from framework.hookspecs import hookimpl
-from framework.resume import TRADE_GAPS_TABLE
-from framework.schemas import Column, StreamSpec, quote_identifier as q
+from tickwire.framework.components import CodegenSpec
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.resume import TRADE_GAPS_TABLE
+from tickwire.framework.schemas import Column, StreamSpec, quote_identifier as q
 
 PG_TYPES = {
     "decimal": "NUMERIC",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 
-from framework.components import CodegenSpec
-from framework.hookspecs import hookimpl
-from framework.schemas import Column
-from plugins.codegen_postgres import CANDLE_KEY, DEAD_LETTER_TABLE, PROGRESS_TABLE
+from tickwire.framework.components import CodegenSpec
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.schemas import Column
+from tickwire.plugins.codegen_postgres import CANDLE_KEY, DEAD_LETTER_TABLE, PROGRESS_TABLE
 
 DECIMAL_TYPE = "DECIMAL(38,18)"
 JSON_TYPES = {  # how the value JSON carries each logical type (see docs/architecture.md)

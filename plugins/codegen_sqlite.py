@@ -4,9 +4,9 @@ table ``order`` or a column ``group`` works."""
 
 from __future__ import annotations
 
-from framework.components import CodegenSpec
-from framework.hookspecs import hookimpl
-from framework.schemas import StreamSpec, quote_identifier as q
+from tickwire.framework.components import CodegenSpec
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.schemas import StreamSpec, quote_identifier as q
 
 SQLITE_TYPES = {
     "decimal": "TEXT",

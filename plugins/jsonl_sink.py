@@ -19,10 +19,10 @@ from pathlib import Path
 
 import orjson
 
-from framework.components import DeadLetter, RunContext, SinkSpec
-from framework.hookspecs import hookimpl
-from framework.threads import DedicatedThread
-from framework.schemas import StreamSpec
+from tickwire.framework.components import DeadLetter, RunContext, SinkSpec
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.threads import DedicatedThread
+from tickwire.framework.schemas import StreamSpec
 
 CONFIG_SCHEMA = {
     "type": "object",

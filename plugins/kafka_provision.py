@@ -20,8 +20,8 @@ from typing import Callable
 
 import click
 
-from framework.extras import KAFKA, requires
-from framework.hookspecs import hookimpl
+from tickwire.framework.extras import KAFKA, requires
+from tickwire.framework.hookspecs import hookimpl
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -62,7 +62,7 @@ async def provision(config, options: dict, report: Callable[[str], None] = print
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
     from aiokafka.errors import KafkaError
 
-    from plugins.kafka_sink import client_settings
+    from tickwire.plugins.kafka_sink import client_settings
 
     wanted = topics if topics is not None else topic_plan(config)
     settings = client_settings(options, "kafka provision")
@@ -179,7 +179,7 @@ def provision_command(app, sink_id: str | None, bootstrap_servers: str | None) -
     options = dict(options)
     if bootstrap_servers:
         options["bootstrap_servers"] = bootstrap_servers
-    from plugins.kafka_sink import KafkaSinkError
+    from tickwire.plugins.kafka_sink import KafkaSinkError
 
     try:
         result = asyncio.run(provision(config, options, report=click.echo))

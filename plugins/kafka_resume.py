@@ -18,7 +18,7 @@ import time
 
 import msgspec
 
-from framework.schemas import StreamSpec
+from tickwire.framework.schemas import StreamSpec
 
 TAIL_CHUNK_RECORDS = 5000
 TAIL_DEADLINE_SECONDS = 30.0

@@ -56,12 +56,12 @@ from pathlib import Path
 
 import msgspec
 
-from framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
-from framework.extras import KAFKA
-from framework.hookspecs import hookimpl
-from framework.resume import complete_up_to, gap_dead_letter, holes_in
-from framework.schemas import StreamSpec
-from framework.spool import Spool, SpoolError, SpoolFull
+from tickwire.framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
+from tickwire.framework.extras import KAFKA
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.resume import complete_up_to, gap_dead_letter, holes_in
+from tickwire.framework.schemas import StreamSpec
+from tickwire.framework.spool import Spool, SpoolError, SpoolFull
 
 SINK_TYPE = "kafka"
 DEFAULT_DEAD_LETTER_TOPIC = "tickwire.dead-letter"
@@ -395,7 +395,7 @@ class KafkaSink:
         outage; a refusal (ACLs, bad settings) is a KafkaSinkError."""
         if not self._provision_pending:
             return
-        from plugins.kafka_provision import ProvisionError, provision
+        from tickwire.plugins.kafka_provision import ProvisionError, provision
 
         try:
             await provision(self.ctx.config, self.options, report=lambda line: self.log.info(f"{self.who}: {line}"))
@@ -487,7 +487,7 @@ class KafkaSink:
     async def last_sequence_ids(self, stream: StreamSpec) -> dict[str, int] | None:
         """Per symbol, the last trade id in the topic or the spool with no hole below it among
         the records read; None when the broker cannot be read and the spool holds nothing."""
-        from plugins.kafka_resume import read_topic_tail
+        from tickwire.plugins.kafka_resume import read_topic_tail
 
         if stream.sequence is None or stream.topic is None:
             return None
@@ -514,7 +514,7 @@ class KafkaSink:
     def _ids_in_spool(self) -> dict[str, dict[str, set[int]]]:
         """stream → symbol → trade ids of the records waiting in the spool (read once at open,
         then rewound so the drainer replays them all)."""
-        from plugins.kafka_resume import _decoder, add_ids
+        from tickwire.plugins.kafka_resume import _decoder, add_ids
 
         by_topic = {self._topics[s.name]: s for s in self.ctx.streams if s.sequence is not None and s.name in self._topics}
         if not by_topic or not self.spool.pending_records():

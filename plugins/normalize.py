@@ -21,9 +21,9 @@ import time
 from datetime import datetime, timezone
 from functools import partial
 
-from framework.components import InvalidRecord, TransformSpec
-from framework.hookspecs import hookimpl
-from framework.schemas import StreamSpec
+from tickwire.framework.components import InvalidRecord, TransformSpec
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.schemas import StreamSpec
 
 _SUFFIX = tuple(f"{i:03d}Z" for i in range(1000))
 _prefixes: dict[int, str] = {}

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import click
 
-from framework.config_schema import SQL_IDENTIFIER
-from framework.extras import POSTGRES, optional_module, requires
-from framework.hookspecs import hookimpl
-from plugins.codegen_postgres import DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE
+from tickwire.framework.config_schema import SQL_IDENTIFIER
+from tickwire.framework.extras import POSTGRES, optional_module, requires
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.plugins.codegen_postgres import DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE
 
 # The `postgres` extra, imported when `tickwire db migrate` runs: the plugin loads without it.
 psycopg = optional_module("psycopg", POSTGRES, "`tickwire db migrate`")

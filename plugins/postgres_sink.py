@@ -37,14 +37,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
-from framework.extras import POSTGRES, optional_module
-from framework.hookspecs import hookimpl
-from framework.resume import (
+from tickwire.framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
+from tickwire.framework.extras import POSTGRES, optional_module
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.resume import (
     TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql,
     recorded_gaps_sql, window_ids_sql,
 )
-from framework.schemas import StreamSpec, quote_identifier as q
+from tickwire.framework.schemas import StreamSpec, quote_identifier as q
 
 # The `postgres` extra, imported when the sink is first used: the plugin loads without it.
 psycopg = optional_module("psycopg", POSTGRES, "the postgres sink")

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import click
 
-from framework.extras import SPARK, requires
-from framework.hookspecs import hookimpl
+from tickwire.framework.extras import SPARK, requires
+from tickwire.framework.hookspecs import hookimpl
 
 
 def _spark_modules():
     """The job and jars modules, imported when a spark command runs (they need pyspark)."""
-    from spark import jars, job
+    from tickwire.spark import jars, job
 
     return job, jars
 

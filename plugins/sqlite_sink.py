@@ -3,7 +3,7 @@
 * WAL journal and ``synchronous=NORMAL``: other processes (``sqlite3 data/tickwire.db``,
   Grafana's SQLite plugin, a notebook) read while tickwire writes; a commit survives a crash of
   tickwire (an OS crash may lose the last commits, never corrupt the file).
-* Tables come from ``plugins.codegen_sqlite.ddl_for`` — the same DDL ``tickwire generate
+* Tables come from ``tickwire.plugins.codegen_sqlite.ddl_for`` — the same DDL ``tickwire generate
   sqlite`` prints — created if missing.
 * Idempotent: ``INSERT … ON CONFLICT DO NOTHING`` on the schema's primary key, so a replay or an
   overlap (reconnect, gap fill) never duplicates a row; skipped rows are counted in
@@ -24,15 +24,15 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
-from framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
-from framework.hookspecs import hookimpl
-from framework.threads import DedicatedThread
-from framework.schemas import StreamSpec, quote_identifier as q
-from framework.resume import (
+from tickwire.framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.threads import DedicatedThread
+from tickwire.framework.schemas import StreamSpec, quote_identifier as q
+from tickwire.framework.resume import (
     TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql, recorded_gaps_sql,
     window_ids_sql,
 )
-from plugins.codegen_sqlite import DEAD_LETTERS_DDL, TRADE_GAPS_DDL, ddl_for
+from tickwire.plugins.codegen_sqlite import DEAD_LETTERS_DDL, TRADE_GAPS_DDL, ddl_for
 
 # Rows per INSERT statement. executemany() releases and re-takes the GIL around every row's
 # sqlite3_step, and while the event loop thread is busy each re-take can wait up to a whole

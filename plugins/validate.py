@@ -25,7 +25,7 @@ time in the year 2286 is a corrupt frame, not a trade). Backwards there is no bo
 days old — exactly the ones a restart must not lose.
 
 Anything in a schema this module cannot compile (a non-finite bound, an invalid pattern…) is
-a :class:`~framework.schemas.StreamSchemaError` naming the place in the schema; config
+a :class:`~tickwire.framework.schemas.StreamSchemaError` naming the place in the schema; config
 validation builds every validator, so ``tickwire validate`` reports it at its line.
 """
 
@@ -36,9 +36,9 @@ import re
 import time
 from typing import Any, Callable
 
-from framework.components import InvalidRecord, TransformSpec
-from framework.hookspecs import hookimpl
-from framework.schemas import ANNOTATION, StreamSchemaError, StreamSpec
+from tickwire.framework.components import InvalidRecord, TransformSpec
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.schemas import ANNOTATION, StreamSchemaError, StreamSpec
 
 CHECKS = ("type", "const", "enum", "pattern", "minimum", "maximum", "minLength", "maxLength")
 ANNOTATIONS = ("description", "title", "examples", "default", "$comment", "deprecated", ANNOTATION)

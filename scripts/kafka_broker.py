@@ -35,7 +35,7 @@ import time
 import uuid
 from pathlib import Path
 
-from framework.maven import MavenError, cache_root, fetch_dependencies
+from tickwire.framework.maven import MavenError, cache_root, fetch_dependencies
 
 POM = Path(__file__).resolve().parent.parent / "java" / "kafka" / "pom.xml"
 STATE_FILE = "broker.json"

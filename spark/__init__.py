@@ -3,13 +3,13 @@
 One Spark application runs one streaming query per stream of the generated mapping
 (`tickwire generate spark`), plus one per derived stream (candles), each in its own FAIR pool:
 
-* :mod:`spark.mapping` — the generated mapping (JSON) as dataclasses, checked on load;
-* :mod:`spark.jars` — the Kafka connector jars, fetched once with Maven into the cache;
-* :mod:`spark.records` — Kafka value JSON → typed columns, or a dead-letter reason;
-* :mod:`spark.candles` — OHLCV candles over event-time windows with a watermark;
-* :mod:`spark.postgres_writer` — the foreachBatch writer: COPY, upsert, progress, retries;
-* :mod:`spark.listener` — StreamingQueryListener → the tickwire Prometheus metrics;
-* :mod:`spark.job` — the application: session, queries, supervision (`python -m spark.job`).
+* :mod:`tickwire.spark.mapping` — the generated mapping (JSON) as dataclasses, checked on load;
+* :mod:`tickwire.spark.jars` — the Kafka connector jars, fetched once with Maven into the cache;
+* :mod:`tickwire.spark.records` — Kafka value JSON → typed columns, or a dead-letter reason;
+* :mod:`tickwire.spark.candles` — OHLCV candles over event-time windows with a watermark;
+* :mod:`tickwire.spark.postgres_writer` — the foreachBatch writer: COPY, upsert, progress, retries;
+* :mod:`tickwire.spark.listener` — StreamingQueryListener → the tickwire Prometheus metrics;
+* :mod:`tickwire.spark.job` — the application: session, queries, supervision (`python -m tickwire.spark.job`).
 
 The job needs Python only on the driver: every per-row expression runs in the JVM, so a cluster's
 executors need no tickwire install.

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark.mapping import DerivedMapping, StreamMapping
+from tickwire.spark.mapping import DerivedMapping, StreamMapping
 
 # Computed by the upsert from the staged row: VWAP with PostgreSQL's numeric division (the
 # numerator's scale 24 makes the quotient exact to more than the 18 places kept).

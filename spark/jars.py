@@ -21,8 +21,8 @@ import re
 import sys
 from pathlib import Path
 
-from framework.maven import MavenError, cache_root, fetch_dependencies
-from spark import POM
+from tickwire.framework.maven import MavenError, cache_root, fetch_dependencies
+from tickwire.spark import POM
 CONNECTOR = "spark-sql-kafka-0-10_2.13"
 _VERSIONED_JAR = re.compile(r"^(?P<artifact>.+?)-\d+(\.\d+)+[\w.\-]*\.jar$")
 
@@ -88,7 +88,7 @@ def _fetch(version: str, pom, jars_dir: Path, quiet: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m spark.jars [VERSION]``: fetch (if needed) and print the jar paths."""
+    """``python -m tickwire.spark.jars [VERSION]``: fetch (if needed) and print the jar paths."""
     args = sys.argv[1:] if argv is None else argv
     try:
         jars = fetch_jars(args[0] if args else None)

@@ -3,11 +3,11 @@
 Run it with ``tickwire spark submit`` (which fetches the connector jars and generates the
 mapping), or with a plain spark-submit (``tickwire spark submit --print-command`` prints it)::
 
-    spark-submit --master 'local[*]' --conf spark.jars=<the jars of `python -m spark.jars`> \
+    spark-submit --master 'local[*]' --conf spark.jars=<the jars of `python -m tickwire.spark.jars`> \
         <this file, where tickwire is installed> --mapping spark-mapping.json --bootstrap localhost:9092 \
         --dsn postgresql://... --checkpoint-dir /var/lib/tickwire/spark-checkpoints
 
-Every query reads its topic, writes with :class:`~spark.postgres_writer.PostgresWriter` in
+Every query reads its topic, writes with :class:`~tickwire.spark.postgres_writer.PostgresWriter` in
 foreachBatch, checkpoints under ``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own
 name. A query that fails (PostgreSQL down past the writer's retry budget, a broker gone) is
 restarted from its checkpoint with backoff; SIGTERM/SIGINT stop all queries and exit.
@@ -29,11 +29,11 @@ from xml.sax.saxutils import quoteattr
 
 # Run as a file by spark-submit too: these imports then find the installed package (tickwire
 # must be installed in the Python Spark uses, PYSPARK_PYTHON; the executors need nothing).
-from spark import METRICS_PROPERTIES
-from spark import candles as candle_queries
-from spark import mapping as mapping_module
-from spark import records
-from spark.postgres_writer import EVENT_TIME, PostgresWriter, TableTarget
+from tickwire.spark import METRICS_PROPERTIES
+from tickwire.spark import candles as candle_queries
+from tickwire.spark import mapping as mapping_module
+from tickwire.spark import records
+from tickwire.spark.postgres_writer import EVENT_TIME, PostgresWriter, TableTarget
 
 log = logging.getLogger("tickwire.spark")
 
@@ -135,7 +135,7 @@ class Job:
         self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel(os.environ.get("TICKWIRE_SPARK_LOG_LEVEL", "WARN"))
         if self.metrics is not None:
-            from spark.listener import MetricsListener
+            from tickwire.spark.listener import MetricsListener
 
             self.listener = MetricsListener(self.metrics)
             self.spark.streams.addListener(self.listener)
@@ -288,7 +288,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
 
 def run(opts: JobOptions) -> int:
     """Run the job in this process until stopped; serve the tickwire metrics meanwhile."""
-    from framework.metrics import Metrics
+    from tickwire.framework.metrics import Metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = Metrics()

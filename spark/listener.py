@@ -1,4 +1,4 @@
-"""StreamingQueryListener → the tickwire Prometheus metrics (``framework.metrics.Metrics``).
+"""StreamingQueryListener → the tickwire Prometheus metrics (``tickwire.framework.metrics.Metrics``).
 
 Per query (label ``query`` = the stream or derived-stream name), on every progress event:
 

@@ -28,7 +28,7 @@ from psycopg import sql
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark.records import KAFKA_TS, RAW, REASON
+from tickwire.spark.records import KAFKA_TS, RAW, REASON
 
 log = logging.getLogger("tickwire.spark")
 

@@ -22,7 +22,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from spark.mapping import StreamMapping
+from tickwire.spark.mapping import StreamMapping
 
 REASON = "__tw_reason"
 RAW = "__tw_raw"

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, localcontext
 from pathlib import Path
 
-from framework.schemas import shipped_schemas
+from tickwire.framework.schemas import shipped_schemas
 
 
 def config_yaml(topic: str, derived: str = "candles_1m: {kind: candles, from: trade, interval: 1 minute, "

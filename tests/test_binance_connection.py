@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from aiohttp import WSMsgType, web
 
-from plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
+from tickwire.plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
 from tests.fixtures.simulator import serve_stream
 
 

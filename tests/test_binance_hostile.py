@@ -15,7 +15,7 @@ import time
 import orjson
 from aiohttp import WSMsgType, web
 
-from plugins.binance.source import BinanceSource
+from tickwire.plugins.binance.source import BinanceSource
 from tests.test_binance_ids import STREAMS, EngineCollector, trade
 from tests.test_binance_source import Ctx, run_source
 

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framework.components import Rejected
-from framework.engine import Emitter, Engine
-from framework.plugins import PluginManager
-from framework.testing import stream_spec
-from plugins.binance.frames import FrameRouter, build_channels
-from plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, TOO_FAR, TOO_OLD, TradeIdTracker
+from tickwire.framework.components import Rejected
+from tickwire.framework.engine import Emitter, Engine
+from tickwire.framework.plugins import PluginManager
+from tickwire.framework.testing import stream_spec
+from tickwire.plugins.binance.frames import FrameRouter, build_channels
+from tickwire.plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, TOO_FAR, TOO_OLD, TradeIdTracker
 
 # -- helpers ------------------------------------------------------------------------------------
 

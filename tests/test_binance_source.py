@@ -12,14 +12,14 @@ import jsonschema
 import orjson
 import pytest
 
-from framework.metrics import Metrics
-from framework.testing import stream_spec
-from plugins.binance.connection import combined_stream_url, send_rate
-from plugins.binance.frames import FrameRouter, ServerShutdown, build_channels
-from plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, RecentKeys, TradeIdTracker
-from plugins.binance.ratelimit import Backoff, SlidingWindowLimiter, TokenBucket
-from plugins.binance.rest import HistoricalTrades, rest_trade_to_event
-from plugins.binance.source import CONFIG_SCHEMA, DEFAULTS, BinanceSource, split_evenly
+from tickwire.framework.metrics import Metrics
+from tickwire.framework.testing import stream_spec
+from tickwire.plugins.binance.connection import combined_stream_url, send_rate
+from tickwire.plugins.binance.frames import FrameRouter, ServerShutdown, build_channels
+from tickwire.plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, RecentKeys, TradeIdTracker
+from tickwire.plugins.binance.ratelimit import Backoff, SlidingWindowLimiter, TokenBucket
+from tickwire.plugins.binance.rest import HistoricalTrades, rest_trade_to_event
+from tickwire.plugins.binance.source import CONFIG_SCHEMA, DEFAULTS, BinanceSource, split_evenly
 from tests.fixtures.simulator import serve_stream
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_options_schema_defaults_and_registration():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"max_streams_per_connection": 2000}, CONFIG_SCHEMA)
 
-    from framework.plugins import PluginManager
+    from tickwire.framework.plugins import PluginManager
 
     pm = PluginManager()
     assert pm.sources["binance"].factory is BinanceSource

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from framework.config import load_config
-from framework.plugins import PluginManager
+from tickwire.framework.config import load_config
+from tickwire.framework.plugins import PluginManager
 
 REPO = Path(__file__).resolve().parent.parent
 SNAPSHOTS = REPO / "tests" / "snapshots"
@@ -167,8 +167,8 @@ def test_reserved_words_as_table_and_column_names_work_in_sqlite(tmp_path, manag
     import asyncio
     import sqlite3
 
-    from framework.testing import make_context, normalized, trade_payload
-    from plugins.sqlite_sink import SQLiteSink
+    from tickwire.framework.testing import make_context, normalized, trade_payload
+    from tickwire.plugins.sqlite_sink import SQLiteSink
 
     project = reserved_word_project(tmp_path)
     config = load_config(project / "streams.yaml", manager)

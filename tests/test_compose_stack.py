@@ -140,8 +140,8 @@ def test_generated_files_are_up_to_date():
 
 
 def test_every_stream_has_a_topic_and_a_silence_alert():
-    from framework.config import load_config
-    from framework.plugins import PluginManager
+    from tickwire.framework.config import load_config
+    from tickwire.framework.plugins import PluginManager
 
     config = load_config(ROOT / "streams.yaml", PluginManager())
     topics = (vs.COMPOSE_DIR / "kafka/topics.txt").read_text()
@@ -197,7 +197,7 @@ def test_dashboard_sql_returns_rows_on_simulator_data(simulator, postgres_tables
     sim = simulator(rate=300, ticker_interval=0.5, malformed_every=40, malformed_kinds="invalid_event,truncated")
     env = {**os.environ, "TICKWIRE_BINANCE_URL": sim.ws_url, "TICKWIRE_BINANCE_REST_URL": sim.rest_url,
            "TICKWIRE_PG_DSN": postgres_tables.writer_dsn}
-    run = subprocess.run([sys.executable, "-m", "framework.cli", "run", "--profile", "postgres", "--duration", "6",
+    run = subprocess.run([sys.executable, "-m", "tickwire.framework.cli", "run", "--profile", "postgres", "--duration", "6",
                           "--metrics-port", "0", "--log-format", "json"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -217,7 +217,7 @@ def test_every_tickwire_command_in_the_stack_parses_with_the_real_cli():
     only fail at `docker compose up`; parse each one with the CLI instead, as `--help` does."""
     from click.testing import CliRunner
 
-    from framework.cli import build
+    from tickwire.framework.cli import build
 
     compose = yaml.safe_load((vs.ROOT / "compose" / "docker-compose.yml").read_text())
     commands = {}

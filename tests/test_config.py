@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from framework.config import ConfigError, load_config
-from framework.plugins import PluginManager
+from tickwire.framework.config import ConfigError, load_config
+from tickwire.framework.plugins import PluginManager
 
 REPO = Path(__file__).resolve().parent.parent
-TICKWIRE = [sys.executable, "-m", "framework.cli"]
+TICKWIRE = [sys.executable, "-m", "tickwire.framework.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-import plugins.normalize
-import plugins.validate
-from framework.components import InvalidRecord, SinkSpec, TransformSpec
-from framework.engine import Engine, EngineError, EngineSettings
-from framework.testing import LIST_SOURCE, RECORDING_SINK, RecordingSink, assert_clean_json_log, stream_spec, trade_payload
+import tickwire.plugins.normalize
+import tickwire.plugins.validate
+from tickwire import plugins
+from tickwire.framework.components import InvalidRecord, SinkSpec, TransformSpec
+from tickwire.framework.engine import Engine, EngineError, EngineSettings
+from tickwire.framework.testing import LIST_SOURCE, RECORDING_SINK, RecordingSink, assert_clean_json_log, stream_spec, trade_payload
 
 
 def transforms() -> dict[str, TransformSpec]:
@@ -283,7 +284,7 @@ def test_a_stop_while_a_sink_is_still_opening_cancels_the_opening():
 
 
 def test_shutdown_timeout_default_comes_from_the_schema():
-    from framework.config_schema import BASE_SCHEMA
+    from tickwire.framework.config_schema import BASE_SCHEMA
 
     assert EngineSettings().shutdown_timeout_s == BASE_SCHEMA["properties"]["engine"]["properties"]["shutdown_timeout_s"]["default"] == 15
     assert EngineSettings.from_options({"shutdown_timeout_s": 4}).shutdown_timeout_s == 4
@@ -396,7 +397,7 @@ SCHEMA = REPO / "schemas" / "trade.schema.json"
 
 LOCAL_PLUGIN = '''
 import asyncio, time
-from framework.components import SinkSpec, SourceSpec
+from tickwire.framework.components import SinkSpec, SourceSpec
 
 class Counter:
     """Trades 0, 1, 2, … as fast as the engine takes them (yielding now and then)."""
@@ -469,7 +470,7 @@ def write_project(tmp_path: Path, source_type: str = "counter", source_options: 
 
 
 def tickwire(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "framework.cli", "-c", str(tmp_path / "streams.yaml"),
+    cmd = [sys.executable, "-m", "tickwire.framework.cli", "-c", str(tmp_path / "streams.yaml"),
            "--plugins-dir", str(tmp_path / "plugins.local"), "run", "--metrics-port", "0", "--log-format", "json", *args]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)})
@@ -618,7 +619,7 @@ def test_metrics_endpoint_on_an_automatic_port(tmp_path):
     import urllib.request
 
     write_project(tmp_path)
-    cmd = [sys.executable, "-m", "framework.cli", "-c", str(tmp_path / "streams.yaml"), "--plugins-dir",
+    cmd = [sys.executable, "-m", "tickwire.framework.cli", "-c", str(tmp_path / "streams.yaml"), "--plugins-dir",
            str(tmp_path / "plugins.local"), "run", "--metrics-port", "auto", "--log-format", "json"]
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})

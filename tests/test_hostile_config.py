@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framework import documents
-from framework.config import ConfigError, load_config
-from framework.plugins import PluginManager
+from tickwire.framework import documents
+from tickwire.framework.config import ConfigError, load_config
+from tickwire.framework.plugins import PluginManager
 
 REPO = Path(__file__).resolve().parent.parent
 POSITION = re.compile(r"^\S+:\d+:\d+: ")  # file:line:col:
@@ -46,7 +46,7 @@ def tickwire(*args: str, cwd: Path, env: dict | None = None) -> tuple[subprocess
     """Run the CLI; return its result, wall seconds and its peak resident memory in MiB."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "framework.cli", *args], cwd=cwd, stdout=out, stderr=err,
+        proc = subprocess.Popen([sys.executable, "-m", "tickwire.framework.cli", *args], cwd=cwd, stdout=out, stderr=err,
                                 env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)  # reaps it and reports its own rusage
         seconds = time.monotonic() - started
@@ -334,8 +334,8 @@ def test_any_schema_document_validates_or_fails_with_positions_and_then_runs(tmp
         assert exc.problems and all(POSITION.match(str(p)) for p in exc.problems), str(exc)
         return
     # validate accepted it: run's transforms build and judge a record without crashing
-    from framework.components import InvalidRecord
-    from framework.testing import trade_payload
+    from tickwire.framework.components import InvalidRecord
+    from tickwire.framework.testing import trade_payload
 
     stream = config.streams["trade"]
     chain = [manager.transforms[name].factory(stream, options) for name, options in stream.transforms]

@@ -17,9 +17,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from framework.spool import Spool
-from framework.testing import assert_clean_json_log
-from plugins.kafka_sink import decode_spooled
+from tickwire.framework.spool import Spool
+from tickwire.framework.testing import assert_clean_json_log
+from tickwire.plugins.kafka_sink import decode_spooled
 from tests.fixtures.kafka import consume_until_quiet
 
 pytestmark = pytest.mark.kafka
@@ -51,7 +51,7 @@ class Pipeline:
 
     def start(self, *extra: str) -> subprocess.Popen:
         self.runs += 1
-        args = [sys.executable, "-m", "framework.cli"]
+        args = [sys.executable, "-m", "tickwire.framework.cli"]
         for item in self.overrides:
             args += ["--set", item]
         args += ["run", "--profile", "compose", "--metrics-port", "0", "--no-status", "--log-format", "json", *extra]

@@ -13,11 +13,11 @@ import uuid
 import orjson
 import pytest
 
-from framework.components import DeadLetter
-from framework.metrics import Metrics
-from framework.schemas import TopicSpec
-from framework.testing import SinkCase, SinkConformance, make_context, normalized, stream_spec, trade_payload
-from plugins.kafka_sink import KAFKA_SINK, KafkaSink, KafkaSinkError, decode_spooled, encode_spooled
+from tickwire.framework.components import DeadLetter
+from tickwire.framework.metrics import Metrics
+from tickwire.framework.schemas import TopicSpec
+from tickwire.framework.testing import SinkCase, SinkConformance, make_context, normalized, stream_spec, trade_payload
+from tickwire.plugins.kafka_sink import KAFKA_SINK, KafkaSink, KafkaSinkError, decode_spooled, encode_spooled
 from tests.fixtures.kafka import consume, consume_until_quiet, create_topics
 
 pytestmark = pytest.mark.kafka
@@ -236,7 +236,7 @@ def test_broker_killed_mid_stream_spools_then_drains_in_order(kafka_broker, topi
 def test_corrupt_spooled_records_are_counted_and_the_rest_replayed(kafka_broker, topics, tmp_path):
     """A spool left with a damaged record in the middle: the sink counts the lost record in
     tickwire_spool_records_lost_total and replays every other one."""
-    from framework.spool import SEGMENT_HEADER, Spool
+    from tickwire.framework.spool import SEGMENT_HEADER, Spool
 
     trades, dead = topics
     stream = trade_stream(trades)

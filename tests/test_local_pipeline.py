@@ -25,7 +25,7 @@ def start_run(sim, tmp_path: Path) -> subprocess.Popen:
         "TICKWIRE_DEAD_LETTER_PATH": str(tmp_path / "dead-letter.jsonl"),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "framework.cli", "run", "--log-format", "json", "--metrics-port", "0"],
+        [sys.executable, "-m", "tickwire.framework.cli", "run", "--log-format", "json", "--metrics-port", "0"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

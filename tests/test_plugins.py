@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from framework import hookspecs
-from framework.plugins import PluginManager
+from tickwire.framework import hookspecs
+from tickwire.framework.plugins import PluginManager
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def tickwire(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tickwire.framework.cli", *args], cwd=cwd, capture_output=True,
                           text=True, env=full_env, timeout=120)
 
 
@@ -78,8 +78,8 @@ def test_misspelt_hook_is_caught(tmp_path):
 
 def test_duplicate_component_names_name_both_plugins(tmp_path):
     write_plugin(tmp_path, "second_sqlite", """
-        from framework.components import SinkSpec
-        from framework.hookspecs import hookimpl
+        from tickwire.framework.components import SinkSpec
+        from tickwire.framework.hookspecs import hookimpl
 
         @hookimpl
         def tickwire_register_sinks(register):
@@ -112,7 +112,7 @@ def without_extras(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`tickwire ARGS` as if psycopg, aiokafka and pyspark were not installed (a None entry in
     sys.modules makes their import fail). tests/test_install.py does it for real, in a venv."""
     hide = "import sys; sys.modules.update(psycopg=None, aiokafka=None, pyspark=None); "
-    return subprocess.run([sys.executable, "-c", hide + "from framework.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", hide + "from tickwire.framework.cli import main; main()", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
@@ -146,7 +146,7 @@ def test_a_missing_extra_makes_components_unavailable_and_blocks_only_what_uses_
 def test_the_extras_named_in_messages_exist_in_pyproject():
     import tomllib
 
-    from framework.extras import KAFKA, POSTGRES, SPARK
+    from tickwire.framework.extras import KAFKA, POSTGRES, SPARK
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for requirement, package in ((POSTGRES, "psycopg"), (KAFKA, "aiokafka"), (SPARK, "pyspark")):
@@ -271,8 +271,8 @@ def test_every_hook_has_an_implementation_and_a_test():
 EVERY_HOOK_PLUGIN = '''
 import click
 
-from framework.components import CodegenSpec, SinkSpec, SourceSpec, TransformSpec
-from framework.hookspecs import hookimpl
+from tickwire.framework.components import CodegenSpec, SinkSpec, SourceSpec, TransformSpec
+from tickwire.framework.hookspecs import hookimpl
 
 
 class NullSink:

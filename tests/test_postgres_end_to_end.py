@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import psycopg
 
-from framework.testing import assert_clean_json_log
+from tickwire.framework.testing import assert_clean_json_log
 from tests.fixtures.postgres import REPOSITORY
 
 # The brief's scenario is a 30 s outage; the default suite uses 3 s (same code path: refused
@@ -27,7 +27,7 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 def start_pipeline(sim, writer_dsn: str, duration: float | None, log_path, *settings: str) -> subprocess.Popen:
     """`tickwire run --profile postgres` against ``sim``; ``settings`` are extra ``--set`` items."""
     command = [
-        sys.executable, "-m", "framework.cli", "-c", str(REPOSITORY / "streams.yaml"),
+        sys.executable, "-m", "tickwire.framework.cli", "-c", str(REPOSITORY / "streams.yaml"),
         "--set", f"sources.binance.url={sim.ws_url}", "--set", f"sources.binance.rest_url={sim.rest_url}",
         "--set", f"symbols=[{','.join(SYMBOLS)}]",
         *(argument for item in settings for argument in ("--set", item)),

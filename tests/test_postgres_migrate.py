@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from framework.cli import build
-from plugins.postgres_migrate import scram_verifier, scram_verifier_matches
+from tickwire.framework.cli import build
+from tickwire.plugins.postgres_migrate import scram_verifier, scram_verifier_matches
 from tests.fixtures.postgres import READER_PASSWORD, REPOSITORY, run_db_migrate
 
 STREAMS_YAML = REPOSITORY / "streams.yaml"

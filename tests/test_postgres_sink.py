@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import plugins.postgres_sink as postgres_sink
-from framework.components import DeadLetter
-from framework.testing import SinkCase, SinkConformance, make_context, normalized, stream_spec, trade_payload
-from plugins.postgres_sink import PostgresSink, PostgresSinkError
+import tickwire.plugins.postgres_sink as postgres_sink
+from tickwire.framework.components import DeadLetter
+from tickwire.framework.testing import SinkCase, SinkConformance, make_context, normalized, stream_spec, trade_payload
+from tickwire.plugins.postgres_sink import PostgresSink, PostgresSinkError
 
 # The brief's scenario stops PostgreSQL for 30 s. The default suite uses 3 s: the sink's path is
 # the same (refused connections, backoff capped at retry_max_seconds), only the wait is longer.

@@ -51,7 +51,7 @@ class LocalRun:
         }
         with open(self.log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "framework.cli", "run", "--log-format", "json", "--metrics-port", "auto", *extra],
+                [sys.executable, "-m", "tickwire.framework.cli", "run", "--log-format", "json", "--metrics-port", "auto", *extra],
                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
         self.processes.append(proc)
         return proc

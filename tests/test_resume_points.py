@@ -9,12 +9,12 @@ import asyncio
 import psycopg
 import pytest
 
-import plugins.postgres_sink as postgres_sink
-import plugins.sqlite_sink as sqlite_sink
-from framework.components import GAP_NOT_SERVED, TradeGap
-from framework.engine import Engine, EngineSettings
-from framework.resume import combine, complete_up_to, holes_in
-from framework.testing import LIST_SOURCE, RECORDING_SINK, RecordingSink, make_context, normalized, stream_spec, trade_payload
+import tickwire.plugins.postgres_sink as postgres_sink
+import tickwire.plugins.sqlite_sink as sqlite_sink
+from tickwire.framework.components import GAP_NOT_SERVED, TradeGap
+from tickwire.framework.engine import Engine, EngineSettings
+from tickwire.framework.resume import combine, complete_up_to, holes_in
+from tickwire.framework.testing import LIST_SOURCE, RECORDING_SINK, RecordingSink, make_context, normalized, stream_spec, trade_payload
 
 GAP = TradeGap("trade", "BTCUSDT", 11, 11, GAP_NOT_SERVED, "2026-01-01T00:00:00.000Z")
 

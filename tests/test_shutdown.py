@@ -13,8 +13,8 @@ import json
 import signal
 import time
 
-from framework.engine import EngineSettings
-from framework.testing import assert_clean_json_log
+from tickwire.framework.engine import EngineSettings
+from tickwire.framework.testing import assert_clean_json_log
 from tests.test_postgres_end_to_end import start_pipeline, wait_for_trades
 
 EXIT_ABANDONED = 3

@@ -20,7 +20,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 
-from plugins.binance.market import Market, fmt8, parse8
+from tickwire.plugins.binance.market import Market, fmt8, parse8
 from tests.fixtures.simulator import REPOSITORY
 
 # Binance's documentation examples of every frame the project speaks (tests/data/README.md).
@@ -431,7 +431,7 @@ def test_record_then_replay(simulator, tmp_path):
     capture = tmp_path / "capture.jsonl.gz"
     streams = "btcusdt@trade,ethusdt@trade,btcusdt@ticker"
     out = subprocess.run(
-        [sys.executable, "-m", "framework.cli", "record", "--url", sim.ws_url, "--streams", streams,
+        [sys.executable, "-m", "tickwire.framework.cli", "record", "--url", sim.ws_url, "--streams", streams,
          "--out", str(capture), "--max-frames", "60", "--duration", "20"],
         cwd=REPOSITORY, capture_output=True, text=True, timeout=60,
     )

@@ -1,4 +1,4 @@
-"""The shared sink conformance checks (framework.testing) against the built-in sinks."""
+"""The shared sink conformance checks (tickwire.framework.testing) against the built-in sinks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from framework.testing import SinkCase, SinkConformance, check_sink_conformance, make_context
-from plugins.jsonl_sink import JsonlSink
-from plugins.sqlite_sink import SQLiteSink
+from tickwire.framework.testing import SinkCase, SinkConformance, check_sink_conformance, make_context
+from tickwire.plugins.jsonl_sink import JsonlSink
+from tickwire.plugins.sqlite_sink import SQLiteSink
 
 
 def _spec(module):
@@ -54,7 +54,7 @@ def jsonl_dead_letters(case: SinkCase):
 class TestSQLiteConformance(SinkConformance):
     @pytest.fixture
     def sink_case(self, tmp_path):
-        import plugins.sqlite_sink as m
+        import tickwire.plugins.sqlite_sink as m
 
         return SinkCase(
             spec=_spec(m),
@@ -68,7 +68,7 @@ class TestSQLiteConformance(SinkConformance):
 class TestJsonlConformance(SinkConformance):
     @pytest.fixture
     def sink_case(self, tmp_path):
-        import plugins.jsonl_sink as m
+        import tickwire.plugins.jsonl_sink as m
 
         return SinkCase(
             spec=_spec(m),
@@ -83,7 +83,7 @@ def test_check_sink_conformance_function(tmp_path):
     """The one-call form, as a third-party package would use it outside a pytest class."""
     import asyncio
 
-    import plugins.sqlite_sink as m
+    import tickwire.plugins.sqlite_sink as m
 
     counter = iter(range(100))
     options = {"path": "x.db"}
@@ -103,7 +103,7 @@ def test_conformance_catches_a_broken_sink(tmp_path):
     """A sink that acknowledges before committing (drops the last record) is reported."""
     import asyncio
 
-    import plugins.sqlite_sink as m
+    import tickwire.plugins.sqlite_sink as m
 
     class Lossy(SQLiteSink):
         async def write(self, stream, records):

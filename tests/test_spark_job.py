@@ -26,8 +26,8 @@ import psutil
 import psycopg
 import pytest
 
-from spark import testing as tw
-from spark.jars import fetch_jars
+from tickwire.spark import testing as tw
+from tickwire.spark.jars import fetch_jars
 from tests.fixtures.kafka import create_topics
 
 pytestmark = [pytest.mark.spark, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(420)]
@@ -43,7 +43,7 @@ def spark_jars() -> list[str]:
 
 
 class JobProcess:
-    """`tickwire spark submit` (or `python -m spark.job`) as a subprocess, its output in a file."""
+    """`tickwire spark submit` (or `python -m tickwire.spark.job`) as a subprocess, its output in a file."""
 
     def __init__(self, args: list[str], log_path: Path):
         self.log_path = log_path

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from spark import mapping as mapping_module
-from spark.jars import artifact_name
-from spark.job import JobOptions, fair_scheduler_xml, spark_conf
-from spark.listener import kafka_lag
-from spark.testing import config_yaml, expected_candles, trade_record
+from tickwire.spark import mapping as mapping_module
+from tickwire.spark.jars import artifact_name
+from tickwire.spark.job import JobOptions, fair_scheduler_xml, spark_conf
+from tickwire.spark.listener import kafka_lag
+from tickwire.spark.testing import config_yaml, expected_candles, trade_record
 
 REPO = Path(__file__).resolve().parent.parent
 TICKWIRE = Path(sys.executable).parent / "tickwire"
@@ -69,7 +69,7 @@ def test_jar_names_compare_without_versions():
 
 
 def test_no_fetch_when_spark_home_has_the_connector(tmp_path, monkeypatch):
-    from spark import jars
+    from tickwire.spark import jars
 
     (tmp_path / "jars").mkdir()
     (tmp_path / "jars" / "spark-sql-kafka-0-10_2.13-9.9.9.jar").write_bytes(b"")

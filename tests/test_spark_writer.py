@@ -15,9 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from spark.candles import COMPUTED_COLUMNS, OUTPUT_COLUMNS
-from spark.postgres_writer import PostgresWriter, TableTarget
-from spark.testing import config_yaml
+from tickwire.spark.candles import COMPUTED_COLUMNS, OUTPUT_COLUMNS
+from tickwire.spark.postgres_writer import PostgresWriter, TableTarget
+from tickwire.spark.testing import config_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TICKWIRE = Path(sys.executable).parent / "tickwire"

@@ -15,7 +15,7 @@ import zlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framework.spool import LEGACY_HEADER, RECORD_HEADER, RECORD_MAGIC, SEGMENT_HEADER, Spool, SpoolError, SpoolFull
+from tickwire.framework.spool import LEGACY_HEADER, RECORD_HEADER, RECORD_MAGIC, SEGMENT_HEADER, Spool, SpoolError, SpoolFull
 
 
 def drain(spool: Spool, batch: int = 3) -> list[bytes]:
@@ -296,7 +296,7 @@ def test_records_survive_a_sigkilled_writer(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.getcwd()!r})
-        from framework.spool import Spool
+        from tickwire.framework.spool import Spool
         spool = Spool({str(tmp_path)!r}, segment_bytes=4096, fsync="never")
         spool.open()
         i = 0

@@ -10,12 +10,13 @@ import time
 
 from structlog.testing import capture_logs
 
-import plugins.normalize
-import plugins.sqlite_sink
-import plugins.validate
-from framework.engine import Engine, EngineSettings
-from framework.testing import LIST_SOURCE, make_context, normalized, stream_spec, trade_payload
-from plugins.sqlite_sink import ROWS_PER_STATEMENT, SQLiteSink
+import tickwire.plugins.normalize
+import tickwire.plugins.sqlite_sink
+import tickwire.plugins.validate
+from tickwire import plugins
+from tickwire.framework.engine import Engine, EngineSettings
+from tickwire.framework.testing import LIST_SOURCE, make_context, normalized, stream_spec, trade_payload
+from tickwire.plugins.sqlite_sink import ROWS_PER_STATEMENT, SQLiteSink
 
 TRADE = stream_spec("trade")
 
@@ -149,7 +150,7 @@ def test_readers_see_committed_batches_while_the_sink_writes(tmp_path):
 
 
 def test_dead_letters_table(tmp_path):
-    from framework.components import DeadLetter
+    from tickwire.framework.components import DeadLetter
 
     async def main():
         sink, _ = open_sink(tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from framework.status import StatusView
+from tickwire.framework.status import StatusView
 
 
 class SnapshotEngine:
@@ -37,7 +37,7 @@ def test_the_table_shows_rates_prices_lag_and_connections(monkeypatch):
     engine = SnapshotEngine()
     view = StatusView(engine, title="tickwire run (local)")
     clock = iter([100.0, 101.0, 102.0])
-    monkeypatch.setattr("framework.status.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("tickwire.framework.status.time.monotonic", lambda: next(clock))
     for engine.received in (1, 2):
         text = render(view)
     assert "tickwire run (local) — 12s" in text

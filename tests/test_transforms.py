@@ -11,10 +11,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from framework.components import InvalidRecord
-from framework.testing import stream_spec, trade_payload
-from plugins.normalize import iso_ms, make_normalizer
-from plugins.validate import Validator, make_validator
+from tickwire.framework.components import InvalidRecord
+from tickwire.framework.testing import stream_spec, trade_payload
+from tickwire.plugins.normalize import iso_ms, make_normalizer
+from tickwire.plugins.validate import Validator, make_validator
 
 TRADE = stream_spec("trade")
 TICKER_1H = stream_spec("ticker_1h", "ticker_1h.schema.json")

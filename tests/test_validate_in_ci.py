@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from framework.documents import Mark, Problem
-from framework.report_formats import github_annotation
+from tickwire.framework.documents import Mark, Problem
+from tickwire.framework.report_formats import github_annotation
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ The installed package holds the repository's folders under one name: ``tickwire.
 as package data the default ``streams.yaml`` and ``schemas/`` (what ``tickwire init`` copies).
 """
 
-from framework.components import (
+from tickwire.framework.components import (
     CodegenSpec,
     DeadLetter,
     Emitter,
@@ -31,10 +31,10 @@ from framework.components import (
     Transform,
     TransformSpec,
 )
-from framework.extras import MissingDependency, Requirement, optional_module, requires
-from framework.hookspecs import hookimpl
-from framework.schemas import Column, StreamSpec
-from framework.testing import (
+from tickwire.framework.extras import MissingDependency, Requirement, optional_module, requires
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.schemas import Column, StreamSpec
+from tickwire.framework.testing import (
     ListSource,
     RecordingSink,
     SinkCase,

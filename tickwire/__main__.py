@@ -1,6 +1,6 @@
 """``python -m tickwire``: the same as the ``tickwire`` command."""
 
-from framework.cli import main
+from tickwire.framework.cli import main
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
 It connects to ``<url>/stream``, subscribes its channels in chunks (every client message paced by
 one token bucket, so the connection stays under Binance's 5 messages per second), and feeds
-every frame to the shared :class:`~plugins.binance.frames.FrameRouter`. Reconnecting, rotating
+every frame to the shared :class:`~tickwire.plugins.binance.frames.FrameRouter`. Reconnecting, rotating
 and backoff are the supervisor's job (``source.py``); a connection lives once.
 
 The client is aiohttp's: its frame reader is compiled, and receiving costs ~2.5 µs per frame
@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType
 
-from plugins.binance.frames import ServerShutdown
-from plugins.binance.ratelimit import TokenBucket
+from tickwire.plugins.binance.frames import ServerShutdown
+from tickwire.plugins.binance.ratelimit import TokenBucket
 
 # Frames above max_frame_bytes become dead letters; only frames above this hard cap make the
 # client close the connection (it must buffer a frame to look at it).

@@ -19,8 +19,8 @@ from typing import Callable
 
 import orjson
 
-from framework.components import Rejected
-from plugins.binance.gaps import DUPLICATE, GAP, TOO_FAR, TOO_OLD, RecentKeys, TradeIdTracker
+from tickwire.framework.components import Rejected
+from tickwire.plugins.binance.gaps import DUPLICATE, GAP, TOO_FAR, TOO_OLD, RecentKeys, TradeIdTracker
 
 SHUTDOWN_STREAM = "!serverShutdown"
 DEAD_LETTER_SAMPLE_BYTES = 65536  # what we keep of an oversized frame

@@ -16,7 +16,7 @@ import time
 import aiohttp
 import orjson
 
-from plugins.binance.ratelimit import Backoff, TokenBucket
+from tickwire.plugins.binance.ratelimit import Backoff, TokenBucket
 
 HISTORICAL_TRADES_PATH = "/api/v3/historicalTrades"
 HISTORICAL_TRADES_WEIGHT = 25

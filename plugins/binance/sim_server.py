@@ -55,8 +55,8 @@ from itertools import count
 import orjson
 from aiohttp import WSMsgType, hdrs, web
 
-from plugins.binance.capture import read_capture
-from plugins.binance.market import Market, SymbolState, parse8
+from tickwire.plugins.binance.capture import read_capture
+from tickwire.plugins.binance.market import Market, SymbolState, parse8
 
 STREAM_RE = re.compile(r"^([a-z0-9]{2,20})@(trade|ticker|ticker_1h)$")
 MALFORMED_KINDS = ("truncated", "binary", "oversized", "unknown_event", "bad_trade")

@@ -10,7 +10,7 @@ The first line it prints is stable, tests parse it::
 ``tickwire record`` captures raw frames from any Binance-compatible URL into a gzip JSON-lines
 file that ``tickwire simulate --replay FILE`` serves again (see ``capture.py``).
 
-Without the core CLI: ``python -m plugins.binance.simulator simulate …``.
+Without the core CLI: ``python -m tickwire.plugins.binance.simulator simulate …``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import time
 import click
 
 try:
-    from framework.hookspecs import hookimpl
+    from tickwire.framework.hookspecs import hookimpl
 except ImportError:  # the core is not there yet: the same marker
     import pluggy
 
     hookimpl = pluggy.HookimplMarker("tickwire")
 
-from plugins.binance.sim_server import ALL_MALFORMED_KINDS, COMPRESSIONS, MALFORMED_KINDS, SimConfig, Simulator
+from tickwire.plugins.binance.sim_server import ALL_MALFORMED_KINDS, COMPRESSIONS, MALFORMED_KINDS, SimConfig, Simulator
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -117,7 +117,7 @@ def record(url: str, streams: str, out: str, duration: float | None, max_frames:
     """Capture raw WebSocket frames with receive timestamps into a gzip JSON-lines file."""
     import websockets
 
-    from plugins.binance.capture import CaptureWriter
+    from tickwire.plugins.binance.capture import CaptureWriter
 
     names = _csv(streams)
     if names:

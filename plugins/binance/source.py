@@ -38,13 +38,13 @@ from typing import Any
 
 import aiohttp
 
-from framework.components import GAP_FILL_OFF, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_TOO_LARGE, SourceSpec, TradeGap
-from framework.engine import iso_now
-from framework.hookspecs import hookimpl
-from plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
-from plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
-from plugins.binance.ratelimit import Backoff, SlidingWindowLimiter
-from plugins.binance.rest import HistoricalTrades, RestError, rest_trade_to_event, retry_after_seconds
+from tickwire.framework.components import GAP_FILL_OFF, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_TOO_LARGE, SourceSpec, TradeGap
+from tickwire.framework.engine import iso_now
+from tickwire.framework.hookspecs import hookimpl
+from tickwire.plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
+from tickwire.plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
+from tickwire.plugins.binance.ratelimit import Backoff, SlidingWindowLimiter
+from tickwire.plugins.binance.rest import HistoricalTrades, RestError, rest_trade_to_event, retry_after_seconds
 
 DEFAULT_URL = "wss://stream.binance.com:9443"
 PROBE_INTERVAL = 10.0  # seconds between two REST checks of far-ahead trade ids, per channel
