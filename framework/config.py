@@ -28,7 +28,7 @@ from tickwire.framework.config_schema import bounded, build_schema
 from tickwire.framework.documents import Document, DocumentError, Mark, Problem, dotted
 from tickwire.framework.plugins import PluginManager
 from tickwire.framework.schema_checks import check_stream_schema
-from tickwire.framework.schemas import META_SCHEMA_PATH, StreamSchemaError, StreamSpec, TopicSpec
+from tickwire.framework.schemas import StreamSchemaError, StreamSpec, TopicSpec, shipped_schemas
 from tickwire.framework.validation import option_problems, schema_problems
 
 DEFAULT_CONFIG = "streams.yaml"
@@ -38,7 +38,7 @@ DEFAULT_TRANSFORMS = ["validate", "normalize"]
 ALLOW_OUTSIDE_PATHS = "TICKWIRE_ALLOW_OUTSIDE_PATHS"
 # Tables the stores create for themselves: a stream or derived table of that name would clash.
 RESERVED_TABLES = ("dead_letters", "stream_progress", "trade_gaps")
-SHIPPED_SCHEMAS = META_SCHEMA_PATH.parent  # tickwire's own schemas/: always readable
+SHIPPED_SCHEMAS = Path(str(shipped_schemas())).resolve()  # tickwire's own schemas/: always readable
 
 ConfigError = DocumentError
 
