@@ -262,7 +262,10 @@ def _cross_check(config: Config) -> list[Problem]:
             problems.extend(found)
             if schema_doc is not None and not found:
                 config.stream_schemas[name] = schema_doc
-                spec = config.streams[name] = _stream_spec(config, name, block, schema_doc)
+                try:
+                    spec = config.streams[name] = _stream_spec(config, name, block, schema_doc)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    continue  # a malformed block (a misspelt `tabel:`…): the streams.yaml schema check says where
                 if not problems:  # transforms and options known and valid: build them as run will
                     problems.extend(_transform_problems(config, spec, block, schema_doc))
 

@@ -353,3 +353,21 @@ def test_real_cli_runs_on_fuzz_like_inputs_exit_2_without_traceback(tmp_path, da
     result, seconds, _ = tickwire("validate", cwd=tmp_path)
     refused(result)
     assert seconds < 10
+
+
+# -- a stream block with a field missing or misspelt ---------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["table", "channel", "schema", "topic"])
+def test_a_misspelt_stream_field_is_a_positioned_error_not_a_crash(project, manager, field):
+    """`tabel:` for `table:` (and the same slip on every other field of a stream block) is
+    reported at its line with a suggestion; the stream is not built from the broken block."""
+    text = (project / "streams.yaml").read_text()
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("  trade:"))
+    at = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(f"    {field}:"))
+    lines[at] = lines[at].replace(f"    {field}:", f"    {field[0]}{field[2]}{field[1]}{field[3:]}:", 1)
+    (project / "streams.yaml").write_text("".join(lines))
+    problems = problems_of(project / "streams.yaml", manager)
+    assert any(f"streams.trade.{field[0]}{field[2]}{field[1]}{field[3:]}: unknown field" in p and f"did you mean '{field}'" in p
+               for p in problems), problems
