@@ -45,7 +45,8 @@ GAP_TOO_LARGE = "too_large"  # longer than the source's gap_fill_max_trades
 GAP_NOT_SERVED = "not_served"  # older than the exchange's REST history still holds
 GAP_REST_ERROR = "rest_error"  # REST refused or kept failing
 GAP_FILL_OFF = "gap_fill_off"  # the source was configured not to fetch gaps
-GAP_REASONS = (GAP_TOO_LARGE, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_FILL_OFF)
+GAP_TOO_MANY = "too_many_gaps"  # more holes open at once than the source keeps (the oldest goes)
+GAP_REASONS = (GAP_TOO_LARGE, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_FILL_OFF, GAP_TOO_MANY)
 
 
 @dataclass(frozen=True, slots=True)

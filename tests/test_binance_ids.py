@@ -154,7 +154,7 @@ def test_too_many_holes_give_up_the_oldest_and_its_ids_become_too_old_not_duplic
     tr = TradeIdTracker(max_ranges=2)
     for t in (1, 3, 5, 7):  # holes at 2, 4, 6: the first is given up
         tr.accept(t)
-    assert tr.missing == [[4, 4], [6, 6]] and tr.abandoned == 1
+    assert tr.missing == [[4, 4], [6, 6]] and tr.abandoned == 1 and tr.given_up == [(2, 2)]
     assert tr.accept(2) == TOO_OLD  # it was never seen: not a duplicate
     assert tr.accept(4) == LATE
 

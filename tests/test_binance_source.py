@@ -178,6 +178,22 @@ def test_trade_id_tracker_ranges_take_forget_and_cap():
     assert len(tr.missing) <= 3 and tr.abandoned >= 1
 
 
+def test_holes_the_tracker_drops_are_reported_lost_with_their_reason():
+    """More holes open at once than the tracker keeps: the oldest is given up, and the source
+    hands it to the engine as lost (trade_gaps, metric, warning) at its next metrics flush."""
+    src = make_source(None, symbols=["BTCUSDT"])
+    lost = []
+    src.ctx.report_gap = lost.append
+    ch = src.channels["btcusdt@trade"]
+    ch.trades.max_ranges = 2
+    for t in (1, 3, 5, 7):
+        ch.trades.accept(t)
+    src._flush_metrics()
+    assert [(g.symbol, g.first_id, g.last_id, g.reason) for g in lost] == [("BTCUSDT", 2, 2, "too_many_gaps")]
+    src._flush_metrics()
+    assert len(lost) == 1, "each range is reported once"
+
+
 def test_recent_keys_window():
     rk = RecentKeys(size=3)
     assert rk.add(1) and rk.add(2) and not rk.add(1)

@@ -58,13 +58,14 @@ class TradeIdTracker:
 
     ``window``: how far below the highest id an unseen id is still accepted and a repeat still
     recognised. ``max_jump``: largest plausible step forward. ``max_ranges``: holes kept; when
-    there are more, the oldest is given up (counted in ``abandoned``) and the tracker stops
+    there are more, the oldest is given up (counted in ``abandoned``, kept in ``given_up`` until
+    the source reports it lost) and the tracker stops
     speaking about ids at or below it (they become TOO_OLD instead of being taken for repeats).
     """
 
     __slots__ = (
         "last", "last_payload", "missing", "start", "early", "floor", "known_latest",
-        "window", "max_jump", "max_ranges", "abandoned", "_early_cap",
+        "window", "max_jump", "max_ranges", "abandoned", "given_up", "_early_cap",
     )
 
     def __init__(self, max_ranges: int = DEFAULT_MAX_RANGES, *, window: int = DEFAULT_WINDOW, max_jump: int = DEFAULT_MAX_JUMP):
@@ -80,6 +81,7 @@ class TradeIdTracker:
         self.max_jump = max(1, int(max_jump))
         self.max_ranges = max_ranges
         self.abandoned = 0  # ids given up because too many ranges were open
+        self.given_up: list[tuple[int, int]] = []  # those ranges, until the source reports them
         self._early_cap = 1024
 
     # -- classification --------------------------------------------------------------------
@@ -125,6 +127,7 @@ class TradeIdTracker:
             if len(missing) > self.max_ranges:
                 lo, hi = missing.pop(0)
                 self.abandoned += hi - lo + 1
+                self.given_up.append((lo, hi))
                 self.floor = max(self.floor, hi + 1)
         elif verdict == LATE:
             if not self.take(t):

@@ -38,7 +38,9 @@ from typing import Any
 
 import aiohttp
 
-from tickwire.framework.components import GAP_FILL_OFF, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_TOO_LARGE, SourceSpec, TradeGap
+from tickwire.framework.components import (
+    GAP_FILL_OFF, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_TOO_LARGE, GAP_TOO_MANY, SourceSpec, TradeGap,
+)
 from tickwire.framework.engine import iso_now
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
@@ -593,6 +595,11 @@ class BinanceSource:
         tracker = ch.trades
         ranges = tracker.missing_in(lo, hi)
         tracker.forget(lo, hi)
+        self._report_lost(ch, ranges, reason)
+        return ranges
+
+    def _report_lost(self, ch: Channel, ranges: list[tuple[int, int]], reason: str) -> None:
+        """Hand ranges lost for good to the engine (trade_gaps, metric, warning)."""
         report = getattr(self.ctx, "report_gap", None)
         for a, b in ranges:
             if report is not None:
@@ -602,7 +609,6 @@ class BinanceSource:
                     f"trades lost: {ch.symbol} ids {a}..{b} ({b - a + 1} trades) cannot be fetched ({reason})",
                     source=self.name, stream=ch.stream, symbol=ch.symbol, reason=reason,
                 )
-        return ranges
 
     def _on_gap(self, ch: Channel) -> None:
         """Called by the router when trade ids jump; starts the channel's filler if idle."""
@@ -738,6 +744,10 @@ class BinanceSource:
 
     def _flush_metrics(self) -> None:
         for ch in self.channels.values():
+            if ch.trades is not None and ch.trades.given_up:
+                # holes the tracker dropped because too many were open at once
+                ranges, ch.trades.given_up = ch.trades.given_up, []
+                self._report_lost(ch, ranges, GAP_TOO_MANY)
             n = ch.duplicates
             if n:
                 ch.duplicates = 0
