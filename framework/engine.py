@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +64,7 @@ from tickwire.framework.logs import get_logger
 from tickwire.framework.metrics import Metrics
 from tickwire.framework.resume import combine, gap_dead_letter
 from tickwire.framework.schemas import StreamSpec
+from tickwire.framework.timestamps import iso_ns
 
 DEFAULT_TRANSFORMS = [("validate", {}), ("normalize", {})]
 _ENGINE_OPTIONS = BASE_SCHEMA["properties"]["engine"]["properties"]
@@ -95,12 +95,6 @@ class EngineSettings:
     def from_options(cls, options: dict | None) -> EngineSettings:
         known = {k: v for k, v in (options or {}).items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-def iso_now(ns: int | None = None) -> str:
-    ns = time.time_ns() if ns is None else ns
-    dt = datetime.fromtimestamp(ns / 1e9, timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def _raw_text(raw: Any) -> str:
@@ -715,7 +709,7 @@ class Engine:
     async def _dead_letter(self, stream: str | None, reason: str, plugin: str, raw: Any, received_ns: int | None) -> None:
         key = stream or "unknown"
         self._dead_by_stream[key] = self._dead_by_stream.get(key, 0) + 1
-        letter = DeadLetter(stream=stream, reason=reason, plugin=plugin, raw=_raw_text(raw), received_at=iso_now(received_ns))
+        letter = DeadLetter(stream=stream, reason=reason, plugin=plugin, raw=_raw_text(raw), received_at=iso_ns(received_ns))
         if self._dead_letter_id is None:
             # no destination: log the first few (not every one: that would be per-record
             # logging), count them all in tickwire_dead_letters_total

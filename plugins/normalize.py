@@ -18,54 +18,13 @@ raises :class:`InvalidRecord`).
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from functools import partial
 
 from tickwire.framework.components import InvalidRecord, TransformSpec
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.schemas import StreamSpec
+from tickwire.framework.timestamps import _iso_ms_remembered, _strings, iso_ms, iso_ms_or_none
 
-_SUFFIX = tuple(f"{i:03d}Z" for i in range(1000))
-_prefixes: dict[int, str] = {}
-
-
-def _prefix(second: int) -> str:
-    if len(_prefixes) > 8192:
-        _prefixes.clear()
-    if second < 0:
-        raise ValueError(f"timestamp before 1970: {second}s")
-    p = _prefixes[second] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
-    return p
-
-
-def iso_ms(ms: int) -> str:
-    """Milliseconds since the epoch → ``2023-01-01T00:00:00.136Z``."""
-    second = ms // 1000
-    p = _prefixes.get(second)
-    if p is None:
-        p = _prefix(second)
-    return p + _SUFFIX[ms - second * 1000]
-
-
-_strings: dict[int, str] = {}  # milliseconds → iso_ms(ms), for the generated functions
-
-
-def _iso_ms_remembered(ms: int) -> str:
-    """iso_ms(ms), remembered: at tens of thousands of trades per second many share a
-    millisecond (and a trade's E and T are often equal), so most lookups hit."""
-    if len(_strings) > 65536:
-        _strings.clear()
-    text = _strings[ms] = iso_ms(ms)  # iso_ms raises on a bad value: nothing is remembered
-    return text
-
-
-def iso_ms_or_none(ms: int | None) -> str | None:
-    return None if ms is None else iso_ms(ms)
-
-
-def now_iso() -> str:
-    """The current UTC time as ``2023-01-01T00:00:00.136Z``."""
-    return iso_ms(time.time_ns() // 1_000_000)
 
 
 RAW_KEY = "raw"

@@ -35,7 +35,6 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from tickwire.framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
 from tickwire.framework.extras import POSTGRES, optional_module
@@ -45,6 +44,7 @@ from tickwire.framework.resume import (
     recorded_gaps_sql, window_ids_sql,
 )
 from tickwire.framework.schemas import StreamSpec, quote_identifier as q
+from tickwire.framework.timestamps import iso_ns
 
 # The `postgres` extra, imported when the sink is first used: the plugin loads without it.
 psycopg = optional_module("psycopg", POSTGRES, "the postgres sink")
@@ -316,7 +316,7 @@ class PostgresSink:
                         reason=f"postgres rejected the record: {_first_line(error)}",
                         plugin=f"{SINK_TYPE}:{self.name}",
                         raw=json.dumps(record, default=str, ensure_ascii=False),
-                        received_at=record.get("ingested_at") or _utc_now_iso(),
+                        received_at=record.get("ingested_at") or iso_ns(),
                     ))
             if rejected:
                 await self._insert_dead_letters(conn, rejected)
@@ -444,10 +444,6 @@ def _first_line(error: Exception) -> str:
 def _storable_text(text: str) -> str:
     # PostgreSQL text cannot hold NUL; a raw frame with one must still be kept, so escape it.
     return text.replace("\x00", "\\u0000")
-
-
-def _utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @hookimpl

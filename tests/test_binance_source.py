@@ -17,7 +17,8 @@ from tickwire.framework.testing import stream_spec
 from tickwire.plugins.binance.connection import combined_stream_url, send_rate
 from tickwire.plugins.binance.frames import FrameRouter, ServerShutdown, build_channels
 from tickwire.plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, RecentKeys, TradeIdTracker
-from tickwire.plugins.binance.ratelimit import Backoff, SlidingWindowLimiter, TokenBucket
+from tickwire.framework.backoff import Backoff
+from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter, TokenBucket
 from tickwire.plugins.binance.rest import HistoricalTrades, rest_trade_to_event
 from tickwire.plugins.binance.source import CONFIG_SCHEMA, DEFAULTS, BinanceSource, split_evenly
 from tests.fixtures.simulator import serve_stream

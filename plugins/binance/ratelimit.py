@@ -1,4 +1,4 @@
-"""Pacing for what tickwire sends to Binance: messages per second, connection attempts, backoff.
+"""Pacing for what tickwire sends to Binance: messages per second and connection attempts.
 
 Binance disconnects a connection that sends more than 5 messages per second (pongs and
 SUBSCRIBE requests included) and bans an IP that opens more than 300 connections in 5 minutes.
@@ -8,7 +8,6 @@ The classes here take a ``clock`` so the tests can drive them without sleeping.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from typing import Callable
@@ -98,32 +97,3 @@ class SlidingWindowLimiter:
                     return waited
                 waited += wait
                 await asyncio.sleep(wait)
-
-
-class Backoff:
-    """Exponential backoff with jitter: ``initial * factor**n`` capped at ``maximum``, and the
-    actual delay drawn uniformly from ``[(1 - jitter) * d, d]`` so reconnecting clients spread out.
-    """
-
-    def __init__(
-        self,
-        initial: float = 1.0,
-        maximum: float = 60.0,
-        factor: float = 2.0,
-        jitter: float = 0.5,
-        rng: random.Random | None = None,
-    ):
-        self.initial = initial
-        self.maximum = maximum
-        self.factor = factor
-        self.jitter = min(max(jitter, 0.0), 1.0)
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        base = min(self.maximum, self.initial * (self.factor**self.attempt))
-        self.attempt += 1
-        return base * (1.0 - self.jitter * self._rng.random())
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -16,7 +16,8 @@ import time
 import aiohttp
 import orjson
 
-from tickwire.plugins.binance.ratelimit import Backoff, TokenBucket
+from tickwire.framework.backoff import Backoff
+from tickwire.plugins.binance.ratelimit import TokenBucket
 
 HISTORICAL_TRADES_PATH = "/api/v3/historicalTrades"
 HISTORICAL_TRADES_WEIGHT = 25

@@ -41,11 +41,12 @@ import aiohttp
 from tickwire.framework.components import (
     GAP_FILL_OFF, GAP_NOT_SERVED, GAP_REST_ERROR, GAP_TOO_LARGE, GAP_TOO_MANY, SourceSpec, TradeGap,
 )
-from tickwire.framework.engine import iso_now
+from tickwire.framework.timestamps import iso_ns
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
 from tickwire.plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
-from tickwire.plugins.binance.ratelimit import Backoff, SlidingWindowLimiter
+from tickwire.framework.backoff import Backoff
+from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter
 from tickwire.plugins.binance.rest import HistoricalTrades, RestError, rest_trade_to_event, retry_after_seconds
 
 DEFAULT_URL = "wss://stream.binance.com:9443"
@@ -603,7 +604,7 @@ class BinanceSource:
         report = getattr(self.ctx, "report_gap", None)
         for a, b in ranges:
             if report is not None:
-                report(TradeGap(ch.stream, ch.symbol, a, b, reason, iso_now()))
+                report(TradeGap(ch.stream, ch.symbol, a, b, reason, iso_ns()))
             else:
                 self.log.warning(
                     f"trades lost: {ch.symbol} ids {a}..{b} ({b - a + 1} trades) cannot be fetched ({reason})",
