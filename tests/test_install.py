@@ -167,7 +167,7 @@ def test_the_wheel_installs_one_import_name(wheel_venv, tmp_path):
         result = wheel_venv.run("python", "-c", f"import {generic}", cwd=tmp_path)
         assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr, generic
     api = wheel_venv.run("python", "-c", "from tickwire import SinkSpec, hookimpl, InvalidRecord, DeadLetter, "
-                         "RunContext, SinkConformance; import tickwire.plugins.kafka_sink", cwd=tmp_path)
+                         "RunContext, SinkConformance; import tickwire.plugins.kafka.sink", cwd=tmp_path)
     assert api.returncode == 0, api.stderr
     version = wheel_venv.run("python", "-m", "tickwire", "--version", cwd=tmp_path)
     assert version.returncode == 0 and version.stdout.startswith("tickwire, version ")

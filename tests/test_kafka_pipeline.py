@@ -19,7 +19,7 @@ import pytest
 
 from tickwire.framework.spool import Spool
 from tickwire.framework.testing import assert_clean_json_log
-from tickwire.plugins.kafka_sink import decode_spooled
+from tickwire.plugins.kafka.messages import decode_spooled
 from tests.fixtures.kafka import consume_until_quiet
 
 pytestmark = pytest.mark.kafka

@@ -17,7 +17,9 @@ from tickwire.framework.components import DeadLetter
 from tickwire.framework.metrics import Metrics
 from tickwire.framework.schemas import TopicSpec
 from tickwire.framework.testing import SinkCase, SinkConformance, make_context, normalized, stream_spec, trade_payload
-from tickwire.plugins.kafka_sink import KAFKA_SINK, KafkaSink, KafkaSinkError, decode_spooled, encode_spooled
+from tickwire.plugins.kafka.client import KafkaSinkError
+from tickwire.plugins.kafka.messages import decode_spooled, encode_spooled
+from tickwire.plugins.kafka.sink import KAFKA_SINK, KafkaSink
 from tests.fixtures.kafka import consume, consume_until_quiet, create_topics
 
 pytestmark = pytest.mark.kafka
@@ -209,10 +211,10 @@ def test_broker_killed_mid_stream_spools_then_drains_in_order(kafka_broker, topi
             # scripts/kafka_broker.py: _die_with_parent); the sink just waits meanwhile
             kafka_broker.start()
             for _ in range(200):
-                if metrics.value("tickwire_spool_records", sink="kafka") == 0 and not sink._spooling:
+                if metrics.value("tickwire_spool_records", sink="kafka") == 0 and not sink.spooling:
                     break
                 await asyncio.sleep(0.1)
-            assert not sink._spooling, "the spool was not drained after the broker came back"
+            assert not sink.spooling, "the spool was not drained after the broker came back"
         finally:
             await sink.close()
             kafka_broker.ensure_running()

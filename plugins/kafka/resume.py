@@ -1,5 +1,6 @@
 """What the ``kafka`` sink already holds of a sequenced stream (trade ids per symbol), so a restart
-resumes there: the newest records of the stream's topic, plus what still waits in the sink's spool.
+resumes there: the newest records of the stream's topic, plus what still waits in the sink's spool
+(:func:`ids_in_spool`, read once at open; those records count as held).
 
 Kafka has no index by symbol, so :func:`read_topic_tail` reads each partition backwards, in
 chunks of ``chunk`` records from its end, until every symbol the default partitioner sends to
@@ -18,24 +19,21 @@ import time
 
 import msgspec
 
+from tickwire.framework.resume import complete_up_to, holes_in
 from tickwire.framework.schemas import StreamSpec
+from tickwire.framework.spool import Spool
+from tickwire.plugins.kafka.messages import decode_spooled
+from tickwire.plugins.kafka.producer import Producer, partition_of
 
 TAIL_CHUNK_RECORDS = 5000
 TAIL_DEADLINE_SECONDS = 30.0
 
 
-def _decoder(sequence: tuple[str, str]) -> msgspec.json.Decoder:
+def held_decoder(sequence: tuple[str, str]) -> msgspec.json.Decoder:
     """Decodes just the sequence (int) and partition (str) fields of a record value."""
     seq, part = sequence
     held = msgspec.defstruct("Held", [(seq, int | None, None), (part, str | None, None)], forbid_unknown_fields=False)
     return msgspec.json.Decoder(held)
-
-
-def partition_of(key: bytes, partitions: list[int]) -> int:
-    """Kafka's default partitioner, as the sink uses it (murmur2 of the key)."""
-    from aiokafka.partitioner import murmur2
-
-    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
 def add_ids(out: dict[str, set[int]], values, sequence: tuple[str, str], decode) -> None:
@@ -59,7 +57,7 @@ async def read_topic_tail(
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     topic = stream.topic.name
-    decode = _decoder(stream.sequence).decode
+    decode = held_decoder(stream.sequence).decode
     deadline = time.monotonic() + deadline_s
     consumer = AIOKafkaConsumer(**client_settings, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
     await asyncio.wait_for(consumer.start(), deadline_s)
@@ -97,3 +95,50 @@ async def read_topic_tail(
     finally:
         await consumer.stop()
     return ids, unfinished
+
+
+def ids_in_spool(spool: Spool, streams_by_topic: dict[str, StreamSpec], batch_records: int) -> dict[str, dict[str, set[int]]]:
+    """stream → symbol → trade ids of the records of ``streams_by_topic`` (sequenced streams, by
+    topic) waiting in ``spool``; the spool is rewound after, so the drainer replays them all."""
+    if not streams_by_topic or not spool.pending_records():
+        return {}
+    values: dict[str, list[bytes]] = {}
+    while True:
+        records, _ = spool.read(batch_records)
+        if not records:
+            break
+        for record in records:
+            topic, _key, value, _headers = decode_spooled(record)
+            if topic in streams_by_topic:
+                values.setdefault(topic, []).append(value)
+    spool.rewind()
+    out: dict[str, dict[str, set[int]]] = {}
+    for topic, topic_values in values.items():
+        stream = streams_by_topic[topic]
+        add_ids(out.setdefault(stream.name, {}), topic_values, stream.sequence, held_decoder(stream.sequence).decode)
+    return out
+
+
+async def last_sequence_ids(producer: Producer, stream: StreamSpec, spooled: dict[str, set[int]], who: str, log) -> dict[str, int] | None:
+    """Per symbol, the last trade id in ``stream``'s topic or the spool (``spooled``) with no hole
+    below it among the records read; None when the broker cannot be read and the spool holds
+    nothing of the stream."""
+    ids = {symbol: set(found) for symbol, found in spooled.items()}
+    started = time.monotonic()
+    try:
+        if producer.current is None:
+            raise ConnectionError("Kafka is unreachable")
+        partitions = await producer.partitions_for(stream.topic.name)
+        in_topic, unfinished = await read_topic_tail(producer.client_settings, stream, partitions)
+    except Exception as error:  # unreachable, no such topic…: what the spool holds is all we know
+        log.warning(f"{who}, stream {stream.name!r}: cannot read the end of topic {stream.topic.name} "
+                    f"to resume ({error!r}); {'the spool alone decides' if ids else 'it cannot tell'}")
+        return {symbol: complete_up_to(max(found), holes_in(found)) for symbol, found in ids.items()} or None
+    for symbol, found in in_topic.items():
+        ids.setdefault(symbol, set()).update(found)
+    if unfinished:
+        log.warning(f"{who}, stream {stream.name!r}: no record of {', '.join(unfinished)} found near the end "
+                    f"of topic {stream.topic.name} in time; they start from the live stream")
+    log.info(f"{who}, stream {stream.name!r}: read the end of topic {stream.topic.name} in "
+             f"{time.monotonic() - started:.2f}s", stream=stream.name)
+    return {symbol: complete_up_to(max(found), holes_in(found)) for symbol, found in ids.items()}
