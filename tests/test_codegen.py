@@ -197,3 +197,19 @@ def test_reserved_words_as_table_and_column_names_work_in_postgres(tmp_path, man
         columns = [name for (name,) in conn.execute(
             "select column_name from information_schema.columns where table_name = 'order' order by ordinal_position")]
     assert "group" in columns
+
+
+def test_provisioning_the_kafka_target_and_the_compose_topics_name_the_same_topics(config, manager):
+    """One plan, from the streams' StreamSpec: what `tickwire kafka provision` creates is what
+    `tickwire generate kafka` prints, and compose's kafka-init creates the same dead-letter topic."""
+    from tickwire.plugins.kafka.topics import config_topics
+
+    planned = config_topics(config)
+    kafka = json.loads(manager.codegen["kafka"].factory(config)["kafka-topics.json"])
+    printed = [(t["name"], t["partitions"], t["replication_factor"], t["config"]) for t in kafka["topics"]]
+    dead = kafka["dead_letter_topic"]
+    printed.append((dead["name"], dead["partitions"], dead["replication_factor"], dead["config"]))
+    assert [(t.name, t.partitions, t.replication_factor, t.config) for t in planned] == printed
+    assert dead["name"] == "tickwire.dead-letter"  # streams.yaml's kafka sink names it
+    compose = manager.codegen["compose"].factory(config)["kafka/topics.txt"]
+    assert compose.splitlines()[-1].split()[0] == dead["name"]

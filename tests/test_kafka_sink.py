@@ -19,6 +19,7 @@ from tickwire.framework.schemas import TopicSpec
 from tickwire.framework.testing import SinkCase, SinkConformance, make_context, normalized, stream_spec, trade_payload
 from tickwire.plugins.kafka.client import KafkaSinkError
 from tickwire.plugins.kafka.messages import decode_spooled, encode_spooled
+from tickwire.plugins.kafka.options import OPTIONS_SCHEMA, complete
 from tickwire.plugins.kafka.sink import KAFKA_SINK, KafkaSink
 from tests.fixtures.kafka import consume, consume_until_quiet, create_topics
 
@@ -148,6 +149,46 @@ def test_a_missing_topic_is_a_clear_error_at_open(kafka_broker, tmp_path):
 
     with pytest.raises(KafkaSinkError, match=r"sink 'kafka' \(plugin kafka\): topic\(s\) test\.not-provisioned\.\w+ do not exist.*tickwire kafka provision"):
         asyncio.run(scenario())
+
+
+def test_options_are_completed_from_the_schema_defaults_alone():
+    """The schema is the one place a default is written; the sink reads complete options."""
+    given = {"bootstrap_servers": "kafka:9092", "spool": {"fsync": "always"}}
+    options = complete(given)
+    spool_schema = OPTIONS_SCHEMA["properties"]["spool"]["properties"]
+    assert options["bootstrap_servers"] == "kafka:9092" and options["spool"]["fsync"] == "always"
+    assert options["dead_letter_topic"] == "tickwire.dead-letter" and options["max_in_flight"] == 8
+    assert options["spool"]["max_bytes"] == spool_schema["max_bytes"]["default"] == 1073741824
+    assert "directory" not in options["spool"] and "sasl_username" not in options  # no default: absent
+    assert complete({})["spool"]["on_full"] == "block"  # an absent object gets its defaults too
+    assert complete(options) == options and given == {"bootstrap_servers": "kafka:9092", "spool": {"fsync": "always"}}
+
+
+def test_the_kafka_modules_import_each_other_without_a_circle():
+    """Each module of plugins/kafka/ imports only modules below it, all at the top of the file
+    (none hidden inside a function, where a circle would go unnoticed)."""
+    import ast
+    from pathlib import Path
+
+    import tickwire.plugins.kafka as package
+
+    graph: dict[str, set[str]] = {}
+    for path in Path(package.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top_level = [n for node in tree.body for n in (node.body if isinstance(node, ast.If) else [node])]  # TYPE_CHECKING
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tickwire."):
+                assert node in top_level, f"{path.name}:{node.lineno}: import inside a function"
+        graph[path.stem] = {
+            (node.module.rsplit(".", 1)[-1] if node.module != "tickwire.plugins.kafka" else alias.name)
+            for node in top_level if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tickwire.plugins.kafka")
+            for alias in node.names
+        }
+    done: list[str] = []
+    while len(done) < len(graph):  # take a module whose imports are all taken: fails on a circle
+        ready = sorted(name for name, needs in graph.items() if name not in done and needs <= set(done))
+        assert ready, f"import circle among {sorted(set(graph) - set(done))}"
+        done += ready
 
 
 def test_spooled_message_encoding_round_trips():
