@@ -1,5 +1,5 @@
 """How long the kafka sink takes to find, at start-up, the last trade id per symbol it holds
-(plugins/kafka_resume.py): a 3-partition topic with 1M trade records of 3 symbols, then the same
+(plugins/kafka/resume.py): a 3-partition topic with 1M trade records of 3 symbols, then the same
 with a 4th symbol whose only records are the oldest ones (its partition is read to the start).
 
     .venv/bin/python bench/kafka_resume_bench.py [records]
@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from tickwire.framework.schemas import StreamSpec, TopicSpec
-from tickwire.plugins.kafka_resume import read_topic_tail
+from tickwire.plugins.kafka.resume import read_topic_tail
 from scripts.kafka_broker import KafkaBroker
 from tests.fixtures.kafka import create_topics
 
