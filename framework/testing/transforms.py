@@ -99,8 +99,11 @@ def outcome(transform: Callable[[Any], Any], payload: Any) -> tuple[str, Any]:
 def _for_all(strategy, examples: int, check: Callable[[Any], None]) -> None:
     from hypothesis import HealthCheck, given, settings
 
-    run = settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))(given(strategy)(check))
-    run()
+    def property_(payload: Any) -> None:
+        check(payload)
+
+    settings(max_examples=examples, deadline=None, database=None, report_multiple_bugs=False,
+             suppress_health_check=list(HealthCheck))(given(strategy)(property_))()
 
 
 def check_accepts_valid_payloads(case: TransformCase) -> None:
