@@ -147,7 +147,9 @@ async def check_dead_letters(case: SinkCase) -> None:
                 match = [d for d in stored if d.get("reason") == letter.reason]
                 assert match, f"dead letter {letter.reason!r} not stored"
                 d = match[0]
-                assert d.get("stream") == letter.stream and d.get("plugin") == letter.plugin
+                assert (d.get("stream"), d.get("plugin")) == (letter.stream, letter.plugin), (
+                    f"dead letter {letter.reason!r} stored with stream, plugin {d.get('stream')!r}, {d.get('plugin')!r}: "
+                    f"expected {letter.stream!r}, {letter.plugin!r}")
                 assert d.get("raw", d.get("payload")) == letter.raw, "the raw payload must be stored unchanged"
     finally:
         await sink.close()
