@@ -55,3 +55,13 @@ def test_the_examples_own_tests_pass_with_the_kit_from_the_pytest11_entry_point(
     assert "TestCsvSink::test_reopen_keeps_data PASSED" in result.stdout
     assert "TestOnlySymbols::test_any_json_is_a_record_or_invalid_record PASSED" in result.stdout
     assert "10 passed" in result.stdout
+
+
+def test_every_file_the_tutorial_links_exists():
+    import re
+
+    doc = REPO / "docs" / "plugins.md"
+    links = re.findall(r"\]\((\.\./[^)#]+)\)", doc.read_text())
+    assert len(links) >= 5
+    for link in links:
+        assert (doc.parent / link).exists(), f"docs/plugins.md links {link}, which does not exist"
