@@ -1,5 +1,6 @@
 """The streams.yaml builder of the author kit (tickwire.framework.testing.project): what it
-writes is a config `tickwire` accepts, in each shape the tests and benchmarks use."""
+writes is a config `tickwire` accepts, in each shape the tests and benchmarks use; and the kit
+loads without pulling in the built-in plugins (it sits below them)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,14 @@ def test_a_stream_tickwire_does_not_ship_needs_its_schema():
 def test_a_config_without_a_profile_is_refused():
     with pytest.raises(ValueError, match="at least one profile"):
         streams_config(sinks={}, profiles={})
+
+
+def test_the_kit_and_its_pytest_plugin_import_no_built_in_plugin():
+    import subprocess
+    import sys
+
+    code = ("import sys, tickwire, tickwire.framework.testing, tickwire.framework.testing.plugin; "
+            "print(sorted(m for m in sys.modules if m.startswith('tickwire.plugins')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
