@@ -66,45 +66,12 @@ sys.path.insert(0, str(REPO))
 
 from scripts.kafka_broker import KafkaBroker  # noqa: E402
 from tests.fixtures.simulator import start_simulator  # noqa: E402
+from tickwire.framework.testing import write_streams_yaml  # noqa: E402
 from prometheus_text import histogram_quantile  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 PYTHON = sys.executable
 BASELINE = REPO / "bench" / "baselines" / "kafka_baseline.py"
-
-CONFIG = """\
-version: 1
-default_profile: compose
-sources:
-  binance:
-    type: binance
-    url: ws://127.0.0.1:9
-    rest_url: http://127.0.0.1:9
-symbols: [{symbols}]
-streams:
-  trade:
-    channel: "{{symbol}}@trade"
-    schema: {schema}
-    table: trades
-    topic:
-      name: bench.trades
-      partitions: 3
-      config: {{message.timestamp.type: LogAppendTime}}
-sinks:
-  kafka:
-    type: kafka
-    bootstrap_servers: {bootstrap}
-    dead_letter_topic: {dead_letter}
-profiles:
-  compose:
-    sinks: [kafka]
-    dead_letter: kafka
-engine:
-  batch_size: 1000
-  linger_ms: 200
-  queue_batches: 8
-"""
-
 
 # -- Kafka side --------------------------------------------------------------------------------
 
@@ -251,10 +218,16 @@ class Bench:
         self.reader = reader
         self.dead_letter = f"bench-{uuid.uuid4().hex[:6]}.dead-letter"
         self.config = work / "streams.yaml"
-        self.config.write_text(CONFIG.format(
-            symbols=", ".join(SYMBOLS), schema=REPO / "schemas/trade.schema.json",
-            bootstrap=broker.bootstrap, dead_letter=self.dead_letter,
-        ))
+        write_streams_yaml(
+            self.config,
+            sources={"binance": {"type": "binance", "url": "ws://127.0.0.1:9", "rest_url": "http://127.0.0.1:9"}},
+            symbols=SYMBOLS,
+            streams={"trade": {"topic": {"name": "bench.trades", "partitions": 3,
+                                         "config": {"message.timestamp.type": "LogAppendTime"}}}},
+            sinks={"kafka": {"type": "kafka", "bootstrap_servers": broker.bootstrap, "dead_letter_topic": self.dead_letter}},
+            profiles={"compose": {"sinks": ["kafka"], "dead_letter": "kafka"}},
+            engine={"batch_size": 1000, "linger_ms": 200, "queue_batches": 8},
+        )
 
     def cli(self, *args: str, sets: list[str] = ()) -> list[str]:
         command = [PYTHON, "-m", "tickwire.framework.cli", "-c", str(self.config)]

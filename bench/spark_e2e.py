@@ -44,33 +44,11 @@ sys.path.insert(0, str(REPO))
 from scripts.kafka_broker import KafkaBroker  # noqa: E402
 from scripts.pg_cluster import PostgresCluster  # noqa: E402
 from tests.fixtures.simulator import start_simulator  # noqa: E402
+from tickwire.framework.testing import write_streams_yaml  # noqa: E402
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 TICKWIRE = [sys.executable, "-m", "tickwire.framework.cli"]
 PASSWORDS = {"TICKWIRE_PG_WRITER_PASSWORD": "bench-writer", "TICKWIRE_PG_READER_PASSWORD": "bench-reader"}
-
-CONFIG = """\
-version: 1
-default_profile: bench
-sources:
-  binance: {{type: binance, url: "ws://127.0.0.1:9", rest_url: "http://127.0.0.1:9"}}
-symbols: [{symbols}]
-streams:
-  trade:
-    channel: "{{symbol}}@trade"
-    schema: {schema}
-    table: trades
-    topic: {{name: {topic}, partitions: 3}}
-derived:
-  candles_1m: {{kind: candles, from: trade, interval: 1 minute, watermark: 30 seconds, table: candles_1m}}
-sinks:
-  kafka: {{type: kafka, bootstrap_servers: "{bootstrap}", dead_letter_topic: {topic}.dead-letter}}
-  postgres: {{type: postgres, dsn: "{direct_dsn}"}}
-profiles:
-  bench: {{sinks: [kafka, postgres], dead_letter: kafka}}
-engine: {{batch_size: 1000, linger_ms: 100, queue_batches: 32}}
-"""
-
 
 def sh(command: list[str], env: dict | None = None, timeout: float = 300) -> str:
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
@@ -131,8 +109,18 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
     writer = {p: cluster.dsn_for(n, user="tickwire_writer", password=PASSWORDS["TICKWIRE_PG_WRITER_PASSWORD"])
               for p, n in dbs.items()}
     config = work / f"streams-{label}.yaml"
-    config.write_text(CONFIG.format(symbols=", ".join(SYMBOLS), schema=REPO / "schemas/trade.schema.json",
-                                    topic=topic, bootstrap=broker.bootstrap, direct_dsn=writer["direct"]))
+    write_streams_yaml(
+        config,
+        sources={"binance": {"type": "binance", "url": "ws://127.0.0.1:9", "rest_url": "http://127.0.0.1:9"}},
+        symbols=SYMBOLS,
+        streams={"trade": {"topic": {"name": topic, "partitions": 3}}},
+        derived={"candles_1m": {"kind": "candles", "from": "trade", "interval": "1 minute", "watermark": "30 seconds",
+                                "table": "candles_1m"}},
+        sinks={"kafka": {"type": "kafka", "bootstrap_servers": broker.bootstrap, "dead_letter_topic": f"{topic}.dead-letter"},
+               "postgres": {"type": "postgres", "dsn": writer["direct"]}},
+        profiles={"bench": {"sinks": ["kafka", "postgres"], "dead_letter": "kafka"}},
+        engine={"batch_size": 1000, "linger_ms": 100, "queue_batches": 32},
+    )
     base = [*TICKWIRE, "-c", str(config)]
     for name in dbs.values():
         sh([*base, "db", "migrate", "--dsn", cluster.dsn_for(name)], env=PASSWORDS)

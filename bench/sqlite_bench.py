@@ -45,42 +45,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.fixtures.simulator import start_simulator  # noqa: E402
+from tickwire.framework.testing import write_streams_yaml  # noqa: E402
 from prometheus_text import histogram_quantile  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 PYTHON = sys.executable
-
-CONFIG = """\
-version: 1
-default_profile: local
-sources:
-  binance:
-    type: binance
-    url: {url}
-    rest_url: {rest}
-    gap_fill: false
-symbols: [{symbols}]
-streams:
-  trade:
-    channel: "{{symbol}}@trade"
-    schema: {schema}
-    table: trades
-sinks:
-  sqlite:
-    type: sqlite
-    path: bench.db
-  dead-letter-file:
-    type: jsonl
-    path: dead-letter.jsonl
-profiles:
-  local:
-    sinks: [sqlite]
-    dead_letter: dead-letter-file
-engine:
-  batch_size: {batch_size}
-  linger_ms: 200
-  queue_batches: 32
-"""
 
 BASELINE = textwrap.dedent(
     """\
@@ -183,9 +152,14 @@ def run_tickwire(sim, args, workdir: Path, label: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     for f in workdir.glob("bench.db*"):
         f.unlink()
-    (workdir / "streams.yaml").write_text(
-        CONFIG.format(url=sim.ws_url, rest=sim.rest_url, symbols=", ".join(SYMBOLS),
-                      schema=REPO / "schemas/trade.schema.json", batch_size=args.batch_size)
+    write_streams_yaml(
+        workdir / "streams.yaml",
+        sources={"binance": {"type": "binance", "url": sim.ws_url, "rest_url": sim.rest_url, "gap_fill": False}},
+        symbols=SYMBOLS,
+        sinks={"sqlite": {"type": "sqlite", "path": "bench.db"},
+               "dead-letter-file": {"type": "jsonl", "path": "dead-letter.jsonl"}},
+        profiles={"local": {"sinks": ["sqlite"], "dead_letter": "dead-letter-file"}},
+        engine={"batch_size": args.batch_size, "linger_ms": 200, "queue_batches": 32},
     )
     proc = subprocess.Popen(
         [PYTHON, "-m", "tickwire.framework.cli", "-c", str(workdir / "streams.yaml"), "run", "--metrics-port", "auto",

@@ -14,7 +14,9 @@ import tickwire.plugins.validate
 from tickwire import plugins
 from tickwire.framework.components import InvalidRecord, SinkSpec, TransformSpec
 from tickwire.framework.engine import Engine, EngineError, EngineSettings
-from tickwire.framework.testing import LIST_SOURCE, RECORDING_SINK, RecordingSink, assert_clean_json_log, stream_spec, trade_payload
+from tickwire.framework.testing import (
+    LIST_SOURCE, RECORDING_SINK, RecordingSink, assert_clean_json_log, stream_spec, trade_payload, write_streams_yaml,
+)
 
 
 def transforms() -> dict[str, TransformSpec]:
@@ -393,7 +395,6 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA = REPO / "schemas" / "trade.schema.json"
 
 LOCAL_PLUGIN = '''
 import asyncio, time
@@ -428,45 +429,17 @@ def tickwire_register_sinks(register):
     register(SinkSpec(name="stuck", factory=Stuck, description="test: never commits", supports_dead_letters=True))
 '''
 
-CONFIG = """\
-version: 1
-sources:
-  gen:
-    type: {source_type}
-{source_options}
-symbols: [BTCUSDT]
-streams:
-  trade:
-    channel: "{{symbol}}@trade"
-    schema: {schema}
-    table: trades
-sinks:
-  sqlite:
-    type: sqlite
-    path: out/tickwire.db
-  stuck:
-    type: stuck
-  dead-letter-file:
-    type: jsonl
-    path: out/dead-letter.jsonl
-profiles:
-  local:
-    sinks: [sqlite]
-    dead_letter: dead-letter-file
-  stuck:
-    sinks: [stuck]
-engine:
-  batch_size: 500
-  linger_ms: 50
-"""
-
-
-def write_project(tmp_path: Path, source_type: str = "counter", source_options: str = "") -> Path:
+def write_project(tmp_path: Path, source_type: str = "counter", source_options: dict | None = None) -> Path:
     (tmp_path / "plugins.local").mkdir()
     (tmp_path / "plugins.local" / "fakes.py").write_text(LOCAL_PLUGIN)
-    cfg = tmp_path / "streams.yaml"
-    cfg.write_text(CONFIG.format(source_type=source_type, source_options=source_options, schema=SCHEMA))
-    return cfg
+    return write_streams_yaml(
+        tmp_path / "streams.yaml",
+        sources={"gen": {"type": source_type, **(source_options or {})}},
+        sinks={"sqlite": {"type": "sqlite", "path": "out/tickwire.db"}, "stuck": {"type": "stuck"},
+               "dead-letter-file": {"type": "jsonl", "path": "out/dead-letter.jsonl"}},
+        profiles={"local": {"sinks": ["sqlite"], "dead_letter": "dead-letter-file"}, "stuck": {"sinks": ["stuck"]}},
+        engine={"batch_size": 500, "linger_ms": 50},
+    )
 
 
 def tickwire(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -582,11 +555,8 @@ def test_unknown_profile_is_a_clear_error(tmp_path):
 
 # -- end to end with the Binance source and the simulator -----------------------------------------
 
-BINANCE_OPTIONS = "    url: {url}\n    rest_url: {rest}\n"
-
-
 def run_against(simulator_proc, tmp_path: Path, *args: str) -> subprocess.Popen:
-    write_project(tmp_path, "binance", BINANCE_OPTIONS.format(url=simulator_proc.ws_url, rest=simulator_proc.rest_url))
+    write_project(tmp_path, "binance", {"url": simulator_proc.ws_url, "rest_url": simulator_proc.rest_url})
     return tickwire(tmp_path, *args)
 
 

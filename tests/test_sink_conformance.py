@@ -119,3 +119,19 @@ def test_conformance_catches_a_broken_sink(tmp_path):
 
 def test_append_only_sinks_skip_the_replay_check():
     assert JsonlSink.idempotent is False  # so check_replay_idempotent does not demand deduplication
+
+
+def test_conformance_catches_a_sink_with_a_blocking_write(tmp_path):
+    """The Sink protocol's methods are coroutines: a plain `def write` is reported by name."""
+    import asyncio
+    from dataclasses import replace
+
+    import tickwire.plugins.sqlite_sink as m
+
+    class Blocking(SQLiteSink):
+        def write(self, stream, records):  # not async: would block the engine's loop
+            return None
+
+    spec = replace(_spec(m), factory=Blocking, name="blocking")
+    with pytest.raises(AssertionError, match="blocking.*check_declares_the_contract.*write\\(\\) must be a coroutine"):
+        asyncio.run(check_sink_conformance(spec, {"path": "b.db"}, lambda s: make_context(s, tmp_path), read_back=sqlite_rows))

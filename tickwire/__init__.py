@@ -10,7 +10,9 @@ This module is the API a plugin author imports; everything else is internal and 
 
 Register the module in the ``tickwire`` entry-point group of your package (or put it in a
 plugin folder: ``--plugins-dir``). Hooks are documented in ``tickwire.framework.hookspecs``.
-Test a sink with :class:`SinkConformance` (pytest) or :func:`check_sink_conformance`.
+Test it with the author kit (``tickwire.framework.testing``, a pytest plugin once tickwire is
+installed): :class:`SinkConformance`, :class:`SourceContract`, :class:`TransformContract`, and
+:func:`streams_yaml` for a project to run. docs/plugins.md is the tutorial.
 
 The installed package holds the repository's folders under one name: ``tickwire.framework``
 (the core), ``tickwire.plugins`` (the built-in plugins), ``tickwire.spark`` (the Spark job), and
@@ -35,19 +37,30 @@ from tickwire.framework.extras import MissingDependency, Requirement, optional_m
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.schemas import Column, StreamSpec
 from tickwire.framework.testing import (
+    FusedTransformContract,
     ListSource,
+    RecordingEmitter,
     RecordingSink,
     SinkCase,
     SinkConformance,
+    SourceCase,
+    SourceContract,
+    TransformCase,
+    TransformContract,
     check_sink_conformance,
+    check_source_contract,
     make_context,
     stream_spec,
+    streams_config,
+    streams_yaml,
     trade_payload,
 )
 
 __all__ = [
-    "CodegenSpec", "Column", "DeadLetter", "Emitter", "InvalidRecord", "ListSource", "MissingDependency",
-    "PluginError", "RecordingSink", "Requirement", "RunContext", "Sink", "SinkCase", "SinkConformance",
-    "SinkSpec", "Source", "SourceSpec", "StreamSpec", "Transform", "TransformSpec", "check_sink_conformance",
-    "hookimpl", "make_context", "optional_module", "requires", "stream_spec", "trade_payload",
+    "CodegenSpec", "Column", "DeadLetter", "Emitter", "FusedTransformContract", "InvalidRecord", "ListSource",
+    "MissingDependency", "PluginError", "RecordingEmitter", "RecordingSink", "Requirement", "RunContext", "Sink",
+    "SinkCase", "SinkConformance", "SinkSpec", "Source", "SourceCase", "SourceContract", "SourceSpec", "StreamSpec",
+    "Transform", "TransformCase", "TransformContract", "TransformSpec", "check_sink_conformance",
+    "check_source_contract", "hookimpl", "make_context", "optional_module", "requires", "stream_spec",
+    "streams_config", "streams_yaml", "trade_payload",
 ]
