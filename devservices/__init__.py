@@ -2,7 +2,8 @@
 
 * :mod:`.maven` fetches the dependencies of a ``pom.xml`` from Maven Central into a cache
   (the Spark Kafka connector jars, the Kafka broker's jars);
-* :mod:`.kafka_broker` runs a real single-node Kafka broker (KRaft) from those jars;
+* :mod:`.kafka_broker` runs a real single-node Kafka broker (KRaft) from those jars, and
+  :mod:`.kafka_probe` asks a broker whether it is up;
 * :mod:`.pg_cluster` runs a throwaway PostgreSQL cluster;
 * :mod:`.ports` picks free local ports for them.
 

@@ -14,7 +14,7 @@ A broker can be stopped cleanly (`stop`), killed with SIGKILL (`kill`) and start
 same ports and the same data directory, which is what the "broker dies mid-stream" tests need.
 Its log goes to `<dir>/broker.log`; when it fails to start, the tail of that log is in the error.
 
-Besides the standard library it needs only tickwire.devservices (Maven fetch, free ports), so
+Besides the standard library it needs only tickwire.devservices (Maven fetch, probe, ports), so
 it runs in a run-time install without extras.
 """
 
@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 import uuid
 from pathlib import Path
 
+from tickwire.devservices.kafka_probe import broker_count
 from tickwire.devservices.maven import MavenError, cache_root, fetch_dependencies
 from tickwire.devservices.ports import free_port
 
@@ -108,33 +108,7 @@ def fetch_jars(pom: Path = POM, quiet: bool = False) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# readiness probe: a raw Metadata request, so no Kafka client library is needed
-
-
-def broker_count(host: str, port: int, timeout: float = 2.0) -> int:
-    """Send Metadata v4 (no topics) and return how many brokers the answer lists; raises OSError
-    when nobody answers. Kafka 4 dropped Metadata v0-v3, v4 is the oldest it still serves."""
-    client_id = b"tickwire-probe"
-    body = struct.pack(">hhih", 3, 4, 1, len(client_id)) + client_id
-    body += struct.pack(">ib", 0, 0)  # empty topic list, allow_auto_topic_creation=false
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(struct.pack(">i", len(body)) + body)
-        header = _read_exactly(sock, 4)
-        (size,) = struct.unpack(">i", header)
-        response = _read_exactly(sock, size)
-    # correlation_id int32, throttle_time_ms int32, brokers array length int32
-    _correlation, _throttle, brokers = struct.unpack(">iii", response[:12])
-    return brokers
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            raise ConnectionError("the broker closed the connection")
-        chunks += chunk
-    return bytes(chunks)
+# the process
 
 
 def _die_with_parent() -> None:
