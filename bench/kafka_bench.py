@@ -64,7 +64,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.kafka_broker import KafkaBroker  # noqa: E402
+from tickwire.devservices.kafka_broker import KafkaBroker  # noqa: E402
 from tests.fixtures.simulator import start_simulator  # noqa: E402
 from tickwire.framework.testing import write_streams_yaml  # noqa: E402
 from prometheus_text import histogram_quantile  # noqa: E402  (bench/ is on sys.path when run as a script)

@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 
 from tickwire.framework.schemas import StreamSpec, TopicSpec
+from tickwire.devservices.kafka_broker import KafkaBroker
 from tickwire.plugins.kafka.resume import read_topic_tail
-from scripts.kafka_broker import KafkaBroker
 from tests.fixtures.kafka import create_topics
 
 SCHEMA = orjson.loads(Path("schemas/trade.schema.json").read_bytes())

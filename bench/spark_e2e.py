@@ -41,8 +41,8 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.kafka_broker import KafkaBroker  # noqa: E402
-from scripts.pg_cluster import PostgresCluster  # noqa: E402
+from tickwire.devservices.kafka_broker import KafkaBroker  # noqa: E402
+from tickwire.devservices.pg_cluster import PostgresCluster  # noqa: E402
 from tests.fixtures.simulator import start_simulator  # noqa: E402
 from tickwire.framework.testing import write_streams_yaml  # noqa: E402
 

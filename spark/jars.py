@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from tickwire.framework.maven import MavenError, cache_root, fetch_dependencies
+from tickwire.devservices.maven import MavenError, cache_root, fetch_dependencies
 from tickwire.spark import POM
 CONNECTOR = "spark-sql-kafka-0-10_2.13"
 _VERSIONED_JAR = re.compile(r"^(?P<artifact>.+?)-\d+(\.\d+)+[\w.\-]*\.jar$")

@@ -20,7 +20,7 @@ from tickwire.plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, RecentKeys,
 from tickwire.framework.backoff import Backoff
 from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter, TokenBucket
 from tickwire.plugins.binance.rest import HistoricalTrades, rest_trade_to_event
-from tickwire.plugins.binance.source import CONFIG_SCHEMA, DEFAULTS, BinanceSource, split_evenly
+from tickwire.plugins.binance.source import CONFIG_SCHEMA, BinanceSource, split_evenly
 from tests.fixtures.simulator import serve_stream
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -59,12 +59,16 @@ class LogRecorder:
 
 
 class Ctx:
+    """The fields of RunContext a source reads, with a log that keeps every line."""
+
     def __init__(self, streams):
         self.streams = streams
         self.metrics = Metrics()
         self.log = LogRecorder()
         self.config = None
         self.config_dir = None
+        self.resume: dict[str, dict[str, int]] = {}
+        self.report_gap = None
 
 
 def specs(symbols, kinds=("trade",)):
@@ -86,8 +90,7 @@ def make_source(sim, symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"), kinds=("trade",)
 
 def quiet(src: BinanceSource) -> bool:
     """No trade id is missing and no gap filler is busy."""
-    busy = any(not t.done() for t in src._fillers.values())
-    return not busy and all(not ch.trades.missing for ch in src.channels.values() if ch.trades)
+    return not src.gaps.busy and all(not ch.trades.missing for ch in src.channels.values() if ch.trades)
 
 
 async def run_source(src: BinanceSource, emit: Collector, seconds: float, settle: float = 10.0, until=None):
@@ -298,11 +301,12 @@ def test_rest_trade_to_event_matches_wire_example():
 
 def test_options_schema_defaults_and_registration():
     jsonschema.Draft202012Validator.check_schema(CONFIG_SCHEMA)
-    jsonschema.validate(DEFAULTS, CONFIG_SCHEMA)
-    assert DEFAULTS["max_streams_per_connection"] == 1024
-    assert DEFAULTS["max_messages_per_second"] == 5
-    assert DEFAULTS["rotate_after_seconds"] == 23.5 * 3600
-    assert DEFAULTS["max_connection_attempts_per_5min"] == 300
+    defaults = {key: prop["default"] for key, prop in CONFIG_SCHEMA["properties"].items()}
+    jsonschema.validate(defaults, CONFIG_SCHEMA)
+    assert defaults["max_streams_per_connection"] == 1024
+    assert defaults["max_messages_per_second"] == 5
+    assert defaults["rotate_after_seconds"] == 23.5 * 3600
+    assert defaults["max_connection_attempts_per_5min"] == 300
     for key, prop in CONFIG_SCHEMA["properties"].items():
         assert prop.get("description"), f"option {key} has no description"
     with pytest.raises(jsonschema.ValidationError):
@@ -656,6 +660,6 @@ def test_stop_reports_trades_still_missing():
     tracker = src.channels["btcusdt@trade"].trades
     tracker.accept(10)
     tracker.accept(15)
-    src._report_unfilled()
+    src.gaps.report_unfilled()
     warnings = src.ctx.log.text("warning")
     assert "stopping with 4 BTCUSDT trades not fetched yet: ids 11..14" in warnings

@@ -204,7 +204,7 @@ def test_unreachable_broker_spools_and_a_later_start_replays_in_order(kafka_brok
     stream = trade_stream(trades)
     records = normalized(stream, [trade_payload(i) for i in range(300)])
     metrics = Metrics()
-    from scripts.kafka_broker import free_port
+    from tickwire.devservices.ports import free_port
 
     async def scenario():
         nowhere = sink_options(kafka_broker, dead, tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}",

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from scripts.pg_cluster import ClusterError, PostgresCluster
+from tickwire.devservices.pg_cluster import ClusterError, PostgresCluster
 from tests.fixtures.postgres import REPOSITORY
 
 
@@ -97,7 +97,7 @@ def test_a_killed_owner_leaves_no_server_behind() -> None:
 
 OWNER_SCRIPT = """
 import time
-from scripts.pg_cluster import PostgresCluster
+from tickwire.devservices.pg_cluster import PostgresCluster
 cluster = PostgresCluster.new(die_with_parent=True)
 cluster.create()
 cluster.start()

@@ -2,7 +2,8 @@
 
 ``tickwire simulate`` serves a Binance-compatible spot market-data endpoint (WebSocket streams,
 REST trades, the documented limits, fault injection) on one port; see
-``plugins/binance/sim_server.py`` for the protocol, the control endpoints and the faults.
+``plugins/binance/sim_server.py`` (and the ``sim_*`` modules it names) for the protocol, the
+control endpoints and the faults.
 The first line it prints is stable, tests parse it::
 
     simulator listening on ws://127.0.0.1:PORT
@@ -30,7 +31,8 @@ except ImportError:  # the core is not there yet: the same marker
 
     hookimpl = pluggy.HookimplMarker("tickwire")
 
-from tickwire.plugins.binance.sim_server import ALL_MALFORMED_KINDS, COMPRESSIONS, MALFORMED_KINDS, SimConfig, Simulator
+from tickwire.plugins.binance.sim_config import ALL_MALFORMED_KINDS, COMPRESSIONS, MALFORMED_KINDS, SimConfig
+from tickwire.plugins.binance.sim_server import Simulator
 
 
 def _csv(value: str) -> tuple[str, ...]:

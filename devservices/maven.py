@@ -1,9 +1,10 @@
 """Fetch the dependencies of a ``pom.xml`` from Maven Central into a cache directory, once.
 
-Shared by the Spark Kafka connector jars (``spark/jars.py``) and the development Kafka broker
-(``scripts/kafka_broker.py``). The directory's ``.complete`` marker holds the pom's digest, so
-changing a dependency refreshes the cache; concurrent processes wait on a lock file; the jars
-land in a staging directory that is swapped in whole, so a cache is never seen half-filled.
+Shared by the Spark Kafka connector jars (``tickwire.spark.jars``) and the development Kafka
+broker (:mod:`tickwire.devservices.kafka_broker`). The directory's ``.complete`` marker holds
+the pom's digest, so changing a dependency refreshes the cache; concurrent processes wait on a
+lock file; the jars land in a staging directory that is swapped in whole, so a cache is never
+seen half-filled.
 """
 
 from __future__ import annotations

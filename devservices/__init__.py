@@ -1,0 +1,12 @@
+"""Development services: tooling around tickwire, not part of its core.
+
+* :mod:`.maven` fetches the dependencies of a ``pom.xml`` from Maven Central into a cache
+  (the Spark Kafka connector jars, the Kafka broker's jars);
+* :mod:`.kafka_broker` runs a real single-node Kafka broker (KRaft) from those jars, and
+  :mod:`.kafka_probe` asks a broker whether it is up;
+* :mod:`.pg_cluster` runs a throwaway PostgreSQL cluster;
+* :mod:`.ports` picks free local ports for them.
+
+The test fixtures, the benchmarks, ``make kafka`` / ``make services`` and the command lines in
+``scripts/`` use them; the ingestion core (``tickwire.framework``) does not.
+"""
