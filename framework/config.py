@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tickwire.framework import documents
+from tickwire.framework.components import FusableTransform
 from tickwire.framework.config_schema import bounded, build_schema
 from tickwire.framework.documents import Document, DocumentError, Mark, Problem, dotted
 from tickwire.framework.plugins import PluginManager
@@ -83,7 +84,7 @@ class Config:
 
     @property
     def engine(self) -> dict:
-        """As written; the defaults belong to tickwire.framework.engine.EngineSettings."""
+        """As written; EngineSettings fills in the schema's defaults."""
         return dict(self.data.get("engine", {}))
 
     @property
@@ -356,8 +357,8 @@ def _transform_problems(config: Config, spec: StreamSpec, block: dict, schema_do
         at = ("streams", spec.name, "transforms", i) if "transforms" in block else ("streams", spec.name)
         about = f"transform '{tname}' (plugin {tspec.plugin or tname}), stream '{spec.name}'"
         try:
-            built.append(tspec.factory(spec, dict(options)))
-            if len(spec.transforms) == 2 and i == 1 and getattr(built[0], "fuse", None) is not None:
+            built.append(tspec.factory(spec, tspec.complete(options)))
+            if len(spec.transforms) == 2 and i == 1 and isinstance(built[0], FusableTransform):
                 built[0].fuse(built[1])  # the engine runs this form on the hot path
         except StreamSchemaError as exc:
             return [Problem(schema_doc.mark(exc.at), dotted(exc.at), f"{exc.reason} ({about})")]
