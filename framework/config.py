@@ -25,7 +25,8 @@ from typing import Any, Mapping
 
 from tickwire.framework import documents
 from tickwire.framework.components import FusableTransform
-from tickwire.framework.config_schema import bounded, build_schema
+from tickwire.framework.options import with_defaults
+from tickwire.framework.config_schema import BASE_SCHEMA, bounded, build_schema
 from tickwire.framework.documents import Document, DocumentError, Mark, Problem, dotted
 from tickwire.framework.plugins import PluginManager
 from tickwire.framework.schema_checks import check_stream_schema
@@ -34,7 +35,6 @@ from tickwire.framework.validation import option_problems, schema_problems
 
 DEFAULT_CONFIG = "streams.yaml"
 DEFAULT_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
-METRICS_DEFAULTS = {"host": "127.0.0.1", "port": 9464}
 DEFAULT_TRANSFORMS = ["validate", "normalize"]
 ALLOW_OUTSIDE_PATHS = "TICKWIRE_ALLOW_OUTSIDE_PATHS"
 # Tables the stores create for themselves: a stream or derived table of that name would clash.
@@ -89,7 +89,8 @@ class Config:
 
     @property
     def metrics(self) -> dict:
-        return {**METRICS_DEFAULTS, **self.data.get("metrics", {})}
+        """As written, with the schema's defaults filled in."""
+        return with_defaults(BASE_SCHEMA["properties"]["metrics"], self.data.get("metrics", {}))
 
     @property
     def default_profile(self) -> str:
