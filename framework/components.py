@@ -116,19 +116,23 @@ class RunContext:
     the plugin manager."""
 
     streams: list[StreamSpec]
+    """The streams this component serves (a sink: the profile's streams that write to it)."""
     metrics: Metrics
-    log: Any  # a structlog BoundLogger bound with plugin= and component=
-    config_dir: Any  # pathlib.Path; relative paths in options resolve against it
-    # Sources only: stream → symbol → the last sequence id (trade id) every store of the stream
-    # holds (the minimum over the sinks that could tell). A source resumes after it, filling the
-    # downtime; a symbol absent here starts from the live stream.
+    """The run's Prometheus registry (framework/metrics.py)."""
+    log: Any
+    """A structlog logger bound with ``plugin=`` and ``component=``."""
+    config_dir: Any
+    """pathlib.Path of the config file's folder; relative paths in options resolve against it."""
     resume: dict[str, dict[str, int]] = field(default_factory=dict)
-    # Sources only: report a range lost for good; the engine logs it, counts it and records it in
-    # the stream's stores (trade_gaps) or the dead-letter destination. Never blocks.
+    """Sources only: stream → symbol → the last sequence id (trade id) every store of the stream
+    holds (the minimum over the sinks that could tell). A source resumes after it, filling the
+    downtime; a symbol absent here starts from the live stream."""
     report_gap: Callable[[TradeGap], None] | None = None
-    # Deprecated, None unless a caller passes it: the whole loaded Config. Only the Kafka sink
-    # still reads it (until plugins/kafka takes its topics from ``streams``); new code must not.
+    """Sources only: report a range lost for good; the engine logs it, counts it and records it
+    in the stream's stores (trade_gaps) or the dead-letter destination. Never blocks."""
     config: Any = None
+    """Deprecated, None unless a caller passes it: the whole loaded Config. Only the Kafka sink
+    still reads it (until it takes its topics from ``streams``); new code must not."""
 
     @property
     def tables(self) -> list[str]:
