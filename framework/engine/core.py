@@ -3,7 +3,8 @@ and the sources, hands lost ranges over, and stops within ``shutdown_timeout_s``
 
 The jobs it delegates, each in its own module: the plan (``plan.py``), the hot path
 (``routing.py``), dead letters (``dead_letters.py``), sink workers and the retry policy
-(``workers.py``), counters (``stats.py``), what was not committed (``shutdown.py``)."""
+(``workers.py``), counters (``stats.py``), what was not committed (``shutdown.py``), where to
+resume and the ranges lost for good (``resume_points.py``)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from tickwire.framework.components import RunContext, SinkSpec, SourceSpec, Trad
 from tickwire.framework.engine.dead_letters import DeadLetters
 from tickwire.framework.engine.plan import build_route, build_runners, plan_from_config
 from tickwire.framework.engine.routing import Emitter, Route, hand_over
-from tickwire.framework.engine.runner import GAPS, SinkRunner
+from tickwire.framework.engine.resume_points import LostRanges, read_resume_points
+from tickwire.framework.engine.runner import SinkRunner
 from tickwire.framework.engine.settings import EngineError, EngineSettings
 from tickwire.framework.engine.shutdown import describe_uncommitted, take_uncommitted, uncommitted_fields
 from tickwire.framework.engine.stats import Stats
 from tickwire.framework.engine.workers import SinkWorker
 from tickwire.framework.logs import get_logger
 from tickwire.framework.metrics import Metrics
-from tickwire.framework.resume import combine, gap_dead_letter
 from tickwire.framework.schemas import StreamSpec
 
 SOURCE_RESTART = (1.0, 30.0)  # seconds: first delay before restarting a source that raised, longest
@@ -67,8 +68,8 @@ class Engine:
         self._stop_requested_at: float | None = None
         self._failure: str | None = None  # a sink's PermanentError: run() raises it as an EngineError
         self.abandoned: dict[tuple[str, str], int] = {}  # (sink, stream) → records not committed at stop
-        self._resume: dict[str, dict[str, int]] = {}  # stream → symbol → last id held (_read_resume_points)
-        self._gaps: list[TradeGap] = []  # reported by sources, not yet handed to the sinks
+        self._resume: dict[str, dict[str, int]] = {}  # stream → symbol → last id held (read_resume_points)
+        self._lost_ranges = LostRanges(self._routes, self.dead_letters, self.metrics, self.log)
         self.ready = asyncio.Event()  # set once the sinks are open and the sources started
         self._source_tasks: dict[str, asyncio.Task] = {}
         self.started_at: float | None = None
@@ -277,71 +278,11 @@ class Engine:
     # -- resume points and lost ranges -------------------------------------------------------
 
     async def _read_resume_points(self) -> None:
-        """Ask every sink of each sequenced stream what it holds; keep, per symbol, the minimum
-        over the sinks that could tell (the least complete store decides) for the sources."""
-        for route in self._routes.values():
-            stream = route.stream
-            if stream.sequence is None:
-                continue
-            answers: dict[str, dict[str, int] | None] = {}
-            for lane in route.lanes:
-                runner = lane.runner
-                if not runner.traits.resumable:
-                    continue
-                try:
-                    answers[runner.id] = await runner.sink.last_sequence_ids(stream)
-                except Exception as exc:
-                    raise EngineError(f"{runner.who}, stream {stream.name!r}: cannot read what it holds: {exc}") from exc
-            points = combine(answers)
-            told = sorted(sink_id for sink_id, answer in answers.items() if answer is not None)
-            if not points:
-                why = "the stores hold nothing yet" if told else "no store can tell what it holds"
-                self.log.info(f"resuming {stream.name}: from the live stream ({why})", stream=stream.name)
-                continue
-            self._resume[stream.name] = {symbol: last for symbol, (last, _) in points.items()}
-            where = ", ".join(f"{symbol} from id {last} ({sink_id})" for symbol, (last, sink_id) in sorted(points.items()))
-            fresh = sorted(set(stream.symbols) - set(points))
-            self.log.info(
-                f"resuming {stream.name}: {where}" + (f"; from the live stream: {', '.join(fresh)}" if fresh else ""),
-                stream=stream.name, sinks=told,
-            )
+        self._resume = await read_resume_points(self._routes.values(), self.log)
 
     def report_gap(self, gap: TradeGap) -> None:
-        """A source gave up on ``gap``: log it, count it, and queue it for the stream's stores
-        (``write_gaps``) or, for a stream whose stores cannot record gaps, the dead-letter
-        destination. Never blocks; handed over by the ticker and at shutdown."""
-        self.metrics.trade_gap_trades_lost.labels(stream=gap.stream, symbol=gap.symbol, reason=gap.reason).inc(gap.count)
-        self.log.warning(
-            f"trades lost: {gap.symbol} ids {gap.first_id}..{gap.last_id} ({gap.count} trades) of stream "
-            f"{gap.stream!r} cannot be fetched ({gap.reason}); recorded in the stream's stores (trade_gaps) or dead letters",
-            stream=gap.stream, symbol=gap.symbol, first_id=gap.first_id, last_id=gap.last_id, lost=gap.count, reason=gap.reason,
-        )
-        self._gaps.append(gap)
-
-    async def _flush_gaps(self) -> None:
-        gaps, self._gaps = self._gaps, []
-        try:
-            await self._hand_over_gaps(gaps)
-        except asyncio.CancelledError:
-            # the shutdown flush hands them over again (write_gaps is idempotent per range)
-            self._gaps[:0] = gaps
-            raise
-
-    async def _hand_over_gaps(self, gaps: list[TradeGap]) -> None:
-        by_stream: dict[str, list[TradeGap]] = {}
-        for gap in gaps:
-            by_stream.setdefault(gap.stream, []).append(gap)
-        for name, stream_gaps in by_stream.items():
-            route = self._routes.get(name)
-            runners = [lane.runner for lane in route.lanes] if route is not None else []
-            recording = [r for r in runners if r.traits.records_gaps]
-            for runner in recording:
-                runner.pending += len(stream_gaps)
-                await runner.queue.put((GAPS, list(stream_gaps)))
-            if not recording:
-                for gap in stream_gaps:
-                    letter = gap_dead_letter(gap)
-                    await self.dead_letters.add(gap.stream, letter.reason, "engine", letter.raw, None)
+        """A source gave up on ``gap`` (RunContext.report_gap): see :class:`LostRanges`."""
+        self._lost_ranges.report(gap)
 
     # -- sources -----------------------------------------------------------------------------
 
@@ -374,8 +315,7 @@ class Engine:
     # -- the ticker --------------------------------------------------------------------------
 
     async def _flush_all(self) -> None:
-        if self._gaps:
-            await self._flush_gaps()
+        await self._lost_ranges.flush()
         for route in self._routes.values():
             for lane in route.lanes:
                 await hand_over(lane)
@@ -395,8 +335,7 @@ class Engine:
                 for lane in route.lanes:
                     if lane.buf and now - lane.since >= linger:
                         await hand_over(lane)
-            if self._gaps:
-                await self._flush_gaps()
+            await self._lost_ranges.flush()
             if dead.buffer and now - dead.since >= linger:
                 await dead.flush()
             if now >= next_push:
