@@ -35,7 +35,7 @@ from tickwire.framework.validation import option_problems, schema_problems
 
 DEFAULT_CONFIG = "streams.yaml"
 DEFAULT_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
-DEFAULT_TRANSFORMS = ["validate", "normalize"]
+DEFAULT_TRANSFORMS = BASE_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"]["transforms"]["default"]
 ALLOW_OUTSIDE_PATHS = "TICKWIRE_ALLOW_OUTSIDE_PATHS"
 # Tables the stores create for themselves: a stream or derived table of that name would clash.
 RESERVED_TABLES = ("dead_letters", "stream_progress", "trade_gaps")
@@ -80,7 +80,8 @@ class Config:
 
     @property
     def derived(self) -> dict[str, dict]:
-        return {name: {"watermark": "30 seconds", **block} for name, block in self.data.get("derived", {}).items()}
+        schema = BASE_SCHEMA["properties"]["derived"]["additionalProperties"]
+        return {name: with_defaults(schema, block) for name, block in self.data.get("derived", {}).items()}
 
     @property
     def engine(self) -> dict:
@@ -368,6 +369,12 @@ def _transform_problems(config: Config, spec: StreamSpec, block: dict, schema_do
     return []
 
 
+def _topic_spec(block: dict) -> TopicSpec:
+    """A stream's ``topic:`` block, the schema's defaults filled in."""
+    topic = with_defaults(BASE_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"]["topic"], block)
+    return TopicSpec(topic["name"], topic["partitions"], topic["replication_factor"], dict(topic.get("config") or {}))
+
+
 def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -> StreamSpec:
     topic = block.get("topic")
     transforms = []
@@ -386,6 +393,6 @@ def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -
         schema_path=config.resolve_path(block["schema"]),
         schema=schema_doc.data,
         table=block["table"],
-        topic=TopicSpec(topic["name"], topic.get("partitions", 3), topic.get("replication_factor", 1), dict(topic.get("config", {}))) if topic else None,
+        topic=_topic_spec(topic) if topic else None,
         transforms=transforms,
     )

@@ -14,11 +14,14 @@ from typing import Any
 from tickwire.framework.components import FusableTransform, SinkSpec, SourceSpec, TransformSpec
 from tickwire.framework.engine.routing import Lane, Route
 from tickwire.framework.engine.runner import SinkRunner
+from tickwire.framework.config_schema import BASE_SCHEMA
 from tickwire.framework.engine.settings import EngineError, EngineSettings
 from tickwire.framework.metrics import Metrics
 from tickwire.framework.schemas import StreamSpec
 
-DEFAULT_TRANSFORMS = [("validate", {}), ("normalize", {})]
+# a stream without ``transforms:`` (the config schema's default, written there once)
+STREAM_SCHEMA = BASE_SCHEMA["properties"]["streams"]["additionalProperties"]
+DEFAULT_TRANSFORMS = [(name, {}) for name in STREAM_SCHEMA["properties"]["transforms"]["default"]]
 
 
 @dataclass
