@@ -10,23 +10,64 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol, runtime_checkable
 
+from tickwire.framework.options import with_defaults
+
 if TYPE_CHECKING:
-    from tickwire.framework.config import Config
     from tickwire.framework.extras import Requirement
     from tickwire.framework.metrics import Metrics
-    from tickwire.framework.schemas import StreamSpec
+    from tickwire.framework.schemas import StreamSpec, TopicSpec
 
 
 class InvalidRecord(Exception):
-    """Raised by a transform: the record goes to the dead-letter destination with ``reason``."""
+    """Raised by a transform: the record goes to the dead-letter destination with ``reason``.
+
+    ``step`` is for a fused transform (:meth:`FusableTransform.fuse`): 0 when the transform's
+    own check rejected the record, 1 when the fused-in following one did; the dead letter
+    then names that transform."""
+
+    def __init__(self, reason: str, step: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.step = step
+
+
+class PluginError(Exception):
+    """A plugin failed to load or register; the message names the plugin."""
+
+
+# -- what a sink raises, and what the engine does about it ----------------------------------------
+# The engine adds the sink's id, plugin and stream to every message; the sink says what happened.
+
+
+class TransientError(Exception):
+    """The write may succeed later (connection lost, database locked, disk full): the engine
+    retries the same batch with exponential backoff (``engine.retry_initial_s`` doubling up to
+    ``engine.retry_max_s``), forever, until it succeeds or the run stops. Any exception that is
+    none of the types below is treated the same way."""
+
+
+class BadRecords(Exception):
+    """The records of this batch cannot be stored, whatever the retries (a value the store
+    refuses): the engine sends every record of the batch to the dead-letter destination with
+    ``reason`` (counted in ``tickwire_dead_letters_total``) and goes on with the next batch. A
+    sink that can tell the bad records from the good ones stores the good ones itself and
+    raises this only for a batch of bad ones (or dead-letters them itself, as PostgreSQL does)."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
 
 
-class PluginError(Exception):
-    """A plugin failed to load or register; the message names the plugin."""
+class PermanentError(Exception):
+    """Retrying cannot help (wrong credentials, a missing table or privilege, an invalid
+    setting): the engine stops the run cleanly — sources cancelled, the other sinks flushed
+    within ``engine.shutdown_timeout_s`` — and ``tickwire run`` prints the message with the
+    sink, plugin and stream and exits with code 1 (:data:`EXIT_PERMANENT`). What this sink had
+    not committed is counted as abandoned. Raised from ``open()`` or a factory it is a start-up
+    error (also exit 1)."""
+
+
+EXIT_PERMANENT = 1  # the exit code of `tickwire run` after a PermanentError (and any start-up error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,20 +111,38 @@ class TradeGap:
 
 @dataclass(slots=True)
 class RunContext:
-    """What a source or sink factory gets besides its own options."""
+    """What a source or sink factory gets besides its own (complete, validated) options: the
+    streams it serves, the metrics registry, a logger, the config folder — not the config or
+    the plugin manager."""
 
-    config: Config
     streams: list[StreamSpec]
+    """The streams this component serves (a sink: the profile's streams that write to it)."""
     metrics: Metrics
-    log: Any  # a structlog BoundLogger bound with plugin= and component=
-    config_dir: Any  # pathlib.Path; relative paths in options resolve against it
-    # Sources only: stream → symbol → the last sequence id (trade id) every store of the stream
-    # holds (the minimum over the sinks that could tell). A source resumes after it, filling the
-    # downtime; a symbol absent here starts from the live stream.
+    """The run's Prometheus registry (framework/metrics.py)."""
+    log: Any
+    """A structlog logger bound with ``plugin=`` and ``component=``."""
+    config_dir: Any
+    """pathlib.Path of the config file's folder; relative paths in options resolve against it."""
     resume: dict[str, dict[str, int]] = field(default_factory=dict)
-    # Sources only: report a range lost for good; the engine logs it, counts it and records it in
-    # the stream's stores (trade_gaps) or the dead-letter destination. Never blocks.
+    """Sources only: stream → symbol → the last sequence id (trade id) every store of the stream
+    holds (the minimum over the sinks that could tell). A source resumes after it, filling the
+    downtime; a symbol absent here starts from the live stream."""
     report_gap: Callable[[TradeGap], None] | None = None
+    """Sources only: report a range lost for good; the engine logs it, counts it and records it
+    in the stream's stores (trade_gaps) or the dead-letter destination. Never blocks."""
+    config: Any = None
+    """Deprecated, None unless a caller passes it: the whole loaded Config. Only the Kafka sink
+    still reads it (until it takes its topics from ``streams``); new code must not."""
+
+    @property
+    def tables(self) -> list[str]:
+        """The tables of the streams served, in order."""
+        return [s.table for s in self.streams]
+
+    @property
+    def topics(self) -> list[TopicSpec]:
+        """The Kafka topics of the streams served (streams without a topic are left out)."""
+        return [s.topic for s in self.streams if s.topic is not None]
 
 
 class Rejected:
@@ -136,34 +195,84 @@ class Emitter(Protocol):
 
 
 class Source(Protocol):
+    """A producer, built by ``SourceSpec.factory(name, options, ctx)``. The engine calls ``run``
+    once per start and cancels it to stop; while it runs, payloads go to ``emit``."""
+
     async def run(self, emit: Emitter) -> None:
-        """Produce until cancelled. Reconnects by itself; never returns on transient errors."""
+        """Produce until cancelled. Reconnects by itself; never returns on transient errors.
+        Returning ends the source (a replay); raising restarts it after a growing delay."""
 
 
-Transform = Callable[[dict], "dict | None"]
+class Transform(Protocol):
+    """A per-record step, built once per stream by ``TransformSpec.factory(stream, options)``.
+
+    Called with the payload (or the previous step's record); returns the record for the next
+    step, None to drop it (counts as accepted), or raises :class:`InvalidRecord` (dead letter
+    with the reason). Any other exception is a bug: the record is dead-lettered and the error
+    logged once per transform and stream."""
+
+    def __call__(self, record: dict) -> dict | None: ...
+
+
+@runtime_checkable
+class FusableTransform(Transform, Protocol):
+    """Optional Transform member: one function doing this step and the next one.
+
+    The engine asks once, when it builds a stream's chain of exactly two transforms; without
+    ``fuse`` (or when it returns None) the steps run one after the other."""
+
+    def fuse(self, following: Transform) -> Transform | None:
+        """A function equal to ``following(self(record))``, or None when this transform cannot
+        fuse with ``following``. It raises :class:`InvalidRecord` with the same reason as the
+        step that rejected the record, with ``step=1`` when that was ``following``."""
 
 
 class Sink(Protocol):
-    """A store. Besides these members a sink may have the optional ones of
-    :class:`ResumableSink` and :class:`GapRecordingSink` (docs/architecture.md)."""
+    """A store, built by ``SinkSpec.factory(name, options, ctx)``.
+
+    Required: ``open``, ``write``, ``close`` (and ``write_dead_letters`` when
+    ``supports_dead_letters``). The optional members below have the documented default when a
+    sink leaves them out; the engine reads them once, after ``open()``
+    (:func:`sink_traits`). What a sink raises decides what the engine does:
+    :class:`TransientError` (or any other exception) retry, :class:`BadRecords` dead letters,
+    :class:`PermanentError` stop the run."""
 
     supports_dead_letters: bool
+    """Optional, default False: the sink stores dead letters (``write_dead_letters``) and may be
+    a profile's ``dead_letter`` destination. Must agree with its spec's."""
 
-    async def open(self) -> None: ...
+    max_in_flight: int
+    """Optional, default 1: up to this many ``write`` calls run at once, started in queue order.
+    Such a sink keeps its own ordering and must not raise TransientError (a retried write runs
+    again after writes that started later)."""
+
+    idempotent: bool
+    """Optional, default True: writing the same batch twice stores it once (a retried write
+    after a lost acknowledgement duplicates nothing). Append-only sinks say False."""
+
+    async def open(self) -> None:
+        """Connect, create what is missing. Raise :class:`PermanentError` for what retrying
+        cannot fix; any exception stops the start."""
 
     async def write(self, stream: StreamSpec, records: list[dict]) -> None:
         """Store ``records`` of ``stream``. Return only when they are committed: returning
-        is the acknowledgement. Raise to have the engine retry the batch."""
+        is the acknowledgement. Raise as the class docstring says."""
 
-    async def write_dead_letters(self, letters: list[DeadLetter]) -> None: ...
+    async def write_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Store dead letters (only called when ``supports_dead_letters``); like ``write``."""
 
     async def close(self) -> None:
         """Flush and release. Called once, after the last write."""
 
+    def describe(self) -> str:
+        """Optional, default the sink's type name: one human line saying where the data goes
+        (``tickwire run`` prints it at start)."""
+
 
 @runtime_checkable
 class ResumableSink(Protocol):
-    """Optional Sink member: what the store already holds, so a restart loses nothing."""
+    """Optional Sink member: what the store already holds, so a restart loses nothing.
+    Default: the sink cannot tell (as if it answered None)."""
 
     async def last_sequence_ids(self, stream: StreamSpec) -> dict[str, int] | None:
         """Per partition value (symbol), the last sequence id (trade id) of ``stream`` this sink
@@ -175,12 +284,44 @@ class ResumableSink(Protocol):
 
 @runtime_checkable
 class GapRecordingSink(Protocol):
-    """Optional Sink member: record trades lost for good where the data goes."""
+    """Optional Sink member: record trades lost for good where the data goes. Default: the
+    stream's lost ranges go to the dead-letter destination instead."""
 
     async def write_gaps(self, gaps: list[TradeGap]) -> None:
         """Store ``gaps`` (``trade_gaps`` table, dead-letter topic…). Returning is the
         acknowledgement, as for ``write``; raise to have the engine retry. Idempotent per
         (stream, symbol, first_id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkTraits:
+    """A sink's optional members, resolved once with their defaults (:func:`sink_traits`)."""
+
+    max_in_flight: int = 1
+    idempotent: bool = True
+    supports_dead_letters: bool = False
+    describe: str = ""
+    resumable: bool = False  # has last_sequence_ids (ResumableSink)
+    records_gaps: bool = False  # has write_gaps (GapRecordingSink)
+
+
+def sink_traits(sink: Any, spec: SinkSpec) -> SinkTraits:
+    """The optional members of an opened ``sink``, each with its documented default — the one
+    place they are looked up; the engine uses only the result."""
+    defaults = SinkTraits()
+    try:
+        max_in_flight = max(1, int(getattr(sink, "max_in_flight", defaults.max_in_flight) or 1))
+    except (TypeError, ValueError):
+        max_in_flight = defaults.max_in_flight
+    describe = getattr(sink, "describe", None)
+    return SinkTraits(
+        max_in_flight=max_in_flight,
+        idempotent=bool(getattr(sink, "idempotent", defaults.idempotent)),
+        supports_dead_letters=spec.supports_dead_letters,
+        describe=str(describe()) if callable(describe) else spec.name,
+        resumable=isinstance(sink, ResumableSink),
+        records_gaps=isinstance(sink, GapRecordingSink),
+    )
 
 
 @dataclass(frozen=True)
@@ -194,6 +335,10 @@ class _Spec:
     # unavailable, not the plugin: e.g. ``requires=POSTGRES`` says ``pip install 'tickwire[postgres]'``.
     requires: Requirement | None = None
 
+    def complete(self, options: dict | None) -> dict:
+        """``options`` with every default of ``config_schema`` filled in: what the factory gets."""
+        return with_defaults(self.config_schema, options)
+
 
 @dataclass(frozen=True)
 class SourceSpec(_Spec):
@@ -204,7 +349,7 @@ class SourceSpec(_Spec):
 
 @dataclass(frozen=True)
 class TransformSpec(_Spec):
-    """``factory(stream: StreamSpec, options: dict) -> Transform``"""
+    """``factory(stream: StreamSpec, options: dict) -> Transform`` (maybe a :class:`FusableTransform`)"""
 
     kind = "transform"
 
@@ -219,6 +364,6 @@ class SinkSpec(_Spec):
 
 @dataclass(frozen=True)
 class CodegenSpec(_Spec):
-    """``factory(config: Config) -> dict[str, str]`` (file name → content, deterministic)"""
+    """``factory(config) -> dict[str, str]``: the loaded Config → file name → content (deterministic)"""
 
     kind = "codegen"

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tickwire.framework import documents
-from tickwire.framework.config_schema import bounded, build_schema
+from tickwire.framework.components import FusableTransform
+from tickwire.framework.options import with_defaults
+from tickwire.framework.config_schema import BASE_SCHEMA, bounded, build_schema
 from tickwire.framework.documents import Document, DocumentError, Mark, Problem, dotted
 from tickwire.framework.plugins import PluginManager
 from tickwire.framework.schema_checks import check_stream_schema
@@ -33,8 +35,7 @@ from tickwire.framework.validation import option_problems, schema_problems
 
 DEFAULT_CONFIG = "streams.yaml"
 DEFAULT_SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
-METRICS_DEFAULTS = {"host": "127.0.0.1", "port": 9464}
-DEFAULT_TRANSFORMS = ["validate", "normalize"]
+DEFAULT_TRANSFORMS = BASE_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"]["transforms"]["default"]
 ALLOW_OUTSIDE_PATHS = "TICKWIRE_ALLOW_OUTSIDE_PATHS"
 # Tables the stores create for themselves: a stream or derived table of that name would clash.
 RESERVED_TABLES = ("dead_letters", "stream_progress", "trade_gaps")
@@ -79,16 +80,18 @@ class Config:
 
     @property
     def derived(self) -> dict[str, dict]:
-        return {name: {"watermark": "30 seconds", **block} for name, block in self.data.get("derived", {}).items()}
+        schema = BASE_SCHEMA["properties"]["derived"]["additionalProperties"]
+        return {name: with_defaults(schema, block) for name, block in self.data.get("derived", {}).items()}
 
     @property
     def engine(self) -> dict:
-        """As written; the defaults belong to tickwire.framework.engine.EngineSettings."""
+        """As written; EngineSettings fills in the schema's defaults."""
         return dict(self.data.get("engine", {}))
 
     @property
     def metrics(self) -> dict:
-        return {**METRICS_DEFAULTS, **self.data.get("metrics", {})}
+        """As written, with the schema's defaults filled in."""
+        return with_defaults(BASE_SCHEMA["properties"]["metrics"], self.data.get("metrics", {}))
 
     @property
     def default_profile(self) -> str:
@@ -356,14 +359,20 @@ def _transform_problems(config: Config, spec: StreamSpec, block: dict, schema_do
         at = ("streams", spec.name, "transforms", i) if "transforms" in block else ("streams", spec.name)
         about = f"transform '{tname}' (plugin {tspec.plugin or tname}), stream '{spec.name}'"
         try:
-            built.append(tspec.factory(spec, dict(options)))
-            if len(spec.transforms) == 2 and i == 1 and getattr(built[0], "fuse", None) is not None:
+            built.append(tspec.factory(spec, tspec.complete(options)))
+            if len(spec.transforms) == 2 and i == 1 and isinstance(built[0], FusableTransform):
                 built[0].fuse(built[1])  # the engine runs this form on the hot path
         except StreamSchemaError as exc:
             return [Problem(schema_doc.mark(exc.at), dotted(exc.at), f"{exc.reason} ({about})")]
         except Exception as exc:  # a plugin's factory: whatever it raises, validate must say so
             return [Problem(config.doc.mark(at), dotted(at), f"{about} cannot be built: {type(exc).__name__}: {exc}")]
     return []
+
+
+def _topic_spec(block: dict) -> TopicSpec:
+    """A stream's ``topic:`` block, the schema's defaults filled in."""
+    topic = with_defaults(BASE_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"]["topic"], block)
+    return TopicSpec(topic["name"], topic["partitions"], topic["replication_factor"], dict(topic.get("config") or {}))
 
 
 def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -> StreamSpec:
@@ -384,6 +393,6 @@ def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -
         schema_path=config.resolve_path(block["schema"]),
         schema=schema_doc.data,
         table=block["table"],
-        topic=TopicSpec(topic["name"], topic.get("partitions", 3), topic.get("replication_factor", 1), dict(topic.get("config", {}))) if topic else None,
+        topic=_topic_spec(topic) if topic else None,
         transforms=transforms,
     )

@@ -23,24 +23,13 @@ from typing import Any, Mapping
 import yaml
 
 from tickwire.framework.problems import DocumentError, Mark, Problem, dotted  # noqa: F401  (re-exported)
-from tickwire.framework.yaml_events import DocumentTooLarge, compose
+from tickwire.framework.yaml_events import DocumentTooLarge, Limits, compose
 
 Path_ = tuple  # a location in the document: ("streams", "trade", "table")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # What YAML allows in a stream (YAML 1.1 §5.1, as PyYAML's reader checks it)
 _NOT_PRINTABLE = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on one document. The defaults are far above any real config or stream schema
-    (streams.yaml: ~150 values, depth 5) and far below what hurts: a file at every limit
-    loads in well under a second and a few tens of MB."""
-
-    max_bytes: int = 1 << 20  # 1 MiB
-    max_depth: int = 32  # nested mappings/sequences
-    max_values: int = 100_000  # every value built, each alias expansion counted in full
 
 
 DEFAULT_LIMITS = Limits()

@@ -47,9 +47,10 @@ def tickwire_register_transforms(register: Callable[[TransformSpec], None]) -> N
     """Register per-record transforms (``validate``, ``normalize``, …).
 
     :param register: call it once per :class:`~tickwire.framework.components.TransformSpec`. A
-        transform factory receives the stream it serves and returns a plain function
-        ``record -> record | None`` that raises :class:`~tickwire.framework.components.InvalidRecord`
-        to send a record to the dead-letter destination.
+        transform factory receives the stream it serves and its complete options, and returns a
+        :class:`~tickwire.framework.components.Transform` (``record -> record | None``, raising
+        :class:`~tickwire.framework.components.InvalidRecord` to send a record to the dead-letter
+        destination), optionally a :class:`~tickwire.framework.components.FusableTransform`.
     """
 
 
@@ -58,7 +59,10 @@ def tickwire_register_sinks(register: Callable[[SinkSpec], None]) -> None:
     """Register sink components (SQLite, Kafka, PostgreSQL, JSON lines, …).
 
     :param register: call it once per :class:`~tickwire.framework.components.SinkSpec`. The spec's
-        ``name`` is what streams.yaml puts in ``sinks.<id>.type``.
+        ``name`` is what streams.yaml puts in ``sinks.<id>.type``; its factory returns a
+        :class:`~tickwire.framework.components.Sink` and gets its options complete (the
+        ``config_schema`` defaults filled in) and a narrow
+        :class:`~tickwire.framework.components.RunContext`.
     """
 
 

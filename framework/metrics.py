@@ -25,8 +25,6 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import start_http_server
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9464
 
 # Commit latency: a sink batch takes from ~1 ms (SQLite) to seconds (a slow remote store).
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -140,7 +138,7 @@ class Metrics:
 
     # -- serving -----------------------------------------------------------------------------
 
-    def serve(self, host: str = DEFAULT_HOST, port: int | str = DEFAULT_PORT) -> int | None:
+    def serve(self, host: str, port: int | str) -> int | None:
         """Serve ``/metrics``; return the bound port (``None`` when ``port`` is 0: disabled)."""
         if port == "auto":
             port = 0

@@ -15,7 +15,8 @@ thread stuck inside a driver), a watchdog ends it. A second SIGINT or SIGTERM ex
 with one error line saying what was abandoned.
 
 Exit codes: 0 every record received was committed (or spooled); 1 the run failed (a sink
-could not open…); 2 bad configuration or command line; 3 stopped in time but records were
+could not open, or raised PermanentError while running: the message names sink, plugin and
+stream; framework/components.py); 2 bad configuration or command line; 3 stopped in time but records were
 abandoned at ``shutdown_timeout_s`` (or the watchdog ended it); 130 forced by a second signal.
 """
 
@@ -33,7 +34,7 @@ import click
 
 from tickwire.framework.engine import Engine, EngineError, describe_uncommitted, uncommitted_fields
 from tickwire.framework.logs import FORMATS, LEVELS, configure, get_logger, log_loop_exceptions, report_suppressed
-from tickwire.framework.metrics import DEFAULT_HOST, DEFAULT_PORT, Metrics
+from tickwire.framework.metrics import Metrics
 from tickwire.framework.status import Progress, StatusView, summary_lines
 
 EXIT_ABANDONED = 3
@@ -90,9 +91,9 @@ def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_
         raise click.ClickException(str(exc)) from exc
     prof = config.profile(profile)
     live = fmt == "console" and not no_status and sys.stderr.isatty()
-    settings = getattr(config, "metrics", None) or {}
-    host = settings.get("host", DEFAULT_HOST)
-    port = metrics_port if metrics_port is not None else settings.get("port", DEFAULT_PORT)
+    settings = config.metrics  # the schema's defaults filled in
+    host = settings["host"]
+    port = metrics_port if metrics_port is not None else settings["port"]
     tune_gc()
     code = asyncio.run(_main(engine, log, prof.name, host, port, duration, live, progress_interval, fmt == "json"))
     sys.exit(code)

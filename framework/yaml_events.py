@@ -9,19 +9,35 @@ building stops with a :class:`Problem` at the first event over a limit. Used by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import yaml
 
 from tickwire.framework.problems import Mark, Problem, dotted
 
-if TYPE_CHECKING:
-    from tickwire.framework.documents import Document, Limits
-
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when installed: ~10x faster
 _MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")
 _SEQ_TAGS = (None, "!", "tag:yaml.org,2002:seq")
 _STORE, _DROP, _MERGE = "store", "drop", "merge"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one document. The defaults are far above any real config or stream schema
+    (streams.yaml: ~150 values, depth 5) and far below what hurts: a file at every limit
+    loads in well under a second and a few tens of MB."""
+
+    max_bytes: int = 1 << 20  # 1 MiB
+    max_depth: int = 32  # nested mappings/sequences
+    max_values: int = 100_000  # every value built, each alias expansion counted in full
+
+
+class MarkedDocument(Protocol):
+    """Where the marks go (a :class:`tickwire.framework.documents.Document`)."""
+
+    value_marks: dict[tuple, Mark]
+    key_marks: dict[tuple, Mark]
 
 
 class DocumentTooLarge(Exception):
@@ -51,7 +67,7 @@ class _Frame:
         self.merges: list[tuple[Any, Mark]] = []
 
 
-def compose(text: str, doc: Document, scalar: Callable, mark: Callable[[yaml.Mark], Mark],
+def compose(text: str, doc: MarkedDocument, scalar: Callable, mark: Callable[[yaml.Mark], Mark],
             problems: list[Problem], limits: Limits) -> Any:
     """The value of the single document in ``text`` (None when empty). Marks go into ``doc``;
     recoverable problems into ``problems``; raises :class:`DocumentTooLarge` or a

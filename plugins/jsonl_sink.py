@@ -21,6 +21,7 @@ import orjson
 
 from tickwire.framework.components import DeadLetter, RunContext, SinkSpec
 from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.options import with_defaults
 from tickwire.framework.threads import DedicatedThread
 from tickwire.framework.schemas import StreamSpec
 
@@ -49,13 +50,14 @@ class JsonlSink:
     def __init__(self, name: str, options: dict, ctx: RunContext):
         self.name = name
         self.ctx = ctx
-        raw = options.get("path", "-")
+        options = with_defaults(CONFIG_SCHEMA, options)  # complete already when the engine builds it
+        raw = options["path"]
         if raw == "-":
             self.path = None
         else:
             path = Path(raw).expanduser()
             self.path = path if path.is_absolute() else Path(ctx.config_dir) / path
-        self.fsync = bool(options.get("fsync", False))
+        self.fsync = bool(options["fsync"])
         self._file = None
         self._thread = DedicatedThread(f"jsonl-{name}")
 

@@ -18,14 +18,12 @@ raises :class:`InvalidRecord`).
 from __future__ import annotations
 
 import time
-from functools import partial
 
 from tickwire.framework.components import InvalidRecord, TransformSpec
 from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.options import with_defaults
 from tickwire.framework.schemas import StreamSpec
 from tickwire.framework.timestamps import _iso_ms_remembered, _strings, iso_ms, iso_ms_or_none
-
-
 
 RAW_KEY = "raw"
 
@@ -70,29 +68,59 @@ def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None,
     return lines, "{" + ", ".join(items) + "}", namespace
 
 
-def make_normalizer(stream: StreamSpec, options: dict):
-    """Generate ``normalize(record) -> dict`` for ``stream`` (see the module docstring)."""
-    code = partial(normalize_code, include_raw=bool(options.get("include_raw", False)))
-    lines, display, ns = code(stream)
-    body = ["        " + line for line in lines]
-    src = "\n".join(
-        [
+class Normalizer:
+    """The generated normalizer of one stream; call it like a function. ``validate`` fuses
+    itself with it (:meth:`code`, :meth:`error_handlers`)."""
+
+    def __init__(self, stream: StreamSpec, options: dict):
+        self.stream = stream
+        self.include_raw = bool(with_defaults(CONFIG_SCHEMA, options)["include_raw"])
+        lines, display, ns = self.code()
+        self.source = "\n".join([
             "def normalize(r):",
             "    try:",
-            *body,
+            *("        " + line for line in lines),
             "        return " + display,
-            "    except KeyError as exc:",
-            "        raise InvalidRecord(f'missing field {exc.args[0]!r}') from None",
-            "    except (TypeError, IndexError, ValueError, OverflowError, OSError) as exc:",
-            f"        raise InvalidRecord(f'cannot normalize {stream.name} record: {{exc}}') from None",
+            *("    " + line for line in self.error_handlers(step=0)),
+        ])
+        exec(compile(self.source, f"<normalize {stream.name}>", "exec"), ns)
+        self.fn = ns["normalize"]
+
+    def __call__(self, record: dict) -> dict:
+        return self.fn(record)
+
+    def code(self, value_of: dict[str, str] | None = None) -> tuple[list[str], str, dict]:
+        """:func:`normalize_code` of this stream with this normalizer's options."""
+        return normalize_code(self.stream, value_of, self.include_raw)
+
+    def error_handlers(self, step: int) -> list[str]:
+        """The ``except`` clauses that turn a failure of the generated body into
+        InvalidRecord (``step``: its place in a fused function)."""
+        return [
+            "except KeyError as exc:",
+            f"    raise InvalidRecord(f'missing field {{exc.args[0]!r}}', {step}) from None",
+            "except (TypeError, IndexError, ValueError, OverflowError, OSError) as exc:",
+            f"    raise InvalidRecord(f'cannot normalize {self.stream.name} record: {{exc}}', {step}) from None",
         ]
-    )
-    exec(compile(src, f"<normalize {stream.name}>", "exec"), ns)
-    fn = ns["normalize"]
-    fn.source = src
-    fn.stream = stream
-    fn.normalize_code = code  # lets validate fuse itself with this step
-    return fn
+
+
+def make_normalizer(stream: StreamSpec, options: dict) -> Normalizer:
+    """Generate ``normalize(record) -> dict`` for ``stream`` (see the module docstring)."""
+    return Normalizer(stream, options)
+
+
+CONFIG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "include_raw": {
+            "type": "boolean",
+            "default": False,
+            "description": "Also keep the payload as the source sent it, under `raw` (carried "
+            "in the Kafka value; table sinks store only the schema's columns).",
+        },
+    },
+}
 
 
 @hookimpl
@@ -103,17 +131,6 @@ def tickwire_register_transforms(register):
             factory=make_normalizer,
             description="Rename payload fields to columns, exact decimal strings, ISO-8601 UTC "
             "millisecond timestamps, plus ingested_at.",
-            config_schema={
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "include_raw": {
-                        "type": "boolean",
-                        "default": False,
-                        "description": "Also keep the payload as the source sent it, under `raw` (carried "
-                        "in the Kafka value; table sinks store only the schema's columns).",
-                    },
-                },
-            },
+            config_schema=CONFIG_SCHEMA,
         )
     )

@@ -36,9 +36,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from tickwire.framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
+from tickwire.framework.backoff import Backoff
+from tickwire.framework.components import DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap
 from tickwire.framework.extras import POSTGRES, optional_module
 from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.options import with_defaults
 from tickwire.framework.resume import (
     TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql,
     recorded_gaps_sql, window_ids_sql,
@@ -104,8 +106,9 @@ OPTIONS_SCHEMA = {
 }
 
 
-class PostgresSinkError(RuntimeError):
-    """A problem retrying cannot fix (missing table, wrong credentials); names sink and stream."""
+class PostgresSinkError(PermanentError):
+    """A problem retrying cannot fix (missing table or privilege, wrong credentials); names sink
+    and stream. The engine stops the run with it (framework/components.py)."""
 
 
 @dataclass(frozen=True)
@@ -161,17 +164,18 @@ class PostgresSink:
         self.name = name
         self.ctx = ctx
         self.log = ctx.log
-        self.schema = options.get("schema", "public")
-        self.dsn = options.get("dsn") or os.environ.get(DSN_VARIABLE)
+        options = with_defaults(OPTIONS_SCHEMA, options)  # complete already when the engine builds it
+        self.schema = options["schema"]
+        self.dsn = options.get("dsn") or os.environ.get(DSN_VARIABLE)  # no default: the environment's
         if not self.dsn:
             raise PostgresSinkError(
                 f"sink {name!r} (postgres): no connection string; set {DSN_VARIABLE} in the "
                 f"environment or `dsn: ${{{DSN_VARIABLE}}}` in its options"
             )
-        self.connect_timeout = options.get("connect_timeout_seconds", 10)
-        self.retry_initial = options.get("retry_initial_seconds", 0.5)
-        self.retry_max = options.get("retry_max_seconds", 10)
-        self.application_name = options.get("application_name", "tickwire")
+        self.connect_timeout = options["connect_timeout_seconds"]
+        self.retry_initial = options["retry_initial_seconds"]
+        self.retry_max = options["retry_max_seconds"]
+        self.application_name = options["application_name"]
         self._connection: psycopg.AsyncConnection | None = None
         self._staging_created: set[str] = set()  # per connection: temp tables die with it
         self._writers: dict[str, _TableWriter] = {}
@@ -197,7 +201,7 @@ class PostgresSink:
                     "retry with backoff", error=_first_line(error), retry_max_seconds=self.retry_max,
                 )
                 return
-            await self._call_with_reconnect(None, _tables_only, fail_fast=True)  # checks them on connecting
+            await self._call_with_reconnect(None, _tables_only)  # checks them on connecting
 
     async def write(self, stream: StreamSpec, records: list[dict]) -> None:
         if not records:
@@ -375,11 +379,11 @@ class PostgresSink:
 
     # -- connection handling ------------------------------------------------------------------
 
-    async def _call_with_reconnect(self, stream_name: str | None, operation, fail_fast: bool = False):
+    async def _call_with_reconnect(self, stream_name: str | None, operation):
         """Run ``operation(connection)``; on a lost or refused connection, reconnect with
-        exponential backoff and run it again, until it succeeds or we are cancelled."""
-        delay = self.retry_initial
-        attempt = 0
+        exponential backoff and run it again, until it succeeds or we are cancelled. A refusal
+        retrying cannot fix (credentials, a missing database or role) is a PostgresSinkError."""
+        backoff = Backoff(self.retry_initial, self.retry_max, jitter=0.0)
         while True:
             try:
                 conn = await self._connect()
@@ -393,16 +397,15 @@ class PostgresSink:
                 ) from error
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 message = _first_line(error)
-                if fail_fast and _is_configuration_failure(error):
+                if _is_configuration_failure(error):
                     raise PostgresSinkError(f"sink {self.name!r} (postgres): cannot connect: {message}") from error
-                attempt += 1
+                delay = backoff.next_delay()
                 await self._drop_connection()
                 self.log.warning(
-                    "postgres unavailable; retrying", stream=stream_name, attempt=attempt,
+                    "postgres unavailable; retrying", stream=stream_name, attempt=backoff.attempt,
                     retry_in_seconds=delay, error=message,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
 
     async def _connect(self) -> psycopg.AsyncConnection:
         if self._connection is not None and not self._connection.closed:

@@ -24,8 +24,9 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
-from tickwire.framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
+from tickwire.framework.components import BadRecords, DeadLetter, RunContext, SinkSpec, TradeGap, TransientError
 from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.options import with_defaults
 from tickwire.framework.threads import DedicatedThread
 from tickwire.framework.schemas import StreamSpec, quote_identifier as q
 from tickwire.framework.resume import (
@@ -80,11 +81,12 @@ class SQLiteSink:
     def __init__(self, name: str, options: dict, ctx: RunContext):
         self.name = name
         self.ctx = ctx
-        path = Path(options.get("path", "data/tickwire.db")).expanduser()
+        options = with_defaults(CONFIG_SCHEMA, options)  # complete already when the engine builds it
+        path = Path(options["path"]).expanduser()
         self.path = path if path.is_absolute() else Path(ctx.config_dir) / path
-        self.synchronous = options.get("synchronous", "NORMAL")
-        self.busy_timeout_ms = int(options.get("busy_timeout_ms", 5000))
-        self.checkpoint_interval_s = float(options.get("checkpoint_interval_s", 1.0))
+        self.synchronous = options["synchronous"]
+        self.busy_timeout_ms = int(options["busy_timeout_ms"])
+        self.checkpoint_interval_s = float(options["checkpoint_interval_s"])
         self._checkpointer: WalCheckpointer | None = None
         self._conn: sqlite3.Connection | None = None
         self._thread = DedicatedThread(f"sqlite-{name}")
@@ -148,7 +150,10 @@ class SQLiteSink:
         return sql
 
     async def write(self, stream: StreamSpec, records: list[dict]) -> None:
-        inserted = await self._thread.call(self._write_sync, stream, records)
+        try:
+            inserted = await self._thread.call(self._write_sync, stream, records)
+        except sqlite3.Error as exc:
+            raise classified(exc, self.path) from exc
         duplicates = len(records) - inserted
         if duplicates > 0:
             counter = self._dup_counters.get(stream.name)
@@ -182,7 +187,10 @@ class SQLiteSink:
         return inserted
 
     async def write_dead_letters(self, letters: list[DeadLetter]) -> None:
-        await self._thread.call(self._write_dead_sync, letters)
+        try:
+            await self._thread.call(self._write_dead_sync, letters)
+        except sqlite3.Error as exc:
+            raise classified(exc, self.path) from exc
 
     def _write_dead_sync(self, letters: list[DeadLetter]) -> None:
         conn = self._conn
@@ -219,7 +227,10 @@ class SQLiteSink:
 
     async def write_gaps(self, gaps: list[TradeGap]) -> None:
         """Sink protocol (optional): record trades lost for good in ``trade_gaps``."""
-        await self._thread.call(self._write_gaps_sync, gaps)
+        try:
+            await self._thread.call(self._write_gaps_sync, gaps)
+        except sqlite3.Error as exc:
+            raise classified(exc, self.path) from exc
 
     def _write_gaps_sync(self, gaps: list[TradeGap]) -> None:
         conn = self._conn
@@ -251,6 +262,21 @@ class SQLiteSink:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
+
+
+def classified(exc: sqlite3.Error, path: Path) -> Exception:
+    """What a failed write means for the engine (framework/components.py). A full disk, a
+    read-only file or a lock are retried (an operator can free space or fix permissions; the
+    batch waits, the source is slowed down); a record SQLite refuses (a value it cannot bind, a
+    constraint) goes to the dead letters; anything else is retried as before."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)):
+        return BadRecords(f"SQLite refused the batch: {exc}")
+    message = str(exc)
+    if "readonly" in message or "read-only" in message:
+        return TransientError(f"{message} ({path}: retried until it is writable)")
+    if "disk is full" in message or "disk I/O error" in message:
+        return TransientError(f"{message} ({path}: retried until the disk has space)")
+    return TransientError(message)
 
 
 class WalCheckpointer(threading.Thread):

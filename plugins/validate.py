@@ -36,9 +36,11 @@ import re
 import time
 from typing import Any, Callable
 
-from tickwire.framework.components import InvalidRecord, TransformSpec
+from tickwire.framework.components import InvalidRecord, Transform, TransformSpec
 from tickwire.framework.hookspecs import hookimpl
+from tickwire.framework.options import with_defaults
 from tickwire.framework.schemas import ANNOTATION, StreamSchemaError, StreamSpec
+from tickwire.plugins.normalize import Normalizer
 
 CHECKS = ("type", "const", "enum", "pattern", "minimum", "maximum", "minLength", "maxLength")
 ANNOTATIONS = ("description", "title", "examples", "default", "$comment", "deprecated", ANNOTATION)
@@ -265,12 +267,13 @@ class _Field:
 
 
 class Validator:
-    """The compiled validator of one stream; call it like a transform."""
+    """The compiled validator of one stream: a :class:`~tickwire.framework.components.FusableTransform`
+    (call it like a function; :meth:`fuse` compiles it together with the stream's ``normalize``)."""
 
     def __init__(self, stream: StreamSpec, options: dict | None = None):
         self.stream = stream
         schema = stream.schema
-        self.fields = _fields_of(schema, _clock_of(stream, options or {}))
+        self.fields = _fields_of(schema, _clock_of(stream, with_defaults(CONFIG_SCHEMA, options)))
         self.required = list(schema.get("required", []))
         self.event_type = stream.event_type
         self.fn = self._compile()
@@ -342,31 +345,32 @@ class Validator:
         self._consts = consts
         code = compile(self.source, f"<validate {self.stream.name}>", "exec")
         exec(code, consts)
-        fn = consts["validate"]
-        fn.source = self.source
-        fn.fuse = self.fuse
-        return fn
+        return consts["validate"]
 
-    def fuse(self, following: Callable) -> Callable[[dict], dict] | None:
-        """One function doing this validation and then ``following`` when that is the generated
-        ``normalize`` of the same stream; else None.
+    def fuse(self, following: Transform) -> Callable[[dict], dict] | None:
+        """One function doing this validation and then ``following`` when that is the
+        :class:`~tickwire.plugins.normalize.Normalizer` of the same stream; else None.
 
         It reads each field once into a local that both halves use, and saves a call per record.
-        It is for the happy path only: on any error it raises without a good reason, and the
-        engine then runs the transforms one by one to name the reason and the transform."""
-        normalize_code = getattr(following, "normalize_code", None)
-        if normalize_code is None or getattr(following, "stream", None) is not self.stream:
+        A record it rejects raises :class:`InvalidRecord` with the reason the step that rejected
+        it gives (``step=1`` for normalize), so nothing runs twice."""
+        if not isinstance(following, Normalizer) or following.stream is not self.stream:
             return None
         # only required fields: an optional one's local may hold _MISSING, not the value
         value_of = {name: v for name, v in self.names.items() if self.fields[name].required}
-        lines, display, namespace = normalize_code(self.stream, value_of)
+        lines, display, namespace = following.code(value_of)
         src = [
             "def validate_normalize(r):",
-            *("    " + line for line in self._reads or ["r.get"]),
+            "    try:",
+            *("        " + line for line in self._reads or ["r.get"]),
+            "    except (KeyError, TypeError, AttributeError):",
+            "        raise InvalidRecord(explain(r)) from None",
             "    if not (" + self._condition + "):",
-            "        raise InvalidRecord('invalid: run validate alone for the reason')",
-            *("    " + line for line in lines),
-            "    return " + display,
+            "        raise InvalidRecord(explain(r))",
+            "    try:",
+            *("        " + line for line in lines),
+            "        return " + display,
+            *("    " + line for line in following.error_handlers(step=1)),
         ]
         namespace.update(self._consts)
         namespace.pop("validate", None)
@@ -386,8 +390,7 @@ def _clock_of(stream: StreamSpec, options: dict) -> tuple[str, ClockWindow] | No
     field_name = next((c.field for c in stream.columns if c.name == stream.event_time and c.field), None)
     if field_name is None:
         return None
-    ahead = options.get("max_clock_skew_seconds", DEFAULT_MAX_CLOCK_SKEW_S)
-    return field_name, ClockWindow(float(ahead), options.get("max_event_age_seconds"))
+    return field_name, ClockWindow(float(options["max_clock_skew_seconds"]), options["max_event_age_seconds"])
 
 
 def _fields_of(schema: dict, clock: tuple[str, ClockWindow] | None = None) -> dict[str, _Field]:
@@ -432,11 +435,13 @@ def _fastjsonschema_validator(stream: StreamSpec, options: dict) -> Callable[[di
     return validate
 
 
-def make_validator(stream: StreamSpec, options: dict) -> Callable[[dict], dict]:
-    implementation = options.get("implementation", "compiled")
+def make_validator(stream: StreamSpec, options: dict) -> Transform:
+    """The transform of ``stream``: a :class:`Validator` (fusable), or fastjsonschema's."""
+    options = with_defaults(CONFIG_SCHEMA, options)
+    implementation = options["implementation"]
     if implementation == "compiled":
         try:
-            return Validator(stream, options).fn
+            return Validator(stream, options)
         except UnsupportedSchema:
             implementation = "fastjsonschema"
     if implementation == "fastjsonschema":

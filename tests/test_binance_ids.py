@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tickwire.framework.components import Rejected
-from tickwire.framework.engine import Emitter, Engine
+from tickwire.framework.engine import Engine
 from tickwire.framework.plugins import PluginManager
 from tickwire.framework.testing import stream_spec
 from tickwire.plugins.binance.frames import FrameRouter, build_channels
@@ -38,8 +38,8 @@ class EngineCollector:
 
     def __init__(self):
         engine = Engine(streams=STREAMS, sources={}, sinks={}, transforms=_TRANSFORMS)
-        engine._dead_letter = self._engine_dead_letter  # the engine's dead letters, with their reasons
-        self.inner = Emitter(engine, "binance", "binance")
+        engine.dead_letters.add = self._engine_dead_letter  # the engine's dead letters, with their reasons
+        self.inner = engine.emitter("binance", "binance")
         self.records: list[tuple[str, dict]] = []
         self.dead: list[tuple[str | None, str, object]] = []
 
