@@ -130,9 +130,9 @@ class RunContext:
     report_gap: Callable[[TradeGap], None] | None = None
     """Sources only: report a range lost for good; the engine logs it, counts it and records it
     in the stream's stores (trade_gaps) or the dead-letter destination. Never blocks."""
-    config: Any = None
-    """Deprecated, None unless a caller passes it: the whole loaded Config. Only the Kafka sink
-    still reads it (until it takes its topics from ``streams``); new code must not."""
+    dead_letters: bool = False
+    """Sinks only: this sink is the running profile's dead-letter destination (``profiles.<p>.
+    dead_letter``), so it must be ready for dead letters at open (e.g. its topic exists)."""
 
     @property
     def tables(self) -> list[str]:

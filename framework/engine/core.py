@@ -88,8 +88,9 @@ class Engine:
         return Emitter(self._routes, self.settings.batch_size, self.dead_letters, self.log, source_id, plugin)
 
     def _context(self, plugin: str, component: str, name: str, streams: list[StreamSpec]) -> RunContext:
-        ctx = RunContext(streams=streams, metrics=self.metrics, config_dir=self.config_dir, config=self.config,
-                         log=get_logger(plugin=plugin, component=component, **{component: name}))
+        ctx = RunContext(streams=streams, metrics=self.metrics, config_dir=self.config_dir,
+                         log=get_logger(plugin=plugin, component=component, **{component: name}),
+                         dead_letters=component == "sink" and name == self._dead_letter_id)
         if component == "source":
             ctx.resume = {s.name: dict(self._resume[s.name]) for s in streams if s.name in self._resume}
             ctx.report_gap = self.report_gap

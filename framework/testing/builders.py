@@ -89,16 +89,17 @@ def normalized(stream: StreamSpec, payloads: list[dict]) -> list[dict]:
     return out
 
 
-def make_context(streams: list[StreamSpec], config_dir: str | Path = ".", *, metrics: Metrics | None = None, config: Any = None, log: Any = None) -> RunContext:
+def make_context(streams: list[StreamSpec], config_dir: str | Path = ".", *, metrics: Metrics | None = None,
+                 dead_letters: bool = False, log: Any = None) -> RunContext:
     """A :class:`RunContext` for a component under test (fresh metrics registry)."""
     from tickwire.framework.logs import get_logger
 
     return RunContext(
-        config=config,
         streams=list(streams),
         metrics=metrics or Metrics(),
         log=log or get_logger(component="test"),
         config_dir=Path(config_dir),
+        dead_letters=dead_letters,
     )
 
 

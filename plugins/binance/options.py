@@ -189,12 +189,3 @@ CONFIG_SCHEMA: dict[str, Any] = {
         },
     },
 }
-
-
-def with_defaults(options: dict) -> dict:
-    """``options`` with the schema's default for every option not given.
-
-    Transitional: the core is to fill defaults from each component's schema before calling
-    its factory; once it does, the factory's one call of this goes."""
-    defaults = {key: prop["default"] for key, prop in CONFIG_SCHEMA["properties"].items()}
-    return {**defaults, **options}

@@ -46,7 +46,8 @@ from tickwire.framework.hookspecs import hookimpl
 from tickwire.plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
 from tickwire.plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
 from tickwire.plugins.binance.gap_filler import GapFiller
-from tickwire.plugins.binance.options import CONFIG_SCHEMA, with_defaults
+from tickwire.framework.options import with_defaults
+from tickwire.plugins.binance.options import CONFIG_SCHEMA
 from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter
 from tickwire.plugins.binance.rest import HistoricalTrades, retry_after_seconds
 
@@ -90,9 +91,9 @@ class BinanceSource:
     def __init__(self, name: str, options: dict, ctx: RunContext):
         self.name = name
         self.ctx = ctx
-        # TRANSITIONAL (issue 11): the core is to fill option defaults from CONFIG_SCHEMA before
-        # calling the factory; when it does, this becomes ``self.opts = dict(options)``.
-        self.opts = with_defaults(options or {})
+        # the engine hands over complete options; this is a no-op then, and fills the schema's
+        # defaults when a test or an author-kit suite calls the factory directly
+        self.opts = with_defaults(CONFIG_SCHEMA, options)
         self.opts.pop("type", None)
         self.log = ctx.log
         self.metrics = ctx.metrics

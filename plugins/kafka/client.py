@@ -12,8 +12,10 @@ import asyncio
 import os
 from typing import Any
 
+from tickwire.framework.components import PermanentError
 
-class KafkaSinkError(Exception):
+
+class KafkaSinkError(PermanentError):
     """Configuration or broker problem that retrying will not fix; the message says what to do."""
 
 

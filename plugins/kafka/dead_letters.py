@@ -8,7 +8,7 @@ for good (``write_gaps``) is a dead letter too, the range and the reason in the
 
 from __future__ import annotations
 
-from tickwire.framework.components import DeadLetter, RunContext, TradeGap
+from tickwire.framework.components import DeadLetter, TradeGap
 from tickwire.framework.resume import gap_dead_letter
 from tickwire.plugins.kafka.delivery import Delivery
 from tickwire.plugins.kafka.messages import Message
@@ -56,11 +56,3 @@ class DeadLetterTopic:
                            "recorded in Kafka (run `tickwire kafka provision`)")
             return
         await self.write([gap_dead_letter(gap, f"{SINK_TYPE}:{self.name}") for gap in gaps])
-
-
-def dead_letters_come_here(ctx: RunContext, sink_name: str) -> bool:
-    """Whether some profile sends its dead letters to the sink ``sink_name`` (then its topic must
-    exist at open). The one place the sink looks past its own options and streams: the
-    RunContext does not say yet which sink is the dead-letter destination (asked of the core)."""
-    profiles = (getattr(ctx.config, "data", None) or {}).get("profiles") or {}
-    return any(isinstance(block, dict) and block.get("dead_letter") == sink_name for block in profiles.values())

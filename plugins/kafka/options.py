@@ -7,8 +7,9 @@ codegen targets read ``dead_letter_topic`` from them. Code reads options complet
 
 from __future__ import annotations
 
-import copy
 from typing import Any
+
+from tickwire.framework.options import with_defaults
 
 DEFAULT_DEAD_LETTER_TOPIC = "tickwire.dead-letter"
 
@@ -93,6 +94,7 @@ OPTIONS_SCHEMA = {
         "spool": {
             "type": "object",
             "additionalProperties": False,
+            "default": {},  # so the core fills the spool's own defaults when the block is absent
             "description": "Local disk spool used while the broker is unreachable.",
             "properties": {
                 "directory": {
@@ -116,25 +118,6 @@ OPTIONS_SCHEMA = {
         },
     },
 }
-
-
-def with_defaults(schema: dict, options: dict | None) -> dict[str, Any]:
-    """``options`` with every ``default`` of ``schema`` filled in where the key is absent, in
-    nested objects too (an absent object with defaulted properties becomes one). A copy:
-    ``options`` is left as it is. Applying it twice changes nothing.
-
-    Stands in for the core's option defaults (issue 11, item 2) until factories receive
-    complete options; then this goes and its callers use the core's."""
-    out = dict(options or {})
-    for key, prop in schema.get("properties", {}).items():
-        if key not in out:
-            if "default" in prop:
-                out[key] = copy.deepcopy(prop["default"])
-            elif "properties" in prop:
-                out[key] = with_defaults(prop, {})
-        elif isinstance(out[key], dict) and "properties" in prop:
-            out[key] = with_defaults(prop, out[key])
-    return out
 
 
 def complete(options: dict | None) -> dict[str, Any]:
