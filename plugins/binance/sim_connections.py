@@ -46,14 +46,18 @@ class Hub:
             "drops": 0, "shutdown_notices": 0, "rest_requests": 0, "rest_429": 0, "rate_shortfall": 0, "internal_errors": 0,
         }
 
-    def subscribe(self, conn: Connection, streams: list[str]) -> None:
+    def subscribe(self, conn: Connection, streams: list[str]) -> list[str]:
+        """Add ``streams`` to the connection; returns those it did not have yet."""
+        added = []
         for s in streams:
             if s in conn.streams:
                 continue
+            added.append(s)
             conn.streams[s] = None
             self.subs.setdefault(s, set()).add(conn)
             if not self.cfg.replay:
                 self.market.ensure(STREAM_RE.match(s).group(1).upper())
+        return added
 
     def unsubscribe(self, conn: Connection, streams: list[str]) -> None:
         for s in streams:

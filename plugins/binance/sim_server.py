@@ -48,7 +48,7 @@ class Simulator:
         self.hub = Hub(cfg, market)
         self.replay_frames: list[ReplayFrame] = load_replay(cfg.replay, market) if cfg.replay else []
         replay = Replay(self.replay_frames, cfg.speed) if cfg.replay else None
-        self.websocket = WebSocketEndpoint(self.hub, replay.serve if replay is not None else None)
+        self.websocket = WebSocketEndpoint(self.hub, replay.session if replay is not None else None)
         self.feed = MarketFeed(self.hub)
         self.rest = RestApi(cfg, market, self.hub.counters)
         self.control = Control(self.hub)
