@@ -20,7 +20,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 
-from tickwire.plugins.binance.market import Market, fmt8, parse8
+from tickwire.plugins.binance.decimal8 import fmt8, parse8
+from tickwire.plugins.binance.market import Market
 from tests.fixtures.simulator import REPOSITORY
 
 # Binance's documentation examples of every frame the project speaks (tests/data/README.md).

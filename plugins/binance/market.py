@@ -6,6 +6,8 @@ are exact sums over the trades, never floats.
 
 Determinism: with the same seed a symbol produces the same trades (id, price, quantity, maker
 side) whatever else happens; only the times and the interleaving of symbols follow the clock.
+Only the trading symbols trade, picked uniformly or by weight (a skewed market: the listings of
+``sim_universe`` decide which symbols trade and how much); a halted symbol keeps its state.
 
 History: the last ``history`` trades of each symbol are kept (column arrays, ~33 bytes a trade)
 for ``historicalTrades`` and ``/_sim/trades``; a global budget keeps memory bounded when many
@@ -23,40 +25,12 @@ from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 
-UNIT = 10**8  # 1e-8: the smallest decimal Binance prints
+from tickwire.plugins.binance.decimal8 import UNIT, fmt8, fmt_quote, round_div
+
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 HISTORY_BUDGET = 4_000_000  # trades kept across all symbols (~130 MB at most)
-
-
-def fmt8(units: int) -> str:
-    """Integer 1e-8 units → Binance decimal string with 8 decimals ("43012.57000000")."""
-    if units < 0:
-        return "-" + fmt8(-units)
-    return f"{units // UNIT}.{units % UNIT:08d}"
-
-
-def parse8(text: str) -> int:
-    """Binance decimal string → integer 1e-8 units (exact; raises ValueError on junk)."""
-    neg = text.startswith("-")
-    whole, _, frac = text.lstrip("-").partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()) or len(frac) > 8:
-        raise ValueError(f"not a decimal with at most 8 places: {text!r}")
-    units = int(whole) * UNIT + int(frac.ljust(8, "0") or 0)
-    return -units if neg else units
-
-
-def fmt_quote(units16: int) -> str:
-    """Exact price*qty (1e-16 units) → at least 8 decimals, trailing zeros past 8 stripped."""
-    whole, frac = divmod(units16, UNIT * UNIT)
-    digits = f"{frac:016d}".rstrip("0")
-    return f"{whole}.{digits.ljust(8, '0')}"
-
-
-def round_div(a: int, b: int) -> int:
-    """a / b rounded half up (a, b >= 0)."""
-    return (2 * a + b) // (2 * b)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from typing import Mapping
 
 import orjson
 
-from tickwire.plugins.binance.market import fmt8, spec_for
+from tickwire.plugins.binance.decimal8 import fmt8
+from tickwire.plugins.binance.market import spec_for
 from tickwire.plugins.binance.sim_universe import STATUSES, Listing, Universe
 
 ORDER_TYPES = ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"]

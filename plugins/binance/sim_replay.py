@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import orjson
 
 from tickwire.plugins.binance.capture import read_capture
-from tickwire.plugins.binance.market import Market, parse8
+from tickwire.plugins.binance.decimal8 import parse8
+from tickwire.plugins.binance.market import Market
 from tickwire.plugins.binance.sim_connections import Connection
 from tickwire.plugins.binance.sim_frames import BINARY, TEXT
 
