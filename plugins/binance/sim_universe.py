@@ -95,9 +95,8 @@ class Universe:
         else:
             for symbol in cfg.symbols:
                 self._add(symbol, TRADING, 1.0)
-        for symbol in cfg.symbols:  # --symbols are always listed and trading
-            if self.listings.get(symbol) is None or self.listings[symbol].status != TRADING:
-                self.list_symbols([symbol])
+        if not cfg.replay:  # --symbols are always listed and trading (a replay lists its capture's)
+            self.list_symbols([s for s in cfg.symbols if s not in self.listings or self.listings[s].status != TRADING])
 
     # -- building ---------------------------------------------------------------------------
     def _bases(self, n: int) -> list[str]:
