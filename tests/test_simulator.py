@@ -20,7 +20,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 
-from tickwire.plugins.binance.market import Market, fmt8, parse8
+from tickwire.plugins.binance.decimal8 import fmt8, parse8
+from tickwire.plugins.binance.market import Market
 from tests.fixtures.simulator import REPOSITORY
 
 # Binance's documentation examples of every frame the project speaks (tests/data/README.md).
@@ -464,6 +465,36 @@ def test_replay_of_the_committed_sample_keeps_original_timing(simulator):
     took = time.monotonic() - start
     assert [orjson.dumps(f) for f in got] == [orjson.dumps(json.loads(line["text"])) for line in lines]
     assert span / 4 * 0.8 <= took <= span / 4 + 3
+
+
+
+def test_replay_serves_clients_that_subscribe_after_connecting_from_each_streams_first_frame(simulator):
+    """As tickwire connects: /stream, then SUBSCRIBE (here in two requests, a second apart). The
+    replay clock starts with the first subscription; the stream subscribed later first gets the
+    frames the replay already passed, then the rest — every frame of both, in captured order."""
+    sample = REPOSITORY / "tests" / "data" / "sample-capture.jsonl.gz"
+    with gzip.open(sample, "rt") as fh:
+        lines = [json.loads(line) for line in fh][1:]
+    first, later = "btcusdt@trade", "ethusdt@trade"
+    want = {s: [json.loads(l["text"]) for l in lines if l["stream"] == s] for s in (first, later)}
+    replay = simulator(replay=str(sample), speed=1)
+
+    async def subscribe_in_two_steps() -> dict[str, list]:
+        got: dict[str, list] = {first: [], later: []}
+        async with websockets.connect(replay.ws_url + "/stream") as ws:
+            await asyncio.sleep(0.5)  # connected, nothing subscribed: the replay waits
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": [first], "id": 1}))
+            assert await recv_json(ws) == {"result": None, "id": 1}
+            await asyncio.sleep(1.0)
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": [later], "id": 2}))
+            while len(got[first]) < len(want[first]) or len(got[later]) < len(want[later]):
+                msg = await recv_json(ws)
+                if "stream" in msg:
+                    got[msg["stream"]].append(msg)
+        return got
+
+    got = run(subscribe_in_two_steps())
+    assert got == want
 
 
 # -- the market model itself (no server) ---------------------------------------------------

@@ -6,6 +6,8 @@ are exact sums over the trades, never floats.
 
 Determinism: with the same seed a symbol produces the same trades (id, price, quantity, maker
 side) whatever else happens; only the times and the interleaving of symbols follow the clock.
+Only the trading symbols trade, picked uniformly or by weight (a skewed market: the listings of
+``sim_universe`` decide which symbols trade and how much); a halted symbol keeps its state.
 
 History: the last ``history`` trades of each symbol are kept (column arrays, ~33 bytes a trade)
 for ``historicalTrades`` and ``/_sim/trades``; a global budget keeps memory bounded when many
@@ -19,43 +21,16 @@ import hashlib
 import math
 import random
 from array import array
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 
-UNIT = 10**8  # 1e-8: the smallest decimal Binance prints
+from tickwire.plugins.binance.decimal8 import UNIT, fmt8, fmt_quote, round_div
+
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 HISTORY_BUDGET = 4_000_000  # trades kept across all symbols (~130 MB at most)
-
-
-def fmt8(units: int) -> str:
-    """Integer 1e-8 units → Binance decimal string with 8 decimals ("43012.57000000")."""
-    if units < 0:
-        return "-" + fmt8(-units)
-    return f"{units // UNIT}.{units % UNIT:08d}"
-
-
-def parse8(text: str) -> int:
-    """Binance decimal string → integer 1e-8 units (exact; raises ValueError on junk)."""
-    neg = text.startswith("-")
-    whole, _, frac = text.lstrip("-").partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()) or len(frac) > 8:
-        raise ValueError(f"not a decimal with at most 8 places: {text!r}")
-    units = int(whole) * UNIT + int(frac.ljust(8, "0") or 0)
-    return -units if neg else units
-
-
-def fmt_quote(units16: int) -> str:
-    """Exact price*qty (1e-16 units) → at least 8 decimals, trailing zeros past 8 stripped."""
-    whole, frac = divmod(units16, UNIT * UNIT)
-    digits = f"{frac:016d}".rstrip("0")
-    return f"{whole}.{digits.ljust(8, '0')}"
-
-
-def round_div(a: int, b: int) -> int:
-    """a / b rounded half up (a, b >= 0)."""
-    return (2 * a + b) // (2 * b)
 
 
 @dataclass(frozen=True)
@@ -98,7 +73,7 @@ class SymbolState:
     __slots__ = (
         "spec", "symbol", "rng", "price", "first_id", "next_id", "last_qty", "last_maker",
         "ids", "prices", "qtys", "times", "makers", "cap", "buckets", "trade_stream",
-        "generated", "sigma", "minute",
+        "generated", "sigma", "minute", "wcache",
     )
 
     def __init__(self, spec: SymbolSpec, seed: int, cap: int):
@@ -122,6 +97,7 @@ class SymbolState:
         self.buckets: deque[list[int]] = deque()
         self.minute = -1
         self.generated = 0
+        self.wcache: dict[int, tuple] = {}  # window → (start, newest bucket's minute, closed part)
 
     # -- generation -------------------------------------------------------------------------
     def trade(self, now_ms: int) -> tuple[int, int, int, int, bool]:
@@ -208,17 +184,39 @@ class SymbolState:
     def window(self, window_ms: int, now_ms: int) -> dict | None:
         """Rolling-window aggregate over the trades with time in [O, now]; O is the start of
         the minute ``window_ms`` before now (Binance's rolling windows open on a minute, so a
-        window can be up to 59 999 ms wider). None while the window holds no trade."""
+        window can be up to 59 999 ms wider). None while the window holds no trade.
+
+        The closed minutes of a window change once a minute, so their aggregate is cached and
+        each ticker only adds the current minute (a 24 h window spans up to 1,441 buckets)."""
         start = now_ms - window_ms
         start -= start % MINUTE_MS
-        high = low = None
+        buckets = self.buckets
+        if not buckets or buckets[-1][0] < start:
+            return None
+        last = buckets[-1]
+        cached = self.wcache.get(window_ms)
+        if cached is None or cached[0] != start or cached[1] != last[0]:
+            cached = self.wcache[window_ms] = (start, last[0], self._closed_minutes(start))
+        first, high, low, volume, quote = cached[2]
+        if first is None:
+            first, high, low, volume, quote = last, last[2], last[3], 0, 0
+        return {
+            "O": start, "C": now_ms, "o": first[1], "h": max(high, last[2]), "l": min(low, last[3]),
+            "c": last[4], "v": volume + last[5], "q16": quote + last[6], "F": first[7], "L": last[8],
+            "x": first[9],
+        }
+
+    def _closed_minutes(self, start: int) -> tuple:
+        """(first bucket, high, low, volume, quote16) of the buckets from ``start`` on, except
+        the newest; (None, …) when there are none."""
+        first = None
+        high = low = 0
         volume = quote = 0
-        first = last = None
-        for b in reversed(self.buckets):
+        for i in range(len(self.buckets) - 2, -1, -1):
+            b = self.buckets[i]
             if b[0] < start:
                 break
             if first is None:
-                last = b
                 high, low = b[2], b[3]
             else:
                 high = max(high, b[2])
@@ -226,12 +224,7 @@ class SymbolState:
             first = b
             volume += b[5]
             quote += b[6]
-        if first is None:
-            return None
-        return {
-            "O": start, "C": now_ms, "o": first[1], "h": high, "l": low, "c": last[4],
-            "v": volume, "q16": quote, "F": first[7], "L": last[8], "x": first[9],
-        }
+        return first, high, low, volume, quote
 
 
 def _ticker_common(w: dict) -> dict:
@@ -249,41 +242,108 @@ def _ticker_common(w: dict) -> dict:
 
 
 class Market:
+    """Every symbol's state (``symbols``) and the ones trading now, which ``generate`` picks
+    from: uniformly, or in proportion to a weight each (a skewed market)."""
+
     def __init__(self, symbols: list[str], seed: int, history: int = 200_000):
         self.seed = seed
         self.history = history
         self.rng = _seeded(seed, "market")
         self.symbols: dict[str, SymbolState] = {}
-        self.order: list[SymbolState] = []
+        self.order: list[SymbolState] = []  # every symbol ever known, in order of arrival
+        self.trading: list[SymbolState] = []
+        self.weights: dict[str, float] = {}  # symbol → weight, for weighted symbols
+        self._cumulative: list[float] | None = None  # running sums of the weights; None: uniform
+        self._trading_set: set[SymbolState] = set()
+        self._weights_stale = False  # recomputed lazily: listing 1,500 symbols stays linear
+        self._caps_stale = False
         for s in symbols:
-            self.ensure(s)
+            self.trade(s)
 
     def ensure(self, symbol: str) -> SymbolState:
-        """The state of ``symbol`` (uppercase), created on first use: any symbol works."""
+        """The state of ``symbol`` (uppercase), created on first use (not trading yet)."""
         state = self.symbols.get(symbol)
         if state is None:
             state = SymbolState(spec_for(symbol, self.seed), self.seed, self.history)
             self.symbols[symbol] = state
             self.order.append(state)
-            # the budget shares memory among symbols (never below 20,000 each), an explicit
-            # smaller --history is kept as asked: tests of trades REST no longer serves need it
-            cap = min(self.history, max(20_000, HISTORY_BUDGET // len(self.order)))
-            for st in self.order:
-                st.cap = cap
+            self._caps_stale = True
         return state
 
+    def trade(self, symbol: str, weight: float | None = None) -> SymbolState:
+        """Make ``symbol`` trade (from now on); ``weight`` its share relative to the others
+        (None: every symbol alike)."""
+        state = self.ensure(symbol)
+        if weight is not None:
+            self.weights[symbol] = weight
+        if state not in self._trading_set:
+            self.trading.append(state)
+            self._trading_set.add(state)
+        self._weights_stale = self._caps_stale = True
+        return state
+
+    def halt(self, symbol: str) -> None:
+        """``symbol`` stops trading (its state and history stay)."""
+        state = self.symbols.get(symbol)
+        if state is not None and state in self._trading_set:
+            self.trading.remove(state)
+            self._trading_set.discard(state)
+            self._weights_stale = True
+
+    def is_trading(self, state: SymbolState) -> bool:
+        return state in self._trading_set
+
+    def _reweigh(self) -> None:
+        self._weights_stale = False
+        if not self.weights:
+            self._cumulative = None
+            return
+        total, cumulative = 0.0, []
+        for st in self.trading:
+            total += self.weights.get(st.symbol, 1.0)
+            cumulative.append(total)
+        self._cumulative = cumulative
+
+    def _rebalance_caps(self) -> None:
+        """Share the history budget: evenly (never below 20,000 trades a symbol), or by weight
+        (never below 2,000), so the busiest symbols keep the longest history. An explicit
+        smaller ``history`` is kept as asked: tests of trades REST no longer serves need it."""
+        self._caps_stale = False
+        if not self.weights:
+            cap = min(self.history, max(20_000, HISTORY_BUDGET // max(1, len(self.order))))
+            for st in self.order:
+                st.cap = cap
+            return
+        total = sum(self.weights.get(st.symbol, 1.0) for st in self.order)
+        for st in self.order:
+            share = self.weights.get(st.symbol, 1.0) / total
+            st.cap = min(self.history, max(2_000, int(HISTORY_BUDGET * share)))
+
     def generate(self, n: int, now_ms: int) -> list[tuple[SymbolState, tuple]]:
-        """The next ``n`` trades across all symbols (symbol chosen at random each time)."""
-        order = self.order
-        k = len(order)
+        """The next ``n`` trades across the trading symbols (one chosen at random each time,
+        uniformly or by weight)."""
+        if self._caps_stale:
+            self._rebalance_caps()
+        if self._weights_stale:
+            self._reweigh()
+        trading = self.trading
+        k = len(trading)
         if not k:
             return []
         rand = self.rng.random
         out = []
         append = out.append
-        for _ in range(n):
-            st = order[int(rand() * k)]
-            append((st, st.trade(now_ms)))
+        cumulative = self._cumulative
+        if cumulative is None:
+            for _ in range(n):
+                st = trading[int(rand() * k)]
+                append((st, st.trade(now_ms)))
+        else:
+            total = cumulative[-1]
+            last = k - 1
+            for _ in range(n):
+                st = trading[min(bisect_right(cumulative, rand() * total), last)]
+                append((st, st.trade(now_ms)))
         return out
 
     # -- payloads ---------------------------------------------------------------------------

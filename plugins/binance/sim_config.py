@@ -19,6 +19,14 @@ MALFORMED_KINDS = ("truncated", "binary", "oversized", "unknown_event", "bad_tra
 EXTRA_MALFORMED_KINDS = ("invalid_event",)
 ALL_MALFORMED_KINDS = MALFORMED_KINDS + EXTRA_MALFORMED_KINDS
 COMPRESSIONS = ("none", "deflate")
+# Binance spot's mix of quote assets (share of the listings quoted in each; ~450 of 1,500 in USDT)
+QUOTE_ASSETS = (
+    ("USDT", 0.30), ("BTC", 0.20), ("USDC", 0.12), ("FDUSD", 0.08), ("ETH", 0.07), ("BNB", 0.07),
+    ("TRY", 0.07), ("EUR", 0.04), ("BRL", 0.03), ("JPY", 0.02),
+)
+# Share of the listings in a status other than TRADING (the 20 most traded always trade)
+NOT_TRADING = (("BREAK", 0.05), ("HALT", 0.01))
+DEFAULT_UNIVERSE = 1500  # --universe without a size: about Binance spot's trading symbols
 
 SLOW_CONSUMER_BYTES = 64 * 2**20
 WRITE_HIGH_WATER = 2**20  # rate 0 waits for a client when this much is unsent
@@ -49,6 +57,10 @@ class SimConfig:
     replay: str | None = None
     speed: float = 1.0  # replay speed factor; 0 = as fast as possible
     compression: str = "none"  # "deflate": accept permessage-deflate offers
+    universe: int = 0  # listings generated for exchangeInfo; 0 = --symbols plus whatever is subscribed
+    quote_assets: tuple[tuple[str, float], ...] = QUOTE_ASSETS
+    statuses: tuple[tuple[str, float], ...] = NOT_TRADING
+    trade_skew: float = 1.0  # Zipf exponent of the trades over the universe's symbols (0: uniform)
 
 
 def now_ms() -> int:

@@ -22,15 +22,17 @@ from tickwire.plugins.binance.sim_config import (
 )
 from tickwire.plugins.binance.sim_faults import ConnectionFaults
 from tickwire.plugins.binance.sim_frames import HEADERS, HEADERS_DEFLATE, RSV1, TABLED, TEXT, Deflater, ws_frame
+from tickwire.plugins.binance.sim_universe import Universe
 
 
 class Hub:
     """Every connection (open, and the last KEEP_CLOSED closed ones), the subscribers of each
     stream, and the tallies ``/_sim/stats`` reports."""
 
-    def __init__(self, cfg: SimConfig, market: Market):
+    def __init__(self, cfg: SimConfig, market: Market, universe: Universe):
         self.cfg = cfg
         self.market = market
+        self.universe = universe
         self.faulty = bool(cfg.drop_every or cfg.shutdown_every or cfg.malformed_every)
         self.ids = count(1)
         self.conns: dict[int, Connection] = {}
@@ -46,14 +48,17 @@ class Hub:
             "drops": 0, "shutdown_notices": 0, "rest_requests": 0, "rest_429": 0, "rate_shortfall": 0, "internal_errors": 0,
         }
 
-    def subscribe(self, conn: Connection, streams: list[str]) -> None:
+    def subscribe(self, conn: Connection, streams: list[str]) -> list[str]:
+        """Add ``streams`` to the connection; returns those it did not have yet."""
+        added = []
         for s in streams:
             if s in conn.streams:
                 continue
+            added.append(s)
             conn.streams[s] = None
             self.subs.setdefault(s, set()).add(conn)
-            if not self.cfg.replay:
-                self.market.ensure(STREAM_RE.match(s).group(1).upper())
+            self.universe.subscribed(STREAM_RE.match(s).group(1).upper())
+        return added
 
     def unsubscribe(self, conn: Connection, streams: list[str]) -> None:
         for s in streams:

@@ -4,6 +4,8 @@
                                          messages, connections (incl. closed), violations, faults
   ``GET /_sim/trades?symbol=S[&fromId=&limit=]``  every retained trade, historicalTrades shape
   ``POST /_sim/drop[?mode=abort|shutdown]``  end every connection now (gap tests)
+  ``POST /_sim/list?symbols=A,B`` or ``?count=N[&quote=USDT]``  list symbols (TRADING) now
+  ``POST /_sim/delist?symbols=A,B[&status=BREAK|HALT|END_OF_DAY]``  stop them trading now
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 import orjson
 from aiohttp import web
 
+from tickwire.plugins.binance.sim_config import STREAM_RE
 from tickwire.plugins.binance.sim_connections import Hub
 from tickwire.plugins.binance.sim_rest import trade_rows
+from tickwire.plugins.binance.sim_universe import STATUSES, TRADING
 
 
 class Control:
@@ -55,6 +59,7 @@ class Control:
             "limit_violations": list(hub.violations),
             "limit_violation_counts": dict(hub.violation_counts),
             "malformed_sent": dict(hub.malformed),
+            "listings": hub.universe.by_status(),
             **hub.counters,
         }
 
@@ -82,7 +87,53 @@ class Control:
                 conn.drop("dropped by /_sim/drop")
         return web.Response(body=orjson.dumps({"ended": ended}), content_type="application/json")
 
+    @staticmethod
+    def _answer(obj: object, status: int = 200) -> web.Response:
+        return web.Response(status=status, body=orjson.dumps(obj), content_type="application/json")
+
+    def _symbols(self, request: web.Request) -> list[str]:
+        """``symbols=A,B`` as uppercase names (ValueError naming a bad one)."""
+        names = [s.strip().upper() for s in request.query.get("symbols", "").split(",") if s.strip()]
+        for name in names:
+            if not STREAM_RE.match(name.lower() + "@trade"):
+                raise ValueError(f"not a symbol: {name!r}")
+        return names
+
+    async def list_symbols(self, request: web.Request) -> web.Response:
+        universe = self.hub.universe
+        try:
+            names = self._symbols(request)
+        except ValueError as exc:
+            return self._answer({"msg": str(exc)}, 400)
+        count = request.query.get("count", "")
+        if count:
+            quote = request.query.get("quote", "USDT").upper()
+            if not count.isdigit() or not 1 <= int(count) <= 10_000 or not quote.isalnum():
+                return self._answer({"msg": "count must be 1..10000 and quote an asset name"}, 400)
+            names += universe.new_symbols(int(count), quote)
+        if not names:
+            return self._answer({"msg": "give symbols=A,B or count=N"}, 400)
+        universe.list_symbols(names)
+        return self._answer({"listed": names, "listings": universe.by_status()})
+
+    async def delist(self, request: web.Request) -> web.Response:
+        universe = self.hub.universe
+        status = request.query.get("status", "BREAK")
+        if status not in STATUSES or status == TRADING:
+            return self._answer({"msg": f"status must be one of {[s for s in STATUSES if s != TRADING]}"}, 400)
+        try:
+            names = self._symbols(request)
+        except ValueError as exc:
+            return self._answer({"msg": str(exc)}, 400)
+        unknown = [n for n in names if n not in universe.listings]
+        if unknown or not names:
+            return self._answer({"msg": f"not listed: {unknown}" if unknown else "give symbols=A,B"}, 400)
+        universe.delist(names, status)
+        return self._answer({"delisted": names, "status": status, "listings": universe.by_status()})
+
     def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/_sim/list", self.list_symbols)
+        router.add_post("/_sim/delist", self.delist)
         router.add_get("/_sim/stats", self.get_stats)
         router.add_get("/_sim/trades", self.get_trades)
         router.add_post("/_sim/drop", self.drop)

@@ -2,7 +2,9 @@
 rendered once with orjson and queued to every subscriber of their stream.
 
 Trades come at ``rate`` per second across all symbols (0: as fast as the trade subscribers
-read them); tickers every ``ticker_interval`` seconds per subscribed ticker stream.
+read them); tickers every ``ticker_interval`` seconds per subscribed ticker stream of a trading
+symbol (a delisted symbol falls silent). Only subscribed streams cost rendering: a market of
+1,500 symbols with three subscribed streams renders no more than the three.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class MarketFeed:
         self.cfg = hub.cfg
         self.market = hub.market
         self._prefix: dict[str, bytes] = {}  # stream → b'{"stream":"<stream>","data":'
+        self._tickers: dict[str, tuple[str, bool, bytes]] = {}  # stream → (SYMBOL, is 24 h, prefix)
 
     def _deliver_trades(self, batch: list[tuple[SymbolState, tuple]]) -> int:
         subs = self.hub.subs
@@ -88,10 +91,19 @@ class MarketFeed:
                     await c.drain()
             await asyncio.sleep(0)
 
+    def _ticker_stream(self, stream: str) -> tuple[str, bool, bytes]:
+        parsed = self._tickers.get(stream)
+        if parsed is None:
+            sym, kind = STREAM_RE.match(stream).groups()
+            parsed = self._tickers[stream] = (sym.upper(), kind == "ticker", b'{"stream":"%s","data":' % stream.encode())
+        return parsed
+
     async def tickers(self) -> None:
         """Every ``ticker_interval`` s, the 24 h or 1 h ticker of each subscribed ticker stream."""
         loop = asyncio.get_running_loop()
         interval = self.cfg.ticker_interval
+        market = self.market
+        dumps = orjson.dumps
         next_at = loop.time() + interval
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -100,15 +112,15 @@ class MarketFeed:
             for stream, conns in list(self.hub.subs.items()):
                 if not conns or stream.endswith("@trade"):
                     continue
-                sym, kind = STREAM_RE.match(stream).groups()
-                st = self.market.symbols.get(sym.upper())
-                if st is None:
+                symbol, day, prefix = self._ticker_stream(stream)
+                st = market.symbols.get(symbol)
+                if st is None or not market.is_trading(st):
                     continue
-                event = self.market.ticker_24h(st, now) if kind == "ticker" else self.market.ticker_1h(st, now)
+                event = market.ticker_24h(st, now) if day else market.ticker_1h(st, now)
                 if event is None:
                     continue
-                raw = orjson.dumps(event)
-                combined = b'{"stream":"%s","data":%s}' % (stream.encode(), raw)
+                raw = dumps(event)
+                combined = prefix + raw + b"}"
                 for c in tuple(conns):
                     c.data(raw, combined, stream)
             self.hub.flush()

@@ -18,7 +18,7 @@ every offer is refused.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Callable, Protocol
 
 import orjson
 from aiohttp import WSMsgType, hdrs, web
@@ -26,14 +26,21 @@ from aiohttp import WSMsgType, hdrs, web
 from tickwire.plugins.binance.sim_config import STREAM_RE, WRITE_HIGH_WATER, now_ms
 from tickwire.plugins.binance.sim_connections import Connection, DeflateConnection, Hub
 
-ServeFeed = Callable[[Connection], Awaitable[None]]
+class ConnectionFeed(Protocol):
+    """What serves one connection by itself (a replay): told each stream the connection adds,
+    and run as a task while it is open."""
+
+    def subscribed(self, streams: list[str]) -> None: ...
+
+    async def run(self) -> None: ...
 
 
 class WebSocketEndpoint:
-    """The aiohttp handler of ``/ws…`` and ``/stream``; ``per_connection`` (a replay) runs for
-    each new connection when given, the live market reaches connections through the hub."""
+    """The aiohttp handler of ``/ws…`` and ``/stream``; ``per_connection`` (a replay) makes a
+    :class:`ConnectionFeed` for each new connection when given, the live market reaches
+    connections through the hub."""
 
-    def __init__(self, hub: Hub, per_connection: ServeFeed | None = None):
+    def __init__(self, hub: Hub, per_connection: Callable[[Connection], ConnectionFeed] | None = None):
         self.hub = hub
         self.cfg = hub.cfg
         self.per_connection = per_connection
@@ -72,13 +79,15 @@ class WebSocketEndpoint:
             conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_HIGH_WATER // 4)
         hub.conns[conn.id] = conn
         hub.connections_total += 1
-        hub.subscribe(conn, names)
+        added = hub.subscribe(conn, names)
         loop = asyncio.get_running_loop()
         conn.tasks.append(loop.create_task(self._keepalive(conn)))
-        if self.per_connection is not None:
-            conn.tasks.append(loop.create_task(self.per_connection(conn)))
+        feed = self.per_connection(conn) if self.per_connection is not None else None
+        if feed is not None:
+            feed.subscribed(added)
+            conn.tasks.append(loop.create_task(feed.run()))
         try:
-            await self._receive(conn)
+            await self._receive(conn, feed)
         except ConnectionError:
             pass
         finally:
@@ -91,7 +100,7 @@ class WebSocketEndpoint:
             hub.closed_conns.append(conn)
         return ws
 
-    async def _receive(self, conn: Connection) -> None:
+    async def _receive(self, conn: Connection, feed: ConnectionFeed | None) -> None:
         ws, cfg = conn.ws, self.cfg
         loop = asyncio.get_running_loop()
         while not conn.closed:
@@ -115,9 +124,9 @@ class WebSocketEndpoint:
             elif msg.type is WSMsgType.PONG:
                 conn.ping_outstanding = None
             elif msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                self._request(conn, msg.data)
+                self._request(conn, msg.data, feed)
 
-    def _request(self, conn: Connection, data: str | bytes) -> None:
+    def _request(self, conn: Connection, data: str | bytes, feed: ConnectionFeed | None) -> None:
         try:
             req = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -149,8 +158,10 @@ class WebSocketEndpoint:
                 conn.reply({"error": {"code": 2, "msg": f"Invalid request: too many streams (max {self.cfg.max_streams})"}, "id": rid})
                 conn.close(1008, "too many streams")
                 return
-            self.hub.subscribe(conn, params)
+            added = self.hub.subscribe(conn, params)
             conn.reply({"result": None, "id": rid})
+            if feed is not None:
+                feed.subscribed(added)
         elif method == "LIST_SUBSCRIPTIONS":
             conn.reply({"result": list(conn.streams), "id": rid})
         elif method in ("SET_PROPERTY", "GET_PROPERTY") and isinstance(params, list) and params and params[0] == "combined":

@@ -1,5 +1,6 @@
 """The simulator's REST API, as Binance answers it: ``GET /api/v3/ping``, ``/api/v3/time``,
-``/api/v3/trades`` and ``/api/v3/historicalTrades`` over the market's retained trades.
+``/api/v3/trades`` and ``/api/v3/historicalTrades`` over the market's retained trades, and
+``/api/v3/exchangeInfo`` over the listings (:mod:`.sim_exchange_info`).
 
 Every answer carries ``X-MBX-USED-WEIGHT-1M`` (the weight used in the last minute). Fault:
 ``rest_429_every`` N answers every N-th call with 429 and ``Retry-After: retry_after``.
@@ -16,6 +17,8 @@ from aiohttp import web
 
 from tickwire.plugins.binance.market import Market, SymbolState
 from tickwire.plugins.binance.sim_config import SimConfig, now_ms
+from tickwire.plugins.binance.sim_exchange_info import BadQuery, exchange_info
+from tickwire.plugins.binance.sim_universe import Universe
 
 
 def trade_rows(st: SymbolState, from_id: int | None, limit: int | None) -> list[dict]:
@@ -30,9 +33,10 @@ def trade_rows(st: SymbolState, from_id: int | None, limit: int | None) -> list[
 class RestApi:
     """The ``/api/v3`` handlers; ``counters`` is the server's tally (``rest_requests``, ``rest_429``)."""
 
-    def __init__(self, cfg: SimConfig, market: Market, counters: dict[str, int]):
+    def __init__(self, cfg: SimConfig, market: Market, universe: Universe, counters: dict[str, int]):
         self.cfg = cfg
         self.market = market
+        self.universe = universe
         self.counters = counters
         self._weight: deque[tuple[float, int]] = deque()  # (when, weight) of the last minute's calls
 
@@ -94,7 +98,17 @@ class RestApi:
     async def historical_trades(self, request: web.Request) -> web.Response:
         return self._count(25) or self._trades_query(request, 500, from_id_ok=True)
 
+    async def exchange_info(self, request: web.Request) -> web.Response:
+        refused = self._count(20)
+        if refused is not None:
+            return refused
+        try:
+            return self._json(exchange_info(self.universe, self.cfg.seed, request.query, now_ms()))
+        except BadQuery as exc:
+            return self._json({"code": exc.code, "msg": exc.msg}, 400)
+
     def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/api/v3/exchangeInfo", self.exchange_info)
         router.add_get("/api/v3/ping", self.ping)
         router.add_get("/api/v3/time", self.time)
         router.add_get("/api/v3/trades", self.trades)

@@ -11,8 +11,10 @@ its REST trades, its limits, fault injection and control endpoints. Each part is
 ``sim_protocol``       the WebSocket endpoints: handshake, requests, rate and keepalive limits
 ``sim_feed``           the synthetic market (``market``) delivered to subscribers
 ``sim_replay``         a ``tickwire record`` capture served again
-``sim_rest``           ``/api/v3/ping``, ``time``, ``trades``, ``historicalTrades``
-``sim_control``        ``/_sim/stats``, ``/_sim/trades``, ``/_sim/drop``
+``sim_universe``       the listed symbols (statuses, assets, trade weights); list and delist
+``sim_rest``           ``/api/v3/ping``, ``time``, ``trades``, ``historicalTrades``, ``exchangeInfo``
+``sim_exchange_info``  the ``exchangeInfo`` document and its query parameters
+``sim_control``        ``/_sim/stats``, ``/_sim/trades``, ``/_sim/drop``, ``/_sim/list``, ``/_sim/delist``
 =====================  ==========================================================================
 
 Speed: events are rendered once with orjson and written straight to each transport as
@@ -36,6 +38,7 @@ from tickwire.plugins.binance.sim_feed import MarketFeed
 from tickwire.plugins.binance.sim_protocol import WebSocketEndpoint
 from tickwire.plugins.binance.sim_replay import Replay, ReplayFrame, load_replay
 from tickwire.plugins.binance.sim_rest import RestApi
+from tickwire.plugins.binance.sim_universe import Universe
 
 
 class Simulator:
@@ -44,13 +47,14 @@ class Simulator:
 
     def __init__(self, cfg: SimConfig):
         self.cfg = cfg
-        market = Market([] if cfg.replay else list(cfg.symbols), cfg.seed, cfg.history)
-        self.hub = Hub(cfg, market)
+        market = Market([], cfg.seed, cfg.history)
         self.replay_frames: list[ReplayFrame] = load_replay(cfg.replay, market) if cfg.replay else []
+        self.universe = Universe(cfg, market)
+        self.hub = Hub(cfg, market, self.universe)
         replay = Replay(self.replay_frames, cfg.speed) if cfg.replay else None
-        self.websocket = WebSocketEndpoint(self.hub, replay.serve if replay is not None else None)
+        self.websocket = WebSocketEndpoint(self.hub, replay.session if replay is not None else None)
         self.feed = MarketFeed(self.hub)
-        self.rest = RestApi(cfg, market, self.hub.counters)
+        self.rest = RestApi(cfg, market, self.universe, self.hub.counters)
         self.control = Control(self.hub)
         self.tasks: list[asyncio.Task] = []
         self.runner: web.AppRunner | None = None

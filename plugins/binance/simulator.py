@@ -31,12 +31,36 @@ except ImportError:  # the core is not there yet: the same marker
 
     hookimpl = pluggy.HookimplMarker("tickwire")
 
-from tickwire.plugins.binance.sim_config import ALL_MALFORMED_KINDS, COMPRESSIONS, MALFORMED_KINDS, SimConfig
+from tickwire.plugins.binance.sim_config import (
+    ALL_MALFORMED_KINDS, COMPRESSIONS, DEFAULT_UNIVERSE, MALFORMED_KINDS, NOT_TRADING, QUOTE_ASSETS, SimConfig,
+)
+from tickwire.plugins.binance.sim_universe import STATUSES, TRADING
 from tickwire.plugins.binance.sim_server import Simulator
 
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in value.split(",") if s.strip())
+
+
+def _shares(value: str, option: str, allowed: tuple[str, ...] | None = None) -> tuple[tuple[str, float], ...]:
+    """``"USDT=0.3,BTC=0.2"`` → ((USDT, 0.3), (BTC, 0.2)); click's error (exit 2) on a bad one."""
+    out = []
+    for item in _csv(value):
+        name, sep, share = item.partition("=")
+        name = name.strip().upper()
+        try:
+            number = float(share)
+        except ValueError:
+            number = -1.0
+        if not sep or not name.isalnum() or not 0 <= number <= 1 or (allowed and name not in allowed):
+            expected = f"NAME=SHARE with NAME one of {', '.join(allowed)}" if allowed else "ASSET=SHARE"
+            raise click.BadParameter(f"{item!r}: expected {expected} and SHARE between 0 and 1", param_hint=option)
+        out.append((name, number))
+    return tuple(out)
+
+
+def _fmt_shares(shares: tuple[tuple[str, float], ...]) -> str:
+    return ",".join(f"{name}={share:g}" for name, share in shares)
 
 
 async def _run_until_signal(coro_start, coro_stop) -> None:
@@ -75,8 +99,25 @@ async def _run_until_signal(coro_start, coro_stop) -> None:
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True,
               help="deflate: accept a client's permessage-deflate offer and compress every data frame; "
                    "none: refuse every offer.")
+@click.option("--universe", type=int, default=0, show_default=True,
+              help=f"List this many symbols in exchangeInfo (a Binance-like market; {DEFAULT_UNIVERSE} is about Binance spot); "
+                   "0: --symbols, plus any symbol a client subscribes to.")
+@click.option("--quote-assets", default=_fmt_shares(QUOTE_ASSETS), show_default=True,
+              help="With --universe: the share of the listings quoted in each asset.")
+@click.option("--statuses", default=_fmt_shares(NOT_TRADING), show_default=True,
+              help="With --universe: the share of the listings in each status other than TRADING (HALT, BREAK, END_OF_DAY).")
+@click.option("--trade-skew", type=float, default=1.0, show_default=True,
+              help="With --universe: Zipf exponent of the trades over the symbols (0: uniform; 1: a few carry most).")
 def simulate(**opts) -> None:
     """Serve a Binance-compatible market-data endpoint (WebSocket + REST) for tests and benchmarks."""
+    opts["quote_assets"] = _shares(opts["quote_assets"], "--quote-assets")
+    opts["statuses"] = _shares(opts["statuses"], "--statuses", tuple(s for s in STATUSES if s != TRADING))
+    if not opts["quote_assets"] or not sum(share for _, share in opts["quote_assets"]):
+        raise click.BadParameter("at least one asset with a share above 0", param_hint="--quote-assets")
+    if sum(share for _, share in opts["statuses"]) > 1:
+        raise click.BadParameter("the shares add up to more than 1", param_hint="--statuses")
+    if opts["universe"] < 0 or opts["trade_skew"] < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--universe/--trade-skew")
     kinds = _csv(opts.pop("malformed_kinds"))
     unknown = [k for k in kinds if k not in ALL_MALFORMED_KINDS]
     if unknown or not kinds:
@@ -90,9 +131,14 @@ def simulate(**opts) -> None:
     async def start() -> None:
         port = await sim.start()
         click.echo(f"simulator listening on ws://{cfg.host}:{port}")
-        source = f"replay={cfg.replay} speed={cfg.speed:g} frames={len(sim.replay_frames)}" if cfg.replay else (
-            f"symbols={','.join(cfg.symbols)} rate={cfg.rate:g}/s seed={cfg.seed}"
-        )
+        if cfg.replay:
+            source = f"replay={cfg.replay} speed={cfg.speed:g} frames={len(sim.replay_frames)}"
+        elif cfg.universe:
+            listings = sim.universe.by_status()
+            source = (f"universe={len(sim.universe.listings)} ({', '.join(f'{k} {v}' for k, v in sorted(listings.items()))})"
+                      f" skew={cfg.trade_skew:g} rate={cfg.rate:g}/s seed={cfg.seed}")
+        else:
+            source = f"symbols={','.join(cfg.symbols)} rate={cfg.rate:g}/s seed={cfg.seed}"
         faults = " ".join(
             f"{k}={getattr(cfg, k)}" for k in ("drop_every", "shutdown_every", "malformed_every", "rest_429_every") if getattr(cfg, k)
         )
