@@ -122,6 +122,11 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
 # ---------------------------------------------------------------------------------------------
 # the broker
 
@@ -166,6 +171,14 @@ class KafkaBroker:
         a Metadata request listing itself."""
         if self.process is not None and self.process.poll() is None:
             return
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to answer: a cluster launches every node
+        first, since no node of a multi-voter quorum is ready before a majority runs."""
+        if self.process is not None and self.process.poll() is None:
+            return
         libs = fetch_jars()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._write_config()
@@ -187,7 +200,6 @@ class KafkaBroker:
         )
         log.close()
         self._write_state()
-        self._wait_ready(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (a controlled shutdown that flushes logs), SIGKILL if it takes too long."""
@@ -245,15 +257,14 @@ class KafkaBroker:
     def _write_config(self) -> None:
         settings = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            **self._node_settings(),
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data_dir),
-            **SINGLE_NODE_SETTINGS,
+            **self._topology_settings(),
             **self.extra_settings,
         }
         lines = [f"{key}={value}" for key, value in settings.items()]
@@ -262,12 +273,24 @@ class KafkaBroker:
         )
         (self.directory / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
+    def _node_settings(self) -> dict[str, str]:
+        """Who this node is and where its controller quorum is: alone, a quorum of one."""
+        return {"node.id": "1", "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"}
+
+    def _topology_settings(self) -> dict[str, str]:
+        """Settings that depend on how many nodes there are (internal topics' replication)."""
+        return SINGLE_NODE_SETTINGS
+
+    def _format_arguments(self) -> list[str]:
+        """StorageTool `format` arguments besides the config file: a fresh cluster id, and this
+        node as the whole (dynamic) controller quorum."""
+        return ["--standalone", "-t", new_cluster_id()]
+
     def _format_storage(self, libs: Path) -> None:
-        # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        arguments = self._format_arguments()
+        cluster_id = arguments[arguments.index("-t") + 1]
         command = self._java_command(
-            libs, "kafka.tools.StorageTool", "format", "--standalone",
-            "-t", cluster_id, "-c", str(self.directory / "server.properties"),
+            libs, "kafka.tools.StorageTool", "format", *arguments, "-c", str(self.directory / "server.properties"),
         )
         result = subprocess.run(command, capture_output=True, text=True, cwd=self.directory)
         with open(self.log_path, "a") as log:
@@ -276,7 +299,9 @@ class KafkaBroker:
         if result.returncode != 0:
             raise BrokerError(f"formatting Kafka storage in {self.data_dir} failed:\n{(result.stdout + result.stderr)[-3000:]}")
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Return once the launched broker answers a Metadata request; BrokerError if it exits
+        or stays silent for ``timeout`` seconds (then it is killed)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
