@@ -111,9 +111,9 @@ def fetch_jars(pom: Path = POM, quiet: bool = False) -> Path:
 # the process
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: have the kernel SIGKILL the broker if the test process dies, so an aborted
-    test run never leaves a JVM holding ports.
+def die_with_parent() -> None:
+    """preexec_fn: have the kernel SIGKILL the started process (a broker, a Spark daemon) if the
+    test process dies, so an aborted test run never leaves a JVM holding ports.
 
     The kernel ties this to the *thread* that started the broker, not the process: call
     ``start()`` from a thread that lives as long as the broker should (the main thread), never
@@ -193,7 +193,7 @@ class KafkaBroker:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.directory,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
             # Its own process group: a Ctrl-C meant for a foreground `make kafka` or pytest
             # reaches us first, and we stop the broker cleanly instead of it dying mid-write.
             start_new_session=True,

@@ -36,10 +36,12 @@ from tickwire.devservices.ports import free_port
 
 def cluster_settings(size: int) -> dict[str, str]:
     """The single node's settings, with internal topics replicated as a cluster of ``size`` can
-    afford: three copies (or ``size``), and the transaction log needs two of them in sync."""
+    afford: three copies (or ``size``), and a write acknowledged by all in-sync replicas (acks=all)
+    needs at least two of them in sync, so an acknowledged record survives the loss of a node."""
     replicas = str(min(size, 3))
     return {
         **SINGLE_NODE_SETTINGS,
+        "min.insync.replicas": str(min(size, 2)),
         "offsets.topic.replication.factor": replicas,
         "transaction.state.log.replication.factor": replicas,
         "transaction.state.log.min.isr": str(min(size, 2)),
