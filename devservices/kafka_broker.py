@@ -10,6 +10,7 @@ benchmarks, `make kafka` and by hand (`python -m tickwire.devservices.kafka_brok
     python scripts/kafka_broker.py stop [--dir DIR]
     python scripts/kafka_broker.py kill [--dir DIR]                # SIGKILL: a crash, no flush
 
+Several brokers as one cluster: :mod:`.kafka_cluster` (its nodes are :class:`KafkaBroker`s).
 A broker can be stopped cleanly (`stop`), killed with SIGKILL (`kill`) and started again on the
 same ports and the same data directory, which is what the "broker dies mid-stream" tests need.
 Its log goes to `<dir>/broker.log`; when it fails to start, the tail of that log is in the error.
@@ -281,16 +282,16 @@ class KafkaBroker:
         """Settings that depend on how many nodes there are (internal topics' replication)."""
         return SINGLE_NODE_SETTINGS
 
-    def _format_arguments(self) -> list[str]:
-        """StorageTool `format` arguments besides the config file: a fresh cluster id, and this
-        node as the whole (dynamic) controller quorum."""
-        return ["--standalone", "-t", new_cluster_id()]
+    def _format_arguments(self) -> tuple[str, list[str]]:
+        """The cluster id to format the storage with, and the StorageTool arguments that say how
+        the controller quorum is set up: a fresh id, and this node as the whole (dynamic) quorum."""
+        return new_cluster_id(), ["--standalone"]
 
     def _format_storage(self, libs: Path) -> None:
-        arguments = self._format_arguments()
-        cluster_id = arguments[arguments.index("-t") + 1]
+        cluster_id, quorum = self._format_arguments()
         command = self._java_command(
-            libs, "kafka.tools.StorageTool", "format", *arguments, "-c", str(self.directory / "server.properties"),
+            libs, "kafka.tools.StorageTool", "format", *quorum,
+            "-t", cluster_id, "-c", str(self.directory / "server.properties"),
         )
         result = subprocess.run(command, capture_output=True, text=True, cwd=self.directory)
         with open(self.log_path, "a") as log:

@@ -70,9 +70,9 @@ class ClusterNode(KafkaBroker):
     def _topology_settings(self) -> dict[str, str]:
         return cluster_settings(len(self.voters))
 
-    def _format_arguments(self) -> list[str]:
+    def _format_arguments(self) -> tuple[str, list[str]]:
         # A static quorum: the voters come from the config, every node formats with one cluster id.
-        return ["-t", self.cluster_id]
+        return self.cluster_id, []
 
 
 class KafkaCluster:

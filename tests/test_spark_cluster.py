@@ -58,12 +58,13 @@ def test_on_a_standalone_cluster_every_trade_lands_once_and_candles_are_exact(pi
     p.wait_for("SELECT count(*) FROM candles_1m", [(len(tw.expected_candles(first)),)], job)
 
     # the work ran on the cluster: the master lists the job holding the worker's core, and the
-    # worker runs its executor, bound to the loopback address like the daemons
+    # worker runs its executor; all of them, and the driver, bound to the loopback address
     [app] = spark_cluster.master_state()["activeapps"]
     assert app["state"] == "RUNNING" and app["cores"] == 1, app
     executors = spark_cluster.executor_pids()
     assert executors, "the worker runs no executor for the job"
-    assert_loopback_only(spark_cluster.daemon_pids() + executors)
+    driver = [job.proc.pid] + [child.pid for child in job.ps.children(recursive=True)]
+    assert_loopback_only(spark_cluster.daemon_pids() + executors + driver)
 
     # the driver dies (SIGKILL) mid-stream; the cluster frees its executor, and a new driver
     # resumes from the checkpoint: new trades and a replayed stretch, each stored once
