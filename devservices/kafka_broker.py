@@ -10,6 +10,7 @@ benchmarks, `make kafka` and by hand (`python -m tickwire.devservices.kafka_brok
     python scripts/kafka_broker.py stop [--dir DIR]
     python scripts/kafka_broker.py kill [--dir DIR]                # SIGKILL: a crash, no flush
 
+Several brokers as one cluster: :mod:`.kafka_cluster` (its nodes are :class:`KafkaBroker`s).
 A broker can be stopped cleanly (`stop`), killed with SIGKILL (`kill`) and started again on the
 same ports and the same data directory, which is what the "broker dies mid-stream" tests need.
 Its log goes to `<dir>/broker.log`; when it fails to start, the tail of that log is in the error.
@@ -111,15 +112,20 @@ def fetch_jars(pom: Path = POM, quiet: bool = False) -> Path:
 # the process
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: have the kernel SIGKILL the broker if the test process dies, so an aborted
-    test run never leaves a JVM holding ports.
+def die_with_parent() -> None:
+    """preexec_fn: have the kernel SIGKILL the started process (a broker, a Spark daemon) if the
+    test process dies, so an aborted test run never leaves a JVM holding ports.
 
     The kernel ties this to the *thread* that started the broker, not the process: call
     ``start()`` from a thread that lives as long as the broker should (the main thread), never
     from an executor thread, or the broker dies when that thread is retired."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +172,14 @@ class KafkaBroker:
         a Metadata request listing itself."""
         if self.process is not None and self.process.poll() is None:
             return
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to answer: a cluster launches every node
+        first, since no node of a multi-voter quorum is ready before a majority runs."""
+        if self.process is not None and self.process.poll() is None:
+            return
         libs = fetch_jars()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._write_config()
@@ -180,14 +194,13 @@ class KafkaBroker:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.directory,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
             # Its own process group: a Ctrl-C meant for a foreground `make kafka` or pytest
             # reaches us first, and we stop the broker cleanly instead of it dying mid-write.
             start_new_session=True,
         )
         log.close()
         self._write_state()
-        self._wait_ready(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (a controlled shutdown that flushes logs), SIGKILL if it takes too long."""
@@ -245,15 +258,14 @@ class KafkaBroker:
     def _write_config(self) -> None:
         settings = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            **self._node_settings(),
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data_dir),
-            **SINGLE_NODE_SETTINGS,
+            **self._topology_settings(),
             **self.extra_settings,
         }
         lines = [f"{key}={value}" for key, value in settings.items()]
@@ -262,11 +274,23 @@ class KafkaBroker:
         )
         (self.directory / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
+    def _node_settings(self) -> dict[str, str]:
+        """Who this node is and where its controller quorum is: alone, a quorum of one."""
+        return {"node.id": "1", "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"}
+
+    def _topology_settings(self) -> dict[str, str]:
+        """Settings that depend on how many nodes there are (internal topics' replication)."""
+        return SINGLE_NODE_SETTINGS
+
+    def _format_arguments(self) -> tuple[str, list[str]]:
+        """The cluster id to format the storage with, and the StorageTool arguments that say how
+        the controller quorum is set up: a fresh id, and this node as the whole (dynamic) quorum."""
+        return new_cluster_id(), ["--standalone"]
+
     def _format_storage(self, libs: Path) -> None:
-        # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id, quorum = self._format_arguments()
         command = self._java_command(
-            libs, "kafka.tools.StorageTool", "format", "--standalone",
+            libs, "kafka.tools.StorageTool", "format", *quorum,
             "-t", cluster_id, "-c", str(self.directory / "server.properties"),
         )
         result = subprocess.run(command, capture_output=True, text=True, cwd=self.directory)
@@ -276,7 +300,9 @@ class KafkaBroker:
         if result.returncode != 0:
             raise BrokerError(f"formatting Kafka storage in {self.data_dir} failed:\n{(result.stdout + result.stderr)[-3000:]}")
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Return once the launched broker answers a Metadata request; BrokerError if it exits
+        or stays silent for ``timeout`` seconds (then it is killed)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

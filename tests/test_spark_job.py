@@ -96,7 +96,14 @@ PASSWORDS = {"TICKWIRE_PG_WRITER_PASSWORD": "writer-pw", "TICKWIRE_PG_READER_PAS
 
 
 @pytest.fixture
-def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
+def spark_master_args() -> list[str]:
+    """Where the job runs: local Spark with two threads (tests/test_spark_cluster.py overrides
+    this with a standalone cluster)."""
+    return ["--master", "local[2]"]
+
+
+@pytest.fixture
+def pipeline(kafka_broker, postgres_db, spark_jars, spark_master_args, tmp_path):
     """A fresh topic, config, database (migrated by `tickwire db migrate`) and checkpoint folder."""
     topic = f"spark-trades-{uuid.uuid4().hex[:8]}"
     asyncio.run(create_topics(kafka_broker.bootstrap, topic, partitions=2))
@@ -122,7 +129,7 @@ def pipeline(kafka_broker, postgres_db, spark_jars, tmp_path):
             args = [
                 str(TICKWIRE), "-c", str(config), "spark", "submit",
                 "--bootstrap", kafka_broker.bootstrap, "--dsn", writer_dsn,
-                "--checkpoint-dir", str(tmp_path / "checkpoints"), "--master", "local[2]",
+                "--checkpoint-dir", str(tmp_path / "checkpoints"), *spark_master_args,
                 "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "auto", "--ui-port", str(ui_port),
                 "--retry-seconds", "180",
             ]
