@@ -8,6 +8,8 @@ COPY schemas/ schemas/
 COPY tickwire/ tickwire/
 COPY framework/ framework/
 COPY plugins/ plugins/
+COPY spark/ spark/
+COPY devservices/ devservices/
 RUN python -m venv /opt/tickwire && /opt/tickwire/bin/pip install ".[kafka,postgres]"
 
 FROM python:3.11.13-slim-bookworm
