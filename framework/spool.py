@@ -9,22 +9,10 @@ On disk, in the spool directory::
     00000000000000000002.seg
     acked                      "<segment> <offset>": everything before it is acknowledged
 
-A segment starts with ``TWSPOOL\x02`` (8 bytes); each record in it is framed as
-``magic u32 (f5 54 57 02) | length u32 | crc32 u32 | written_at_ms u64 | payload``, big endian;
-the CRC covers ``written_at_ms``, ``length`` and the payload. :meth:`Spool.open` checks every
-record. A bad one (a flipped bit, a torn write, garbage) does not cost the records after it:
-recovery resynchronises on the next place where the magic starts a record whose length fits
-and whose CRC matches, skips the damaged bytes (remembered, not rewritten, so acknowledged
-offsets stay valid) and logs, per damaged range, the segment, the offset, the bytes skipped
-and the records lost (the record markers in them, at least one); :attr:`Spool.lost_records` sums
-them for a metric (the Kafka sink's ``tickwire_spool_records_lost_total``). Damage that runs to
-the end of a segment — a process killed with SIGKILL mid-write, or a power cut with ``fsync:
-never`` — is truncated, so appending can continue, and logged as a torn record at the end.
-
-Segments written before this framing (no ``TWSPOOL`` header: ``length | crc32 | written_at_ms
-| payload``) are still read as they are; they have no marker to resynchronise on, so their
-recovery truncates at the first bad record and logs the bytes discarded. New records always go
-to a new-format segment.
+Records are framed with a marker and a CRC (framework/spool_format.py). :meth:`Spool.open`
+checks every record: a damaged range is skipped, and a torn end truncated, at the cost of the
+records in it only; :attr:`Spool.lost_records` sums those for a metric (the Kafka sink's
+``tickwire_spool_records_lost_total``).
 
 Delivery is at least once: records replayed but not yet acknowledged when the process dies are
 replayed again on the next start. Fully acknowledged segments are deleted.
@@ -42,22 +30,18 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-SEGMENT_HEADER = b"TWSPOOL\x02"  # first bytes of a segment in the current format
-RECORD_MAGIC = b"\xf5TW\x02"  # 0xf5 never occurs in UTF-8 text: rare inside JSON payloads
-RECORD_HEADER = struct.Struct(">4sIIQ")  # magic, length, crc32, written_at_ms
-LEGACY_HEADER = struct.Struct(">IIQ")  # segments without SEGMENT_HEADER: length, crc32, written_at_ms
+from tickwire.framework.spool_format import (  # noqa: F401  the format's names, re-exported
+    CURRENT, LEGACY_HEADER, RECORD_HEADER, RECORD_MAGIC, SEGMENT_HEADER, Layout, frame_records, recover_segment,
+)
+
 SEGMENT_SUFFIX = ".seg"
 ACK_FILE = "acked"
 FSYNC_POLICIES = ("always", "batch", "never")
 ON_FULL_POLICIES = ("block", "drop_oldest")
-# A length beyond this cannot be a record we wrote: treat it as garbage from a torn write.
-MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 class SpoolError(Exception):
@@ -76,27 +60,13 @@ class Position:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """How records are framed in a segment: the header struct and where its fields are."""
-
-    header: struct.Struct
-    length_at: int  # index of the length in the unpacked header
-    stamp_at: int  # index of written_at_ms
-    start: int  # offset of the first record
-
-
-CURRENT = _Layout(RECORD_HEADER, 1, 3, len(SEGMENT_HEADER))
-LEGACY = _Layout(LEGACY_HEADER, 0, 2, 0)
-
-
 @dataclass(slots=True)
 class _Segment:
     number: int
     path: Path
     size: int  # valid bytes
     records: int
-    layout: _Layout = CURRENT
+    layout: Layout = CURRENT
     # damaged ranges found at open, start → end: readers jump over them (offsets stay as written)
     holes: dict[int, int] | None = None
 
@@ -187,13 +157,7 @@ class Spool:
         records were dropped to make room (``on_full: drop_oldest``), else 0."""
         if not payloads:
             return 0
-        now_ms = time.time_ns() // 1_000_000
-        stamp_crc = zlib.crc32(now_ms.to_bytes(8, "big"))
-        crc32, pack = zlib.crc32, RECORD_HEADER.pack
-        frames = []
-        for payload in payloads:
-            length = len(payload)
-            frames.append(pack(RECORD_MAGIC, length, crc32(payload, crc32(length.to_bytes(4, "big"), stamp_crc)), now_ms) + payload)
+        frames = frame_records(payloads, time.time_ns() // 1_000_000)
         incoming = sum(len(frame) for frame in frames)
         dropped = self._make_room(incoming)
         # Keep each call's records together in as few writes as possible, rolling segments at
@@ -392,79 +356,10 @@ class Spool:
         return self.directory / f"{number:020d}{SEGMENT_SUFFIX}"
 
     def _recover_segment(self, number: int, path: Path) -> _Segment:
-        """Check every record of a segment: skip damaged ranges (resynchronising on the next
-        valid record), truncate damage that runs to the end; log and count what was lost."""
-        data = path.read_bytes()
-        if not data.startswith(SEGMENT_HEADER):
-            if _legacy_record_end(data, 0) is not None:
-                return self._recover_legacy_segment(number, path, data)
-            self.log.warning("spool %s: %s: damaged segment header; reading its records anyway", self.directory, path.name)
-        size = len(data)
-        offset = CURRENT.start
-        records = 0
-        holes: dict[int, int] = {}
-        # the loop of _valid_record_end inlined, with the CRC of a batch's shared stamp reused:
-        # this runs over every spooled record when a spool is replayed after a restart
-        view, unpack_from, header_size, crc32 = memoryview(data), RECORD_HEADER.unpack_from, RECORD_HEADER.size, zlib.crc32
-        last_stamp = last_stamp_crc = None
-        while offset < size:
-            if offset + header_size <= size:
-                magic, length, crc, stamp = unpack_from(data, offset)
-                end = offset + header_size + length
-                if magic == RECORD_MAGIC and end <= size and length <= MAX_RECORD_BYTES:
-                    if stamp != last_stamp:
-                        last_stamp, last_stamp_crc = stamp, crc32(stamp.to_bytes(8, "big"))
-                    if crc32(view[offset + header_size:end], crc32(length.to_bytes(4, "big"), last_stamp_crc)) == crc:
-                        offset = end
-                        records += 1
-                        continue
-            resume = _next_valid_record(data, offset + 1)
-            lost = max(1, data.count(RECORD_MAGIC, offset, size if resume is None else resume))
-            self.lost_records += lost
-            if resume is None:
-                self.lost_bytes += size - offset
-                self.log.warning(
-                    "spool %s: %s: %d damaged bytes at the end, from offset %d (%d record(s) lost): a torn "
-                    "write (the process was killed mid-write) or corruption; truncated there",
-                    self.directory, path.name, size - offset, offset, lost,
-                )
-                self._truncate(path, offset)
-                size = offset
-                break
-            self.lost_bytes += resume - offset
-            self.log.warning(
-                "spool %s: %s: corrupt record at offset %d: skipped %d bytes to the next valid record at "
-                "offset %d (%d record(s) lost); the records after it are kept",
-                self.directory, path.name, offset, resume - offset, resume, lost,
-            )
-            holes[offset] = resume
-            offset = resume
-        return _Segment(number, path, size, records, CURRENT, holes or None)
-
-    def _recover_legacy_segment(self, number: int, path: Path, data: bytes) -> _Segment:
-        """A segment from before record markers: valid records up to the first bad one; what
-        follows cannot be told apart from garbage, so it is truncated (and said so)."""
-        size = len(data)
-        offset = records = 0
-        while (end := _legacy_record_end(data, offset)) is not None:
-            offset = end
-            records += 1
-        if offset < size:
-            self.lost_records += 1
-            self.lost_bytes += size - offset
-            self.log.warning(
-                "spool %s: %s (old format, no record markers): bad record at offset %d; the %d bytes from "
-                "there to the end are discarded (at least 1 record lost; this format cannot resynchronise)",
-                self.directory, path.name, offset, size - offset,
-            )
-            self._truncate(path, offset)
-        return _Segment(number, path, offset, records, LEGACY)
-
-    @staticmethod
-    def _truncate(path: Path, size: int) -> None:
-        with open(path, "r+b") as segment:
-            segment.truncate(size)
-            os.fsync(segment.fileno())
+        found = recover_segment(path, self.log, self.directory)
+        self.lost_records += found.lost_records
+        self.lost_bytes += found.lost_bytes
+        return _Segment(number, path, found.size, found.records, found.layout, found.holes)
 
     def _unacked_records_in(self, segment: _Segment) -> int:
         if segment.number < self._acked.segment:
@@ -533,39 +428,3 @@ class Spool:
         finally:
             os.close(fd)
 
-
-def _valid_record_end(data: bytes, offset: int) -> int | None:
-    """Where the record at ``offset`` ends, if a whole valid record starts there."""
-    if data[offset:offset + 4] != RECORD_MAGIC or offset + RECORD_HEADER.size > len(data):
-        return None
-    _magic, length, crc, written_at = RECORD_HEADER.unpack_from(data, offset)
-    end = offset + RECORD_HEADER.size + length
-    if length > MAX_RECORD_BYTES or end > len(data):
-        return None
-    check = zlib.crc32(length.to_bytes(4, "big"), zlib.crc32(written_at.to_bytes(8, "big")))
-    if zlib.crc32(memoryview(data)[offset + RECORD_HEADER.size:end], check) != crc:
-        return None
-    return end
-
-
-def _next_valid_record(data: bytes, start: int) -> int | None:
-    """The offset of the first valid record at or after ``start``, or None."""
-    offset = data.find(RECORD_MAGIC, start)
-    while offset >= 0:
-        if _valid_record_end(data, offset) is not None:
-            return offset
-        offset = data.find(RECORD_MAGIC, offset + 1)
-    return None
-
-
-def _legacy_record_end(data: bytes, offset: int) -> int | None:
-    """Like :func:`_valid_record_end`, for a record of an old-format segment."""
-    if offset + LEGACY_HEADER.size > len(data):
-        return None
-    length, crc, written_at = LEGACY_HEADER.unpack_from(data, offset)
-    end = offset + LEGACY_HEADER.size + length
-    if length > MAX_RECORD_BYTES or end > len(data):
-        return None
-    if zlib.crc32(memoryview(data)[offset + LEGACY_HEADER.size:end], zlib.crc32(written_at.to_bytes(8, "big"))) != crc:
-        return None
-    return end

@@ -4,6 +4,7 @@ Per batch, in one transaction: COPY the records into a temporary staging table s
 target (``LIKE … ON COMMIT DELETE ROWS``), then ``INSERT … SELECT … ON CONFLICT (key) DO
 NOTHING``. Tickers and trades are immutable events, so a row that is already there is a
 duplicate, never an update. ``write()`` returns after COMMIT: that is the acknowledgement.
+(The statements, and the reading of PostgreSQL's errors: plugins/postgres_writer.py.)
 
 Because the insert ignores existing keys, replaying a batch is harmless. That is what makes the
 retry loop safe: when the connection drops (even during COMMIT, when we cannot know whether it
@@ -34,11 +35,10 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass
 
 from tickwire.framework.backoff import Backoff
 from tickwire.framework.components import DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap
-from tickwire.framework.extras import POSTGRES, optional_module
+from tickwire.framework.extras import POSTGRES
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.options import with_defaults
 from tickwire.framework.resume import (
@@ -47,18 +47,12 @@ from tickwire.framework.resume import (
 )
 from tickwire.framework.schemas import StreamSpec, quote_identifier as q
 from tickwire.framework.timestamps import iso_ns
-
-# The `postgres` extra, imported when the sink is first used: the plugin loads without it.
-psycopg = optional_module("psycopg", POSTGRES, "the postgres sink")
-sql = optional_module("psycopg.sql", POSTGRES, "the postgres sink")
+from tickwire.plugins.postgres_writer import (
+    DEAD_LETTER_TABLE, TableWriter, copy_dead_letters, first_line, is_configuration_failure, psycopg, sql,
+)
 
 SINK_TYPE = "postgres"
 DSN_VARIABLE = "TICKWIRE_PG_DSN"
-DEAD_LETTER_TABLE = "dead_letters"
-DEAD_LETTER_COLUMNS = ("stream", "reason", "plugin", "payload", "received_at")
-
-# Connection failures that retrying will not fix: a wrong DSN is a configuration error.
-CONFIGURATION_FAILURES = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
 
 OPTIONS_SCHEMA = {
     "type": "object",
@@ -111,53 +105,9 @@ class PostgresSinkError(PermanentError):
     and stream. The engine stops the run with it (framework/components.py)."""
 
 
-@dataclass(frozen=True)
-class _TableWriter:
-    """The statements for one stream's table, built once from validated identifiers."""
-
-    stream: str
-    columns: tuple[str, ...]
-    staging: sql.Identifier
-    create_staging: sql.Composed
-    copy_into_staging: sql.Composed
-    insert_from_staging: sql.Composed
-    insert_one: sql.Composed
-
-    @classmethod
-    def for_stream(cls, stream: StreamSpec, schema: str) -> "_TableWriter":
-        columns = tuple(column.name for column in stream.columns)
-        table = sql.Identifier(schema, stream.table)
-        staging = sql.Identifier(f"tickwire_staging_{stream.table}")
-        column_list = sql.SQL(", ").join(map(sql.Identifier, columns))
-        conflict = sql.SQL(", ").join(map(sql.Identifier, stream.primary_key))
-        return cls(
-            stream=stream.name,
-            columns=columns,
-            staging=staging,
-            create_staging=sql.SQL(
-                "CREATE TEMPORARY TABLE {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            ).format(staging=staging, table=table),
-            copy_into_staging=sql.SQL("COPY {staging} ({columns}) FROM STDIN").format(
-                staging=staging, columns=column_list
-            ),
-            insert_from_staging=sql.SQL(
-                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT ({key}) DO NOTHING"
-            ).format(table=table, columns=column_list, staging=staging, key=conflict),
-            insert_one=sql.SQL(
-                "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO NOTHING"
-            ).format(
-                table=table,
-                columns=column_list,
-                values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-                key=conflict,
-            ),
-        )
-
-    def row(self, record: dict) -> list:
-        return [record.get(column) for column in self.columns]
-
-
 class PostgresSink:
+    """The sink's lifecycle: one connection, one transaction at a time, reconnecting with backoff."""
+
     supports_dead_letters = True
 
     def __init__(self, name: str, options: dict, ctx: RunContext):
@@ -178,7 +128,7 @@ class PostgresSink:
         self.application_name = options["application_name"]
         self._connection: psycopg.AsyncConnection | None = None
         self._staging_created: set[str] = set()  # per connection: temp tables die with it
-        self._writers: dict[str, _TableWriter] = {}
+        self._writers: dict[str, TableWriter] = {}
         # one connection, one transaction at a time, even if the engine writes streams concurrently
         self._lock = asyncio.Lock()
         self._tables_checked = False
@@ -193,12 +143,12 @@ class PostgresSink:
             try:
                 await self._connect()
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-                if _is_configuration_failure(error):
-                    raise PostgresSinkError(f"sink {self.name!r} (postgres): cannot connect: {_first_line(error)}") from error
+                if is_configuration_failure(error):
+                    raise PostgresSinkError(f"sink {self.name!r} (postgres): cannot connect: {first_line(error)}") from error
                 await self._drop_connection()
                 self.log.warning(
                     "postgres unreachable at start; records wait in the engine's queue while the writes "
-                    "retry with backoff", error=_first_line(error), retry_max_seconds=self.retry_max,
+                    "retry with backoff", error=first_line(error), retry_max_seconds=self.retry_max,
                 )
                 return
             await self._call_with_reconnect(None, _tables_only)  # checks them on connecting
@@ -270,33 +220,27 @@ class PostgresSink:
 
     # -- the write path -----------------------------------------------------------------------
 
-    def _writer_for(self, stream: StreamSpec) -> _TableWriter:
+    def _writer_for(self, stream: StreamSpec) -> TableWriter:
         writer = self._writers.get(stream.name)
         if writer is None:
-            writer = self._writers[stream.name] = _TableWriter.for_stream(stream, self.schema)
+            writer = self._writers[stream.name] = TableWriter.for_stream(stream, self.schema)
         return writer
 
     async def _write_batch(
-        self, conn: psycopg.AsyncConnection, writer: _TableWriter, records: list[dict]
+        self, conn: psycopg.AsyncConnection, writer: TableWriter, records: list[dict]
     ) -> tuple[int, int]:
         """COPY + INSERT … ON CONFLICT DO NOTHING in one transaction; returns (inserted, rejected)."""
         await self._ensure_staging(conn, writer)
         try:
-            async with conn.transaction():
-                async with conn.cursor() as cursor:
-                    async with cursor.copy(writer.copy_into_staging) as copy:
-                        for record in records:
-                            await copy.write_row(writer.row(record))
-                    await cursor.execute(writer.insert_from_staging)
-                    return cursor.rowcount, 0
+            return await writer.copy_batch(conn, records), 0
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
             self.log.warning(
                 "postgres rejected a batch; writing it row by row to find the bad records",
-                stream=writer.stream, error=_first_line(error),
+                stream=writer.stream, error=first_line(error),
             )
             return await self._write_row_by_row(conn, writer, records)
 
-    async def _ensure_staging(self, conn: psycopg.AsyncConnection, writer: _TableWriter) -> None:
+    async def _ensure_staging(self, conn: psycopg.AsyncConnection, writer: TableWriter) -> None:
         # Created outside the batch transaction (autocommit), so a rolled-back batch does not
         # take the staging table with it.
         if writer.stream not in self._staging_created:
@@ -304,26 +248,24 @@ class PostgresSink:
             self._staging_created.add(writer.stream)
 
     async def _write_row_by_row(
-        self, conn: psycopg.AsyncConnection, writer: _TableWriter, records: list[dict]
+        self, conn: psycopg.AsyncConnection, writer: TableWriter, records: list[dict]
     ) -> tuple[int, int]:
         inserted = 0
         rejected: list[DeadLetter] = []
         async with conn.transaction():
             for record in records:
                 try:
-                    async with conn.transaction():  # a savepoint: one bad row spoils only itself
-                        cursor = await conn.execute(writer.insert_one, writer.row(record))
-                        inserted += cursor.rowcount
+                    inserted += await writer.insert_row(conn, record)
                 except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
                     rejected.append(DeadLetter(
                         stream=writer.stream,
-                        reason=f"postgres rejected the record: {_first_line(error)}",
+                        reason=f"postgres rejected the record: {first_line(error)}",
                         plugin=f"{SINK_TYPE}:{self.name}",
                         raw=json.dumps(record, default=str, ensure_ascii=False),
                         received_at=record.get("ingested_at") or iso_ns(),
                     ))
             if rejected:
-                await self._insert_dead_letters(conn, rejected)
+                await copy_dead_letters(conn, self._dead_letter_table, rejected)
         for letter in rejected:
             self.ctx.metrics.dead_letters.labels(stream=letter.stream).inc()
             self.log.warning("record dead-lettered", stream=letter.stream, reason=letter.reason)
@@ -331,25 +273,7 @@ class PostgresSink:
 
     async def _store_dead_letters(self, conn: psycopg.AsyncConnection, letters: list[DeadLetter]) -> None:
         async with conn.transaction():
-            await self._insert_dead_letters(conn, letters)
-
-    async def _insert_dead_letters(self, conn: psycopg.AsyncConnection, letters: list[DeadLetter]) -> None:
-        # dead letters have no natural key; a replay after a lost COMMIT may store one twice,
-        # which is acceptable for a diagnostic table and better than losing it.
-        statement = sql.SQL("COPY {table} ({columns}) FROM STDIN").format(
-            table=self._dead_letter_table,
-            columns=sql.SQL(", ").join(map(sql.Identifier, DEAD_LETTER_COLUMNS)),
-        )
-        async with conn.cursor() as cursor:
-            async with cursor.copy(statement) as copy:
-                for letter in letters:
-                    await copy.write_row((
-                        letter.stream,
-                        _storable_text(letter.reason),
-                        letter.plugin,
-                        _storable_text(letter.raw),
-                        letter.received_at,
-                    ))
+            await copy_dead_letters(conn, self._dead_letter_table, letters)
 
     async def _check_tables(self, conn: psycopg.AsyncConnection) -> None:
         wanted = {stream.name: stream.table for stream in self._my_streams()}
@@ -392,12 +316,12 @@ class PostgresSink:
                 return await operation(conn)
             except psycopg.errors.UndefinedTable as error:
                 raise PostgresSinkError(
-                    f"sink {self.name!r} (postgres), stream {stream_name!r}: {_first_line(error)}; "
+                    f"sink {self.name!r} (postgres), stream {stream_name!r}: {first_line(error)}; "
                     "create the tables with `tickwire db migrate`"
                 ) from error
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-                message = _first_line(error)
-                if _is_configuration_failure(error):
+                message = first_line(error)
+                if is_configuration_failure(error):
                     raise PostgresSinkError(f"sink {self.name!r} (postgres): cannot connect: {message}") from error
                 delay = backoff.next_delay()
                 await self._drop_connection()
@@ -432,21 +356,6 @@ class PostgresSink:
 
 async def _tables_only(_conn: psycopg.AsyncConnection) -> None:
     """The operation of open(): nothing beyond what every connection does first."""
-
-
-def _is_configuration_failure(error: psycopg.Error) -> bool:
-    message = str(error)
-    return "FATAL" in message and any(reason in message for reason in CONFIGURATION_FAILURES)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _storable_text(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; a raw frame with one must still be kept, so escape it.
-    return text.replace("\x00", "\\u0000")
 
 
 @hookimpl
