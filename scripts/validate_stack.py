@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,8 @@ def _dockerfile_problems(dockerfile: Path, context: Path) -> list[str]:
     if not dockerfile.is_file():
         return [f"{shown}: Dockerfile not found"]
     args: dict[str, str] = {}
+    copied: set[str] = set()
+    installs_project = False
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     for line in text.splitlines():
         words = line.split()
@@ -136,10 +139,22 @@ def _dockerfile_problems(dockerfile: Path, context: Path) -> list[str]:
                 problems.append(f"{shown}: base image {image} is not pinned to a version")
         elif op in ("COPY", "ADD") and not any(w.startswith("--from") for w in words):
             sources = [w for w in words[1:-1] if not w.startswith("--")]
+            copied.update(source.rstrip("/") for source in sources)
             for source in sources:
                 if not (context / source).exists():
                     problems.append(f"{shown}: {op} source {source} does not exist in the build context")
+        elif op == "RUN" and re.search(r"pip install[^&;]*[\"' ]\.(\[[^\]]*\])?[\"' ]", line + " "):
+            installs_project = True
+    if installs_project:
+        for folder in sorted(_package_folders(context) - copied):
+            problems.append(f"{shown}: installs the project but does not COPY {folder}/ (pyproject.toml packages it)")
     return problems
+
+
+def _package_folders(root: Path) -> set[str]:
+    """The folders the wheel is built from: pyproject's package-dir targets and tickwire/."""
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return {"tickwire", *(path.split("/")[0] for path in setuptools.get("package-dir", {}).values())}
 
 
 def compose_problems(compose_file: Path = COMPOSE_FILE, env_example: Path = ENV_EXAMPLE) -> list[str]:

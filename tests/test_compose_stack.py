@@ -101,6 +101,18 @@ def test_dockerfiles_reference_existing_files(tmp_path):
     assert len(problems) == 2
 
 
+def test_a_dockerfile_that_installs_the_project_copies_every_package_folder(tmp_path):
+    """pyproject lists its packages explicitly: an image that `pip install .`s without one of
+    their folders fails to build, so the check names the folder."""
+    partial = tmp_path / "Dockerfile"
+    partial.write_text("FROM python:3.11.13-slim-bookworm\nCOPY pyproject.toml README.md streams.yaml ./\n"
+                       "COPY schemas/ schemas/\nCOPY tickwire/ tickwire/\nCOPY framework/ framework/\n"
+                       "COPY plugins/ plugins/\nRUN pip install \".[kafka]\"\n")
+    problems = vs._dockerfile_problems(partial, ROOT)
+    assert problems == [f"{os.path.relpath(partial, vs.ROOT)}: installs the project but does not COPY {folder}/ "
+                        "(pyproject.toml packages it)" for folder in ("devservices", "spark")]
+
+
 def test_prometheus_config_rules_and_rule_unit_tests():
     assert vs.prometheus_problems() == []
 
