@@ -42,17 +42,33 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+# The CLI, reporting its own peak resident memory (VmHWM of its process image) at exit. The
+# rusage of wait4 cannot be used: a child started by vfork/fork + exec inherits the parent's
+# high-water mark, so it would report the test runner's own size (hundreds of MiB late in a run).
+PEAK_RSS_WRAPPER = """
+import atexit, os, sys
+def report_peak():
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["TICKWIRE_TEST_PEAK_FILE"], "w") as out:
+        out.write(str(kib))
+atexit.register(report_peak)
+sys.argv[0] = "tickwire"
+from tickwire.framework.cli import main
+main()
+"""
+
+
 def tickwire(*args: str, cwd: Path, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, int]:
     """Run the CLI; return its result, wall seconds and its peak resident memory in MiB."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch) / "peak"
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "tickwire.framework.cli", *args], cwd=cwd, stdout=out, stderr=err,
-                                env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(proc.pid, 0)  # reaps it and reports its own rusage
+        result = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, *args], cwd=cwd, capture_output=True, text=True,
+                                env={**os.environ, **(env or {}), "TICKWIRE_TEST_PEAK_FILE": str(peak_file)})
         seconds = time.monotonic() - started
-        out.seek(0), err.seek(0)
-        result = subprocess.CompletedProcess(proc.args, os.waitstatus_to_exitcode(status), out.read(), err.read())
-    return result, seconds, usage.ru_maxrss // 1024
+        peak_mib = int(peak_file.read_text()) // 1024
+    return result, seconds, peak_mib
 
 
 def refused(result: subprocess.CompletedProcess, *expected: str) -> list[str]:
