@@ -26,6 +26,7 @@ from tickwire.framework import report_formats
 from tickwire.framework.extras import MissingDependency
 from tickwire.framework.plugins import PluginManager
 from tickwire.framework.project import init_command
+from tickwire.framework.schema_commands import schema_group
 
 EXIT_CONFIG = 2
 
@@ -111,6 +112,7 @@ def cli(ctx: click.Context, config_path: Path, overrides: tuple[str, ...], plugi
 
 
 cli.add_command(init_command)
+cli.add_command(schema_group)
 
 
 @cli.command()
@@ -119,16 +121,24 @@ cli.add_command(init_command)
 @click.option("--format", "output_format", type=click.Choice(report_formats.FORMATS), default="text", show_default=True,
               help="github: annotations on the offending lines of a pull request; json: a list of "
                    "{file, line, col, path, reason} on stdout.")
+@click.option("--against", metavar="GIT_REF", default=None,
+              help="Check schema changes against streams.yaml and the schemas at this git revision "
+                   "instead of schemas.lock.json.")
 @click.pass_obj
-def validate(app: App, samples: Path | None, output_format: str) -> None:
+def validate(app: App, samples: Path | None, output_format: str, against: str | None) -> None:
     """Check streams.yaml, every stream schema and its annotations, and sample payloads.
 
     All problems are reported at once as file:line:col: path: reason (or --format github|json);
     exit code 2 if any. This is the "schema validation in CI" step (also a pre-commit hook).
+    Schema changes are checked against schemas.lock.json (or --against GIT_REF): breaking ones
+    are problems, compatible ones notes (docs/schema-evolution.md).
     """
+    from tickwire.framework.schema_commands import evolution_check
+
     say = functools.partial(click.echo, err=output_format == "json")  # json: stdout is the report alone
     try:
         _validate(app, samples, say)
+        evolution_check(app, against, say)
     except DocumentError as exc:
         if output_format == "text":
             raise  # printed by TickwireGroup, as for every command
