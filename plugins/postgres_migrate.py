@@ -2,6 +2,9 @@
 
 In one transaction, holding an advisory lock (so two migrations never interleave):
 
+0. existing tables are brought to the schemas in place — new optional columns added, a dropped
+   NOT NULL relaxed — or the migration is refused with the manual steps when they differ in a
+   breaking way (plugins/postgres_evolve.py, docs/schema-evolution.md);
 1. the DDL of the ``postgres`` codegen target (``tickwire generate postgres``): stream tables,
    derived tables (``candles_1m``), ``dead_letters``, ``stream_progress``, ``trade_gaps``, keys and indexes; it
    is written with IF NOT EXISTS, so applying it again changes nothing;
@@ -24,6 +27,7 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -31,6 +35,7 @@ from tickwire.framework.config_schema import SQL_IDENTIFIER
 from tickwire.framework.extras import POSTGRES, optional_module, requires
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.plugins.codegen_postgres import DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE
+from tickwire.plugins.postgres_evolve import BreakingDifferences, declared_migrations, evolve
 
 # The `postgres` extra, imported when `tickwire db migrate` runs: the plugin loads without it.
 psycopg = optional_module("psycopg", POSTGRES, "`tickwire db migrate`")
@@ -115,11 +120,14 @@ def generated_ddl(manager, config) -> str:
 
 
 def migrate(conn: psycopg.Connection, ddl: str, tables: list[str], grants: list[RoleGrant],
-            passwords: dict[str, str], report) -> None:
-    """Apply `ddl` and the roles in one transaction; `report(line)` says what happened."""
+            passwords: dict[str, str], report, migrations: dict | None = None, project: Path | None = None) -> None:
+    """Evolve the existing tables (plugins/postgres_evolve.py), apply `ddl` and the roles in one
+    transaction; `report(line)` says what happened. Raises BreakingDifferences (nothing changed)
+    for a table that differs from its schema in a way that cannot be changed in place."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
         present_before = _existing_tables(conn, tables)
+        evolve(conn, ddl, tables, migrations or {}, project or Path.cwd(), report)
         conn.execute(ddl)
         present_after = _existing_tables(conn, tables)
         for table in tables:
@@ -278,7 +286,9 @@ def db_group() -> None:
                    "variable: a password on the command line is visible to other users.")
 @click.pass_obj
 def migrate_command(app, dsn: str | None) -> None:
-    """Create the tables (idempotent) and the roles tickwire_writer / tickwire_reader.
+    """Create the tables (idempotent) and the roles tickwire_writer / tickwire_reader; add the
+    optional columns a newer schema declares to existing tables, and refuse (exit 2, with the
+    manual steps) a table that differs in a way that cannot be changed in place.
 
     \b
     Environment:
@@ -287,7 +297,7 @@ def migrate_command(app, dsn: str | None) -> None:
       TICKWIRE_PG_READER_PASSWORD    password of the reader role (Grafana)
 
     Everything happens in one transaction: on any error nothing is changed. Exit code 2 for a
-    missing setting, 1 when PostgreSQL refuses.
+    missing setting or a breaking difference, 1 when PostgreSQL refuses.
     """
     config = app.config
     grants = role_grants(config)
@@ -304,8 +314,15 @@ def migrate_command(app, dsn: str | None) -> None:
     tables = managed_tables(config)
     try:
         with psycopg.connect(dsn, autocommit=True, application_name="tickwire db migrate") as conn:
-            migrate(conn, ddl, tables, grants, passwords, report=click.echo)
+            migrate(conn, ddl, tables, grants, passwords, report=click.echo,
+                    migrations=declared_migrations(config), project=config.dir)
             click.echo(f"migrated database {conn.info.dbname} on {conn.info.host}:{conn.info.port}")
+    except BreakingDifferences as refused:
+        for reason in refused.reasons:
+            click.echo(f"tickwire db migrate: {reason}", err=True)
+        click.secho(f"tickwire db migrate: {len(refused.reasons)} change(s) cannot be made in place; nothing was "
+                    "changed (docs/schema-evolution.md)", fg="red", err=True)
+        raise SystemExit(EXIT_USAGE)
     except psycopg.Error as error:
         click.echo(f"tickwire db migrate: PostgreSQL refused, nothing was changed: {error}".rstrip(), err=True)
         raise SystemExit(EXIT_FAILED)

@@ -4,7 +4,9 @@
   Grafana's SQLite plugin, a notebook) read while tickwire writes; a commit survives a crash of
   tickwire (an OS crash may lose the last commits, never corrupt the file).
 * Tables come from ``tickwire.plugins.codegen_sqlite.ddl_for`` — the same DDL ``tickwire generate
-  sqlite`` prints — created if missing.
+  sqlite`` prints — created if missing; an existing table gets the optional columns a newer
+  schema adds, and a breaking difference stops the start with the manual steps
+  (plugins/table_evolution.py, docs/schema-evolution.md).
 * Idempotent: ``INSERT … ON CONFLICT DO NOTHING`` on the schema's primary key, so a replay or an
   overlap (reconnect, gap fill) never duplicates a row; skipped rows are counted in
   ``tickwire_duplicates_dropped_total``.
@@ -24,7 +26,7 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
-from tickwire.framework.components import BadRecords, DeadLetter, RunContext, SinkSpec, TradeGap, TransientError
+from tickwire.framework.components import BadRecords, DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap, TransientError
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.options import with_defaults
 from tickwire.framework.threads import DedicatedThread
@@ -34,6 +36,7 @@ from tickwire.framework.resume import (
     window_ids_sql,
 )
 from tickwire.plugins.codegen_sqlite import DEAD_LETTERS_DDL, TRADE_GAPS_DDL, ddl_for
+from tickwire.plugins.sqlite_evolve import plan_for
 
 # Rows per INSERT statement. executemany() releases and re-takes the GIL around every row's
 # sqlite3_step, and while the event loop thread is busy each re-take can wait up to a whole
@@ -115,6 +118,7 @@ class SQLiteSink:
         conn.execute("BEGIN")
         try:
             for stream in self.ctx.streams:
+                self._evolve_table(conn, stream)
                 for statement in ddl_for(stream):
                     conn.execute(statement)
             conn.execute(DEAD_LETTERS_DDL)
@@ -128,6 +132,20 @@ class SQLiteSink:
         self._conn = conn
         self._checkpointer = WalCheckpointer(self.path, self.checkpoint_interval_s, self.busy_timeout_ms)
         self._checkpointer.start()
+
+    def _evolve_table(self, conn: sqlite3.Connection, stream: StreamSpec) -> None:
+        """Bring an existing table to the stream's schema in place (new optional columns), or
+        refuse a breaking difference with the manual steps (plugins/table_evolution.py)."""
+        plan = plan_for(conn, stream)
+        if plan is None:
+            return
+        if plan.refusals:
+            raise PermanentError(f"sink {self.name!r} (sqlite), stream {stream.name!r}: table {stream.table} in "
+                                 f"{self.path} does not match {stream.schema_path.name}: " + " | ".join(plan.refusals))
+        for statement in plan.statements():
+            conn.execute(statement)
+        if plan.changes_anything or plan.kept:
+            self.ctx.log.info(f"table {stream.table}: {plan.summary()}", stream=stream.name, sink=self.name)
 
     def _statement(self, stream: StreamSpec) -> tuple[str, itemgetter, tuple]:
         st = self._statements.get(stream.name)

@@ -1,12 +1,14 @@
 """Records → Kafka messages (docs/architecture.md): key = the stream's ``kafka_key`` column
 (UTF-8), value = the record as JSON, headers ``tickwire-stream``, ``tickwire-schema``,
-``tickwire-schema-version``, ``tickwire-ingested-at``; grouped by partition in the one loop over
+``tickwire-schema-version``, ``tickwire-schema-fingerprint`` (docs/schema-evolution.md),
+``tickwire-ingested-at``; grouped by partition in the one loop over
 a batch. This is the sink's hot path (bench/kafka_bench.py)."""
 
 from __future__ import annotations
 
 import msgspec
 
+from tickwire.framework.schema_lock import FINGERPRINT_HEADER, fingerprint
 from tickwire.framework.schemas import StreamSpec
 from tickwire.plugins.kafka.client import KafkaSinkError
 from tickwire.plugins.kafka.messages import Groups, Message
@@ -43,6 +45,8 @@ class RecordEncoder:
             ("tickwire-stream", stream.name.encode()),
             ("tickwire-schema", str(stream.schema_id).encode()),
             ("tickwire-schema-version", str(stream.schema_version).encode()),
+            # computed once per stream here, never per record (framework/schema_lock.py)
+            (FINGERPRINT_HEADER, fingerprint(stream.schema).encode()),
         ]
 
     def messages(self, stream: StreamSpec, records: list[dict]) -> Groups:
