@@ -296,7 +296,27 @@ class PostgresSink:
                     f"{about}: the connecting role may not INSERT into {self.schema}.{table}; connect "
                     "as tickwire_writer (granted by `tickwire db migrate`)"
                 )
+            if stream_name is not None:
+                await self._check_columns(conn, stream_name, table, about)
         self._tables_checked = True
+
+    async def _check_columns(self, conn: psycopg.AsyncConnection, stream_name: str, table: str, about: str) -> None:
+        """A schema that gained a column before `tickwire db migrate` added it: say so at start
+        rather than fail every batch (docs/schema-evolution.md)."""
+        cursor = await conn.execute(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            [self.schema, table],
+        )
+        present = {name for (name,) in await cursor.fetchall()}
+        stream = next(s for s in self.ctx.streams if s.name == stream_name)
+        missing = [c.name for c in stream.columns if c.name not in present]
+        if missing:
+            raise PostgresSinkError(
+                f"{about}: table {self.schema}.{table} has no column {', '.join(missing)} (schema "
+                f"{stream.schema_path.name} version {stream.schema_version}); add it with `tickwire db migrate`"
+            )
 
     def _my_streams(self) -> list[StreamSpec]:
         return [stream for stream in self.ctx.streams if not stream.sinks or self.name in stream.sinks]

@@ -142,6 +142,12 @@ def test_postgres_run_gets_a_new_optional_column_from_db_migrate_without_losing_
         held = dict(conn.execute("SELECT symbol, max(trade_id) FROM trades GROUP BY symbol").fetchall())
 
     edit_trade_schema(project, add_best_match)
+    too_early = run_pipeline(project, sim, "postgres", 4, tmp_path / "run-too-early.log", **env)
+    early_log = (tmp_path / "run-too-early.log").read_text()
+    assert too_early.returncode == 1, early_log[-3000:]  # at start, before a record is taken
+    assert "table public.trades has no column best_match (schema trade.schema.json version 1); add it with " \
+           "`tickwire db migrate`" in early_log
+
     migrated = run_db_migrate(postgres_tables.db, project / "streams.yaml")
     assert migrated.exit_code == 0, migrated.output
     assert "table trades: added column best_match (boolean)" in migrated.output
