@@ -235,3 +235,18 @@ def test_a_migration_that_does_not_fix_the_table_changes_nothing(project: Path, 
     assert result.exit_code == 2
     assert "table trades (after its migration trade-v2.sql): column quantity is numeric, the schema says text" in result.output
     assert "buyer_is_maker" in columns_of(postgres_tables.dsn, "trades")  # rolled back with the rest
+
+
+def test_a_field_made_optional_drops_not_null_in_place(project: Path, postgres_tables) -> None:
+    insert_one_trade(postgres_tables.dsn)
+    edit_trade_schema(project, lambda s: s["required"].remove("m"))
+    checked = cli(project, "validate")
+    assert checked.returncode == 0 and "column 'buyer_is_maker' made optional" in checked.stdout, checked.stderr
+    result = run_db_migrate(postgres_tables.db, project / "streams.yaml")
+    assert result.exit_code == 0, result.output
+    assert "table trades: column buyer_is_maker may now be NULL" in result.output
+    with psycopg.connect(postgres_tables.dsn) as conn:
+        nullable = conn.execute("SELECT is_nullable FROM information_schema.columns "
+                                "WHERE table_name = 'trades' AND column_name = 'buyer_is_maker'").fetchone()[0]
+        assert nullable == "YES"
+        assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 1  # the rows stay
