@@ -26,7 +26,7 @@ from tickwire.framework import report_formats
 from tickwire.framework.extras import MissingDependency
 from tickwire.framework.plugins import PluginManager
 from tickwire.framework.project import init_command
-from tickwire.framework.schema_commands import schema_group
+from tickwire.framework.schema_commands import evolution_check, schema_group
 
 EXIT_CONFIG = 2
 
@@ -133,12 +133,9 @@ def validate(app: App, samples: Path | None, output_format: str, against: str | 
     Schema changes are checked against schemas.lock.json (or --against GIT_REF): breaking ones
     are problems, compatible ones notes (docs/schema-evolution.md).
     """
-    from tickwire.framework.schema_commands import evolution_check
-
     say = functools.partial(click.echo, err=output_format == "json")  # json: stdout is the report alone
     try:
-        _validate(app, samples, say)
-        evolution_check(app, against, say)
+        _validate_all(app, samples, against, say)
     except DocumentError as exc:
         if output_format == "text":
             raise  # printed by TickwireGroup, as for every command
@@ -148,6 +145,23 @@ def validate(app: App, samples: Path | None, output_format: str, against: str | 
         sys.exit(EXIT_CONFIG)
     if output_format == "json":
         click.echo("[]")
+
+
+def _validate_all(app: App, samples: Path | None, against: str | None, say) -> None:
+    """The config, schemas and samples, then the schema changes: every problem at once."""
+    problems = []
+    try:
+        _validate(app, samples, say)
+    except DocumentError as exc:
+        if "config" not in app.__dict__:
+            raise  # streams.yaml itself did not load: nothing to compare
+        problems += exc.problems
+    try:
+        evolution_check(app, against, say)
+    except DocumentError as exc:
+        problems += exc.problems
+    if problems:
+        raise DocumentError(problems)
 
 
 def _validate(app: App, samples: Path | None, say) -> None:

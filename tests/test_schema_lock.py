@@ -244,3 +244,13 @@ def test_kafka_records_carry_the_locked_fingerprint() -> None:
     headers = dict(message[3])
     assert headers["tickwire-schema-fingerprint"].decode() == read_lock(REPO / LOCK_FILE)["trade"]["fingerprint"]
     assert headers["tickwire-schema-version"] == b"1"
+
+
+def test_a_bad_sample_and_a_breaking_change_are_reported_together(project: Path) -> None:
+    (project / "tests/samples").mkdir(parents=True)
+    (project / "tests/samples/trade.jsonl").write_text("not json\n")
+    edit_schema(project, lambda s: s["properties"]["q"]["x-tickwire"].update(type="text"))
+    result = tickwire("validate", cwd=project)
+    assert result.returncode == 2 and "2 problems found" in result.stderr, result.stderr
+    assert "tests/samples/trade.jsonl:1:1: trade: not JSON" in result.stderr
+    assert "changes type decimal -> text" in result.stderr
