@@ -118,10 +118,15 @@ def display_path(path: Path) -> str:
 def read_lock(path: Path) -> dict[str, dict] | None:
     """The streams recorded in the lock file; None when there is none. A damaged file is a
     :class:`DocumentError` at its line."""
-    if not path.is_file():
-        return None
     name = display_path(path)
-    doc: Document = documents.load(path, environ={}, display_name=name)
+    if not path.exists():
+        return None
+    try:
+        if not path.is_file():
+            raise IsADirectoryError(f"{path} is not a file")
+        doc: Document = documents.load(path, environ={}, display_name=name)
+    except OSError as exc:
+        raise DocumentError([Problem(nowhere(name), "", f"cannot read the lock file: {exc.strerror or exc}")]) from None
     problems = schema_problems(doc, LOCK_SCHEMA)
     if problems:
         raise DocumentError([Problem(p.mark, p.path, f"{p.reason} (a damaged lock file: restore it from git, "
@@ -145,8 +150,13 @@ def render_lock(entries: dict[str, dict]) -> str:
 def write_lock(path: Path, entries: dict[str, dict]) -> None:
     """Replace the lock file atomically (a crash leaves the old or the new one, never half)."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(render_lock(entries), encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(render_lock(entries), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise DocumentError([Problem(nowhere(display_path(path)), "", f"cannot write the lock file: "
+                                     f"{exc.strerror or exc}")]) from None
 
 
 def nowhere(name: str) -> Mark:

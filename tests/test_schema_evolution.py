@@ -19,6 +19,7 @@ import pytest
 
 from tests.fixtures.postgres import REPOSITORY, run_db_migrate
 from tickwire.framework.schema_lock import LOCK_FILE
+from tickwire.plugins.table_evolution import POSTGRESQL, SQLITE, TableShape, plan_table
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 TRADE = "schemas/trade.schema.json"
@@ -250,3 +251,29 @@ def test_a_field_made_optional_drops_not_null_in_place(project: Path, postgres_t
                                 "WHERE table_name = 'trades' AND column_name = 'buyer_is_maker'").fetchone()[0]
         assert nullable == "YES"
         assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 1  # the rows stay
+
+
+# -- the plan itself (pure logic, both dialects) -------------------------------------------------
+
+LIVE = TableShape({"symbol": ("text", True), "trade_id": ("bigint", True), "price": ("numeric", True)},
+                  ("symbol", "trade_id"))
+
+
+def test_plan_adds_optional_columns_and_keeps_dropped_nullable_ones() -> None:
+    expected = TableShape({"symbol": ("text", True), "trade_id": ("bigint", True), "price": ("numeric", True),
+                           "best_match": ("boolean", False)}, ("symbol", "trade_id"))
+    plan = plan_table("trades", expected, LIVE, POSTGRESQL)
+    assert plan.refusals == [] and plan.statements() == ['ALTER TABLE "trades" ADD COLUMN "best_match" boolean']
+    back = plan_table("trades", LIVE, TableShape({**LIVE.columns, "best_match": ("boolean", False)}, LIVE.key), POSTGRESQL)
+    assert back.statements() == [] and back.kept == ["best_match"] and not back.refusals
+
+
+def test_plan_refuses_new_required_columns_and_sqlite_cannot_drop_not_null() -> None:
+    required = TableShape({**LIVE.columns, "side": ("text", True)}, LIVE.key)
+    [reason] = plan_table("trades", required, LIVE, POSTGRESQL).refusals
+    assert reason.startswith("column side (text NOT NULL) is missing") and "x-tickwire.migration" in reason
+    relaxed = TableShape({**LIVE.columns, "price": ("TEXT", False)}, LIVE.key)
+    sqlite_live = TableShape({**LIVE.columns, "price": ("TEXT", True)}, LIVE.key)
+    [reason] = plan_table("trades", relaxed, sqlite_live, SQLITE).refusals
+    assert "SQLite cannot drop the constraint in place" in reason
+    assert plan_table("trades", relaxed, sqlite_live, SQLITE).statements() == []
