@@ -1,0 +1,186 @@
+"""Active-active redundancy (docs/redundancy.md): two `tickwire run --profile postgres` ingest the
+same symbols at once and are SIGKILLed alternately under load, the killed one started again at
+once, so one is always subscribed. PostgreSQL must end with every trade once, no gap in the
+trade ids, nothing in trade_gaps or dead_letters, and every ticker either instance received.
+
+Which tickers "either instance received": the simulator renders each ticker once and sends it to
+every subscriber of its stream (plugins/binance/sim_feed.py), as Binance does. A third
+subscriber, the witness below, records them all; every ticker sent while an instance was
+subscribed must be in PostgreSQL once, with the witness's values, and nothing else may be.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from decimal import Decimal
+
+import psycopg
+import pytest
+from websockets.sync.client import connect
+
+from tickwire.framework.testing import assert_clean_json_log
+from tests.test_postgres_end_to_end import SYMBOLS, assert_every_trade_stored_once_and_exactly, start_pipeline
+
+pytestmark = pytest.mark.postgres
+
+TICKER_TABLES = {"ticker": "ticker_1d", "ticker_1h": "ticker_1h"}  # channel suffix → table (streams.yaml)
+STREAMS_PER_INSTANCE = len(SYMBOLS) * 3  # trade, ticker, ticker_1h
+CHAOS_SECONDS = 32
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class TickerWitness:
+    """A subscriber of every ticker stream, in a thread: ``tickers`` maps (table, symbol, E)
+    to the payload, for every ticker the simulator sent."""
+
+    def __init__(self, sim):
+        channels = [f"{s.lower()}@{suffix}" for s in SYMBOLS for suffix in TICKER_TABLES]
+        self.url = sim.url(*channels)
+        self.tickers: dict[tuple[str, str, int], dict] = {}
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="ticker-witness", daemon=True)
+
+    def __enter__(self) -> "TickerWitness":
+        self._thread.start()
+        assert self._connected.wait(10), "the witness could not connect to the simulator"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _listen(self) -> None:
+        with connect(self.url) as ws:
+            self._connected.set()
+            while not self._stop.is_set():
+                try:
+                    frame = json.loads(ws.recv(timeout=0.2))
+                except TimeoutError:
+                    continue
+                table = TICKER_TABLES[frame["stream"].split("@", 1)[1]]
+                data = frame["data"]
+                self.tickers[(table, data["s"], data["E"])] = data
+
+
+class Instance:
+    """One redundant `tickwire run --profile postgres`, named via TICKWIRE_INSTANCE; every start
+    is a new process with its own log."""
+
+    def __init__(self, name: str, sim, writer_dsn: str, tmp_path, monkeypatch):
+        self.name, self.sim, self.writer_dsn, self.tmp_path, self.monkeypatch = name, sim, writer_dsn, tmp_path, monkeypatch
+        self.runs: list[tuple[object, object]] = []  # (process, log path)
+
+    @property
+    def proc(self):
+        return self.runs[-1][0]
+
+    def start(self) -> None:
+        """Start a new process and return once the simulator streams to it (all its streams)."""
+        newest = max((c["id"] for c in self.sim.stats()["connections"]), default=0)
+        log_path = self.tmp_path / f"{self.name}-{len(self.runs) + 1}.log"
+        self.monkeypatch.setenv("TICKWIRE_INSTANCE", self.name)
+        self.runs.append((start_pipeline(self.sim, self.writer_dsn, None, log_path), log_path))
+        deadline = time.monotonic() + 40
+        while not any(c["id"] > newest and c["open"] and c["streams"] == STREAMS_PER_INSTANCE and c["messages_sent"]
+                      for c in self.sim.stats()["connections"]):
+            assert self.proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(10) == -signal.SIGKILL
+
+    def stop(self) -> dict:
+        """SIGTERM; the run must end cleanly. Returns its summary (JSON log event)."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(40) == 0, self.runs[-1][1].read_text()[-3000:]
+        return next(line for line in self.log_lines(self.runs[-1][1]) if line.get("event") == "summary")
+
+    def log_lines(self, log_path) -> list[dict]:
+        text = log_path.read_text()
+        if not text.endswith("\n"):  # SIGKILL may cut the last line short
+            text = text.rsplit("\n", 1)[0]
+        return assert_clean_json_log(text)
+
+    def kill_leftovers(self) -> None:
+        for proc, _ in self.runs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def last_trade_ids(sim) -> dict[str, int]:
+    return {s: v["last_trade_id"] for s, v in sim.stats()["symbols"].items() if s in SYMBOLS}
+
+
+def test_two_instances_killed_alternately_leave_every_event_exactly_once(postgres_tables, simulator, tmp_path, monkeypatch):
+    sim = simulator(rate=300, symbols=",".join(SYMBOLS))
+    a, b = (Instance(name, sim, postgres_tables.writer_dsn, tmp_path, monkeypatch) for name in ("east", "west"))
+    try:
+        with TickerWitness(sim) as witness:
+            a.start()
+            covered_from_ms, first_live = now_ms(), last_trade_ids(sim)
+            b.start()
+            victim, survivor, kills = a, b, 0
+            chaos_ends = time.monotonic() + CHAOS_SECONDS
+            while time.monotonic() < chaos_ends:
+                time.sleep(2)  # both run side by side: every event is written twice
+                victim.kill()  # mid-batch, under load
+                kills += 1
+                victim.start()  # resumes from what PostgreSQL holds; the survivor never stopped
+                victim, survivor = survivor, victim
+            time.sleep(2)  # the last one started receives tickers too before the clean stops
+            east_summary = a.stop()  # one stops cleanly while the other still runs
+            covered_to_ms, last_live = now_ms(), last_trade_ids(sim)
+            time.sleep(1.0)  # what was sent up to covered_to_ms has reached west
+            west_summary = b.stop()
+        assert kills >= 5
+
+        with psycopg.connect(postgres_tables.dsn) as conn:
+            stored = assert_every_trade_stored_once_and_exactly(conn, sim)  # one unbroken id range per symbol
+            for symbol, low, high in conn.execute("SELECT symbol, min(trade_id), max(trade_id) FROM trades GROUP BY symbol"):
+                assert low <= first_live[symbol] and high >= last_live[symbol], f"{symbol}: stored {low}..{high}"
+            assert conn.execute("SELECT count(*) FROM trade_gaps").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
+            tickers = {
+                (table, symbol, int(event_time.timestamp() * 1000)): (last_price, volume, last_trade_id)
+                for table in TICKER_TABLES.values()
+                for symbol, event_time, last_price, volume, last_trade_id in conn.execute(
+                    f"SELECT symbol, event_time, last_price, volume, last_trade_id FROM {table}")
+            }
+        assert stored > 300 * CHAOS_SECONDS * 0.8
+
+        sent_while_covered = {key for key in witness.tickers if covered_from_ms < key[2] <= covered_to_ms}
+        assert len(sent_while_covered) >= len(SYMBOLS) * len(TICKER_TABLES) * (CHAOS_SECONDS - 2)
+        assert sorted(sent_while_covered - tickers.keys()) == [], "tickers sent while an instance was subscribed are missing"
+        assert sorted(tickers.keys() - witness.tickers.keys()) == [], "stored tickers the simulator never sent"
+        for key, (last_price, volume, last_trade_id) in tickers.items():
+            sent = witness.tickers[key]
+            assert (last_price, volume, last_trade_id) == (Decimal(sent["c"]), Decimal(sent["v"]), sent["L"]), key
+
+        # The repeats of the other instance were written (ON CONFLICT DO NOTHING), neither
+        # rejected, dead-lettered nor left behind.
+        for summary in (east_summary, west_summary):
+            for stream, counts in summary["streams"].items():
+                assert counts["received"] > 0 and counts["written"] == {"postgres": counts["received"]}, (stream, counts)
+                assert counts["invalid"] == counts["dead_letters"] == 0, (stream, counts)
+        for instance in (a, b):
+            for proc, log_path in instance.runs:
+                lines = instance.log_lines(log_path)
+                assert {line.get("instance") for line in lines} == {instance.name}, log_path
+                # a restart fills what came in while it was down: the only warnings
+                assert not [line for line in lines if line["level"] in ("warning", "error")
+                            and not line["event"].startswith("gap detected:")], log_path
+            resumed = [line["event"] for _, log_path in instance.runs[1:] for line in instance.log_lines(log_path)
+                       if line["event"].startswith("resuming trade:")]
+            assert len(resumed) == len(instance.runs) - 1 and all("(postgres)" in event for event in resumed), resumed
+    finally:  # no `tickwire run` outlives a failed test
+        a.kill_leftovers()
+        b.kill_leftovers()
