@@ -2,6 +2,7 @@
 same symbols at once and are SIGKILLed alternately under load, the killed one started again at
 once, so one is always subscribed. PostgreSQL must end with every trade once, no gap in the
 trade ids, nothing in trade_gaps or dead_letters, and every ticker either instance received.
+Two instances on one SQLite file (one machine) must leave the same: SQLite's locks take turns.
 
 Which tickers "either instance received": the simulator renders each ticker once and sends it to
 every subscriber of its stream (plugins/binance/sim_feed.py), as Binance does. A third
@@ -11,8 +12,10 @@ subscribed must be in PostgreSQL once, with the witness's values, and nothing el
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import sqlite3
 import threading
 import time
 from decimal import Decimal
@@ -21,10 +24,14 @@ import psycopg
 import pytest
 from websockets.sync.client import connect
 
-from tickwire.framework.testing import assert_clean_json_log
+import tickwire.plugins.postgres_sink as postgres_sink
+import tickwire.plugins.sqlite_sink as sqlite_sink
+from tickwire.framework.components import GAP_TOO_LARGE, TradeGap
+from tickwire.framework.resume import unstored_parts
+from tickwire.framework.testing import assert_clean_json_log, make_context, stream_spec
 from tests.test_postgres_end_to_end import SYMBOLS, assert_every_trade_stored_once_and_exactly, start_pipeline
-
-pytestmark = pytest.mark.postgres
+from tests.test_restart_resume import LocalRun, assert_every_trade_once, stop
+from tests.test_resume_points import held_after, trades
 
 TICKER_TABLES = {"ticker": "ticker_1d", "ticker_1h": "ticker_1h"}  # channel suffix → table (streams.yaml)
 STREAMS_PER_INSTANCE = len(SYMBOLS) * 3  # trade, ticker, ticker_1h
@@ -120,6 +127,7 @@ def last_trade_ids(sim) -> dict[str, int]:
     return {s: v["last_trade_id"] for s, v in sim.stats()["symbols"].items() if s in SYMBOLS}
 
 
+@pytest.mark.postgres
 def test_two_instances_killed_alternately_leave_every_event_exactly_once(postgres_tables, simulator, tmp_path, monkeypatch):
     sim = simulator(rate=300, symbols=",".join(SYMBOLS))
     a, b = (Instance(name, sim, postgres_tables.writer_dsn, tmp_path, monkeypatch) for name in ("east", "west"))
@@ -184,3 +192,71 @@ def test_two_instances_killed_alternately_leave_every_event_exactly_once(postgre
     finally:  # no `tickwire run` outlives a failed test
         a.kill_leftovers()
         b.kill_leftovers()
+
+
+def test_two_instances_on_one_sqlite_file_store_every_trade_once(simulator, tmp_path):
+    sim = simulator(rate=300)
+    runs = []
+    for name in ("east", "west"):
+        (tmp_path / name).mkdir()
+        runs.append(LocalRun(sim, tmp_path / name))  # its own logs and dead-letter file…
+        runs[-1].db = tmp_path / "tickwire.db"  # …one database file
+    east, west = runs
+    try:
+        east_proc = east.start()
+        east.wait_until_every_symbol_passes(east_proc, {})
+        west_proc = west.start()
+        west.wait_until_every_symbol_passes(west_proc, east.newest_ids())
+        time.sleep(2)  # both write every trade, taking turns at SQLite's write lock
+        stop(east_proc, "sigkill")
+        east_proc = east.start()
+        east.wait_until_every_symbol_passes(east_proc, west.newest_ids())
+        time.sleep(2)
+        stop(west_proc, "sigterm")
+        stop(east_proc, "sigterm")
+    finally:
+        east.kill_leftovers()
+        west.kill_leftovers()
+    assert_every_trade_once(east, sim)
+    assert east.rows("pragma integrity_check") == [("ok",)]
+    assert east.rows("select count(*) from trade_gaps") == east.rows("select count(*) from dead_letters") == [(0,)]
+    for run in runs:
+        for log_path in run.tmp_path.glob("run-*.log"):
+            assert "database is locked" not in log_path.read_text(), log_path
+
+
+def lost(first: int, last: int) -> TradeGap:
+    return TradeGap("trade", "BTCUSDT", first, last, GAP_TOO_LARGE, "2026-01-01T00:00:00.000Z")
+
+
+# What this instance could not fetch, while the other one stored 1..10, 12..20 and 25..30:
+OTHER_INSTANCE_STORED = [trades([*range(1, 11), *range(12, 21), *range(25, 31)])]
+COULD_NOT_FETCH = [lost(5, 8), lost(9, 14), lost(18, 26)]
+REALLY_LOST = [("trade", "BTCUSDT", 11, 11, 1, "too_large"), ("trade", "BTCUSDT", 21, 24, 4, "too_large")]
+
+
+def test_the_unstored_parts_of_a_lost_range():
+    assert unstored_parts(lost(5, 8), range(1, 20)) == []
+    assert unstored_parts(lost(5, 8), []) == [lost(5, 8)]
+    assert unstored_parts(lost(5, 12), [1, 5, 7, 8, 11, 13]) == [lost(6, 6), lost(9, 10), lost(12, 12)]
+
+
+def test_sqlite_records_as_lost_only_the_trades_no_instance_stored(tmp_path):
+    stream = stream_spec("trade", symbols=["BTCUSDT"])
+    sink = sqlite_sink.SQLiteSink("sqlite", {"path": "t.db"}, make_context([stream], tmp_path))
+    _, after = asyncio.run(held_after(sink, stream, OTHER_INSTANCE_STORED, COULD_NOT_FETCH))
+    assert after == {"BTCUSDT": 30}  # every hole is explained
+    with sqlite3.connect(tmp_path / "t.db") as conn:
+        assert conn.execute("select stream, symbol, first_id, last_id, count, reason from trade_gaps"
+                            " order by first_id").fetchall() == REALLY_LOST
+
+
+@pytest.mark.postgres
+def test_postgres_records_as_lost_only_the_trades_no_instance_stored(postgres_tables):
+    stream = stream_spec("trade", symbols=["BTCUSDT"])
+    sink = postgres_sink.PostgresSink("postgres", {"dsn": postgres_tables.writer_dsn}, make_context([stream]))
+    _, after = asyncio.run(held_after(sink, stream, OTHER_INSTANCE_STORED, COULD_NOT_FETCH))
+    assert after == {"BTCUSDT": 30}
+    with psycopg.connect(postgres_tables.dsn) as conn:
+        assert conn.execute("SELECT stream, symbol, first_id, last_id, count, reason FROM trade_gaps"
+                            " ORDER BY first_id").fetchall() == REALLY_LOST
