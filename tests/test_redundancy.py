@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -194,6 +197,19 @@ def test_two_instances_killed_alternately_leave_every_event_exactly_once(postgre
         b.kill_leftovers()
 
 
+def wait_until_writing(run: LocalRun, proc) -> None:
+    """Until this process (not only the other one) has committed trades to the shared file."""
+    deadline = time.monotonic() + 40
+    while True:
+        assert proc.poll() is None, run.log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the instance did not start writing"
+        if any(e.get("event") == "starting" for e in run.log()):
+            written = run.metric("tickwire_messages_written_total{")
+            if sum(v for k, v in written.items() if 'stream="trade"' in k) > 0:
+                return
+        time.sleep(0.2)
+
+
 def test_two_instances_on_one_sqlite_file_store_every_trade_once(simulator, tmp_path):
     sim = simulator(rate=300)
     runs = []
@@ -204,14 +220,19 @@ def test_two_instances_on_one_sqlite_file_store_every_trade_once(simulator, tmp_
     east, west = runs
     try:
         east_proc = east.start()
-        east.wait_until_every_symbol_passes(east_proc, {})
+        wait_until_writing(east, east_proc)
         west_proc = west.start()
-        west.wait_until_every_symbol_passes(west_proc, east.newest_ids())
+        wait_until_writing(west, west_proc)
         time.sleep(2)  # both write every trade, taking turns at SQLite's write lock
         stop(east_proc, "sigkill")
         east_proc = east.start()
-        east.wait_until_every_symbol_passes(east_proc, west.newest_ids())
+        wait_until_writing(east, east_proc)
         time.sleep(2)
+        # without --instance / TICKWIRE_INSTANCE each names itself hostname-pid, in metrics and logs
+        for run, proc in ((east, east_proc), (west, west_proc)):
+            name = f"{socket.gethostname()}-{proc.pid}"
+            assert run.metric("tickwire_instance_info") == {f'tickwire_instance_info{{name="{name}"}}': 1.0}
+            assert {line.get("instance") for line in run.log()} == {name}
         stop(west_proc, "sigterm")
         stop(east_proc, "sigterm")
     finally:
@@ -223,6 +244,13 @@ def test_two_instances_on_one_sqlite_file_store_every_trade_once(simulator, tmp_
     for run in runs:
         for log_path in run.tmp_path.glob("run-*.log"):
             assert "database is locked" not in log_path.read_text(), log_path
+
+
+@pytest.mark.parametrize("name", ["two words", "-leading-dash", "x" * 101, "naïve"])
+def test_an_instance_name_that_is_not_a_plain_name_is_refused(name):
+    result = subprocess.run([sys.executable, "-m", "tickwire.framework.cli", "run", "--instance", name],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Invalid value for '--instance'" in result.stderr, result.stderr
 
 
 def lost(first: int, last: int) -> TradeGap:
