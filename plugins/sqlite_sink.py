@@ -112,7 +112,7 @@ class SQLiteSink:
             raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         self._max_vars = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        conn.execute("BEGIN")
+        conn.execute("BEGIN IMMEDIATE")  # two processes creating the tables at once take turns
         try:
             for stream in self.ctx.streams:
                 for statement in ddl_for(stream):
@@ -235,7 +235,10 @@ class SQLiteSink:
     def _write_gaps_sync(self, gaps: list[TradeGap]) -> None:
         conn = self._conn
         streams = {stream.name: stream for stream in self.ctx.streams}
-        conn.execute("BEGIN")
+        # IMMEDIATE: it reads before it writes, and a deferred transaction whose snapshot another
+        # process (a redundant instance on the same file) wrote past fails at once instead of
+        # waiting busy_timeout_ms
+        conn.execute("BEGIN IMMEDIATE")
         try:
             rows = []
             for gap in gaps:
