@@ -3,7 +3,9 @@
 ``configure(fmt, level)``: ``console`` renders coloured key=value lines for a person at a
 terminal; ``json`` renders one JSON object per line (timestamp, level, event, plugin, stream…)
 for log shippers; ``auto`` picks ``console`` when stderr is a terminal. Logs go to stderr so
-stdout stays free for data (e.g. the ``jsonl`` sink with ``path: "-"``).
+stdout stays free for data (e.g. the ``jsonl`` sink with ``path: "-"``). ``fields`` are put on
+every line, the libraries' too (``tickwire run`` puts its ``instance`` there, so the lines of
+two redundant instances can be told apart in Loki).
 
 Components get a logger bound with their names — ``get_logger(plugin="sqlite-sink",
 component="sink", sink="sqlite")`` — so every line says who is speaking.
@@ -60,12 +62,15 @@ def resolve_format(fmt: str, stream=None) -> str:
     return fmt
 
 
-def configure(fmt: str = "auto", level: str = "info", stream=None) -> str:
+def configure(fmt: str = "auto", level: str = "info", stream=None, fields: dict | None = None) -> str:
     """Configure structlog globally, and route the standard ``logging`` records of third-party
-    libraries through it; return the effective format (``console`` or ``json``)."""
+    libraries through it; return the effective format (``console`` or ``json``). ``fields`` go
+    on every line."""
     stream = stream or _Stderr()
     fmt = resolve_format(fmt, stream)
+    every_line = _add_fields(dict(fields or {}))
     common = [
+        every_line,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -83,8 +88,17 @@ def configure(fmt: str = "auto", level: str = "info", stream=None) -> str:
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    _route_stdlib_logging(stream, renderer, level)
+    _route_stdlib_logging(stream, renderer, level, every_line)
     return fmt
+
+
+def _add_fields(fields: dict):
+    def processor(_logger, _method, event_dict: dict) -> dict:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return processor
 
 
 def get_logger(**bound):
@@ -154,11 +168,12 @@ def _foreign_fields(debug: bool):
     return processor
 
 
-def _route_stdlib_logging(stream, renderer, level: str) -> None:
+def _route_stdlib_logging(stream, renderer, level: str, every_line) -> None:
     global _dedupe
     debug = level == "debug"
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
+            every_line,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _foreign_fields(debug),

@@ -22,7 +22,7 @@ Serving: :meth:`Metrics.serve` starts an HTTP server in a daemon thread that ans
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.exposition import start_http_server
 
 
@@ -135,6 +135,13 @@ class Metrics:
             "tickwire_e2e_latency_seconds", "PostgreSQL commit time minus the Binance event time E.", ["query"],
             buckets=E2E_BUCKETS, registry=r,
         )
+
+    def identify(self, instance: str) -> None:
+        """``tickwire_instance_info{name="…"} 1``: which process these series come from, so two
+        redundant instances scraped side by side can be told apart (join on Prometheus's target
+        label ``instance``; ``name`` avoids colliding with it)."""
+        Info("tickwire_instance", "The tickwire run process (--instance / TICKWIRE_INSTANCE).",
+             registry=self.registry).info({"name": instance})
 
     # -- serving -----------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ restarts"), shared by the engine and every sink.
   while it filled a gap leaves such a hole under newer trades).
 * :func:`combine` — the engine's resume point per symbol: the minimum over the sinks that
   answered (the least complete store decides; the others drop the repeats by key).
+* :func:`unstored_parts` — what of a lost range a store really lacks: with redundant instances
+  (docs/redundancy.md) another writer may have stored trades this one could not fetch.
 * :func:`gap_dead_letter` — a lost range as a dead letter, for stores without ``write_gaps``.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 
 from tickwire.framework.components import DeadLetter, TradeGap
 from tickwire.framework.schemas import quote_identifier as q
@@ -94,6 +97,38 @@ def window_ids_sql(table: str, sequence: tuple[str, str], placeholder: str) -> s
     """The ids of one partition value from a given id on (two parameters), ascending."""
     seq, part = map(q, sequence)
     return f"SELECT {seq} FROM {table} WHERE {part} = {placeholder} AND {seq} >= {placeholder} ORDER BY {seq}"
+
+
+def range_ids_sql(table: str, sequence: tuple[str, str], placeholder: str) -> str:
+    """The ids of one partition value between two ids, inclusive (three parameters), ascending."""
+    seq, part = map(q, sequence)
+    return (
+        f"SELECT {seq} FROM {table} WHERE {part} = {placeholder} "
+        f"AND {seq} BETWEEN {placeholder} AND {placeholder} ORDER BY {seq}"
+    )
+
+
+def unstored_parts(gap: TradeGap, stored: Iterable[int]) -> list[TradeGap]:
+    """The parts of ``gap`` whose ids are not in ``stored`` (the store's ids in that range):
+    what the store should record as lost. Empty when another writer — a redundant instance —
+    stored the whole range; recording it would claim a loss the store does not have."""
+    parts = []
+    first = gap.first_id
+    for i in sorted({i for i in stored if gap.first_id <= i <= gap.last_id}):
+        if i > first:
+            parts.append(replace(gap, first_id=first, last_id=i - 1))
+        first = i + 1
+    if first <= gap.last_id:
+        parts.append(replace(gap, first_id=first, last_id=gap.last_id))
+    return parts
+
+
+def stored_by_others_text(gap: TradeGap, parts: list[TradeGap]) -> str:
+    """The log line of a sink that records less than ``gap`` because the store holds the rest."""
+    recorded = ", ".join(f"{p.first_id}..{p.last_id}" for p in parts) or "nothing"
+    return (f"trade gap {gap.symbol} ids {gap.first_id}..{gap.last_id} of stream {gap.stream!r}: "
+            f"{gap.count - sum(p.count for p in parts)} of its trades are stored already (another writer, "
+            f"e.g. a redundant instance); recording as lost: {recorded}")
 
 
 def recorded_gaps_sql(gaps_table: str, placeholder: str) -> str:

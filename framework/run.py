@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import signal
+import socket
 import sys
 import threading
 from typing import Any
@@ -57,6 +59,24 @@ class MetricsPort(click.ParamType):
         return port
 
 
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$")
+
+
+def default_instance() -> str:
+    """``hostname-pid``: unique per process, so redundant instances differ without a flag."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _instance_name(ctx, param, value: str | None) -> str:
+    if value is None or value == "":
+        return default_instance()
+    if not INSTANCE_NAME.match(value):
+        raise click.BadParameter(
+            f"{value!r}: 1-100 characters, letters, digits and . _ : @ - (a name for logs and metrics)",
+            ctx, param)
+    return value
+
+
 @click.command("run")
 @click.option("--profile", default=None, help="Profile of streams.yaml to run (default: default_profile, i.e. 'local').")
 @click.option("--log-format", type=click.Choice(FORMATS), default="auto", show_default=True,
@@ -70,9 +90,12 @@ class MetricsPort(click.ParamType):
 @click.option("--no-status", is_flag=True, help="No live table, even on a terminal (progress log lines instead).")
 @click.option("--progress-interval", type=float, default=10.0, show_default=True, metavar="SECONDS",
               help="Seconds between progress log lines when there is no live table.")
+@click.option("--instance", envvar="TICKWIRE_INSTANCE", default=None, callback=_instance_name, metavar="NAME",
+              help="This process's name in every log line (`instance`) and in the metric tickwire_instance_info, "
+                   "to tell redundant instances apart (env TICKWIRE_INSTANCE; default: hostname-pid).")
 @click.pass_obj
 def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_port: int | None,
-        duration: float | None, no_status: bool, progress_interval: float) -> None:
+        duration: float | None, no_status: bool, progress_interval: float, instance: str) -> None:
     """Run the pipeline: sources -> validate -> normalize -> sinks of the profile.
 
     \b
@@ -81,10 +104,11 @@ def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_
       tickwire run --profile compose                 # Binance -> Kafka (Spark -> PostgreSQL)
       tickwire --set sources.binance.url=ws://127.0.0.1:9443 run --duration 30
     """
-    fmt = configure(log_format, log_level)
+    fmt = configure(log_format, log_level, fields={"instance": instance})
     log = get_logger(component="run")
     config = app.config
     metrics = Metrics()
+    metrics.identify(instance)
     try:
         engine = Engine.from_config(config, app.manager, profile, metrics=metrics)
     except EngineError as exc:

@@ -42,8 +42,8 @@ from tickwire.framework.extras import POSTGRES
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.options import with_defaults
 from tickwire.framework.resume import (
-    TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql,
-    recorded_gaps_sql, window_ids_sql,
+    TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql, range_ids_sql,
+    recorded_gaps_sql, stored_by_others_text, unstored_parts, window_ids_sql,
 )
 from tickwire.framework.schemas import StreamSpec, quote_identifier as q
 from tickwire.framework.timestamps import iso_ns
@@ -199,18 +199,31 @@ class PostgresSink:
         return out
 
     async def write_gaps(self, gaps: list[TradeGap]) -> None:
-        """Sink protocol (optional): record trades lost for good in ``trade_gaps``."""
+        """Sink protocol (optional): record trades lost for good in ``trade_gaps`` — only the
+        ids the table does not hold: a redundant instance may have stored the others."""
         if not gaps:
             return
         table = f"{q(self.schema)}.{q(TRADE_GAPS_TABLE)}"
 
         async def insert(conn: psycopg.AsyncConnection) -> None:
             async with conn.transaction():
+                rows = [gap_row(part) for gap in gaps for part in await self._unstored_parts(conn, gap)]
                 async with conn.cursor() as cursor:
-                    await cursor.executemany(insert_gaps_sql(table, "%s"), [gap_row(g) for g in gaps])
+                    await cursor.executemany(insert_gaps_sql(table, "%s"), rows)
 
         async with self._lock:
             await self._call_with_reconnect(gaps[0].stream, insert)
+
+    async def _unstored_parts(self, conn: psycopg.AsyncConnection, gap: TradeGap) -> list[TradeGap]:
+        stream = next((s for s in self.ctx.streams if s.name == gap.stream), None)
+        if stream is None or stream.sequence is None:
+            return [gap]
+        table = f"{q(self.schema)}.{q(stream.table)}"
+        cursor = await conn.execute(range_ids_sql(table, stream.sequence, "%s"), [gap.symbol, gap.first_id, gap.last_id])
+        parts = unstored_parts(gap, (i for (i,) in await cursor.fetchall()))
+        if parts != [gap]:
+            self.log.info(stored_by_others_text(gap, parts), stream=gap.stream, symbol=gap.symbol)
+        return parts
 
     async def close(self) -> None:
         async with self._lock:

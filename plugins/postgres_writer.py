@@ -2,8 +2,8 @@
 the errors that come back.
 
 :class:`TableWriter` holds one stream's statements, built once from validated identifiers: a
-temporary staging table shaped like the target, ``COPY`` into it, then ``INSERT … SELECT … ON
-CONFLICT (key) DO NOTHING`` — or the same insert for one row, when a batch must be written row
+temporary staging table shaped like the target, ``COPY`` into it, then ``INSERT … SELECT … ORDER
+BY key ON CONFLICT (key) DO NOTHING`` — or the same insert for one row, when a batch must be written row
 by row to find the records PostgreSQL rejects. :func:`copy_dead_letters` stores dead letters.
 :func:`is_configuration_failure` tells a refusal retrying cannot fix from a server that is
 away. Transactions, retries, metrics and logs are the sink's.
@@ -57,8 +57,12 @@ class TableWriter:
             copy_into_staging=sql.SQL("COPY {staging} ({columns}) FROM STDIN").format(
                 staging=staging, columns=column_list
             ),
+            # In key order: two writers of the same keys (redundant instances) then wait for each
+            # other's rows in one order, never in a cycle — a deadlock PostgreSQL would break by
+            # aborting a batch.
             insert_from_staging=sql.SQL(
-                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT ({key}) DO NOTHING"
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ORDER BY {key}"
+                " ON CONFLICT ({key}) DO NOTHING"
             ).format(table=table, columns=column_list, staging=staging, key=conflict),
             insert_one=sql.SQL(
                 "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO NOTHING"

@@ -32,8 +32,8 @@ from tickwire.framework.options import with_defaults
 from tickwire.framework.threads import DedicatedThread
 from tickwire.framework.schemas import StreamSpec, quote_identifier as q
 from tickwire.framework.resume import (
-    TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql, recorded_gaps_sql,
-    window_ids_sql,
+    TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql, range_ids_sql,
+    recorded_gaps_sql, stored_by_others_text, unstored_parts, window_ids_sql,
 )
 from tickwire.plugins.codegen_sqlite import DEAD_LETTERS_DDL, TRADE_GAPS_DDL, ddl_for
 from tickwire.plugins.sqlite_evolve import plan_for
@@ -115,7 +115,7 @@ class SQLiteSink:
             raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         self._max_vars = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        conn.execute("BEGIN")
+        conn.execute("BEGIN IMMEDIATE")  # two processes creating the tables at once take turns
         try:
             for stream in self.ctx.streams:
                 self._evolve_table(conn, stream)
@@ -252,9 +252,24 @@ class SQLiteSink:
 
     def _write_gaps_sync(self, gaps: list[TradeGap]) -> None:
         conn = self._conn
-        conn.execute("BEGIN")
+        streams = {stream.name: stream for stream in self.ctx.streams}
+        # IMMEDIATE: it reads before it writes, and a deferred transaction whose snapshot another
+        # process (a redundant instance on the same file) wrote past fails at once instead of
+        # waiting busy_timeout_ms
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(insert_gaps_sql(TRADE_GAPS_TABLE, "?"), [gap_row(g) for g in gaps])
+            rows = []
+            for gap in gaps:
+                stream = streams.get(gap.stream)
+                parts = [gap]
+                if stream is not None and stream.sequence is not None:  # record only what the file lacks
+                    stored = conn.execute(range_ids_sql(q(stream.table), stream.sequence, "?"),
+                                          (gap.symbol, gap.first_id, gap.last_id))
+                    parts = unstored_parts(gap, (i for (i,) in stored))
+                    if parts != [gap]:
+                        self.ctx.log.info(stored_by_others_text(gap, parts), stream=gap.stream, symbol=gap.symbol)
+                rows += [gap_row(part) for part in parts]
+            conn.executemany(insert_gaps_sql(TRADE_GAPS_TABLE, "?"), rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
