@@ -259,3 +259,40 @@ class LatencyMetrics:
             "Binance event time E to the sink's write returned, corrected by the clock offset, sampled per write.",
             ["stream", "sink"], registry)
         self.commits = CommitLatency(self.received_to_commit, self.event_to_commit, self.offsets)
+
+
+class RecentQuantiles:
+    """p50/p99 per stream of one histogram over about the last ``window`` seconds (all of the
+    stream's sinks together), for the live status: differences of bucket counts between now
+    and a copy taken ``window`` seconds ago. Read from the event loop, a few times a second."""
+
+    def __init__(self, histogram: LatencyHistogram, window: float = 30.0, clock=time.monotonic):
+        self.histogram = histogram
+        self.window = window
+        self.clock = clock
+        self._copies: list[tuple[float, dict[str, list[int]]]] = []
+
+    def _by_stream(self) -> dict[str, list[int]]:
+        totals: dict[str, list[int]] = {}
+        for key, child in list(self.histogram.children.items()):
+            total = totals.setdefault(key[0], [0] * len(child.counts))
+            for i, n in enumerate(child.counts):
+                total[i] += n
+        return totals
+
+    def update(self) -> dict[str, tuple[float | None, float | None]]:
+        """stream → (p50, p99) in seconds over the window; (None, None) when nothing was
+        observed in it."""
+        now = self.clock()
+        current = self._by_stream()
+        self._copies.append((now, current))
+        while len(self._copies) > 1 and self._copies[1][0] <= now - self.window:
+            self._copies.pop(0)
+        base = self._copies[0][1] if len(self._copies) > 1 else {}
+        out = {}
+        for stream, counts in current.items():
+            old = base.get(stream)
+            recent = counts if old is None else [a - b for a, b in zip(counts, old)]
+            bounds = self.histogram.bounds
+            out[stream] = (quantile(bounds, recent, 0.5), quantile(bounds, recent, 0.99))
+        return out
