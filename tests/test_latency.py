@@ -289,7 +289,7 @@ def test_the_clock_offset_is_the_midpoint_estimate_against_server_time(simulator
     assert 0 < clock.round_trip < 0.5
     assert metrics.value("tickwire_clock_offset_seconds", source="binance") == clock.offset
     assert metrics.latency.offsets.by_stream == {"trade": clock.offset}
-    assert sim.stats()["rest_requests"] == PROBES  # weight 1 each, from the source's budget
+    assert sim.stats()["rest_requests"] == sim.stats()["rest_time_requests"] == PROBES  # weight 1 each
 
 
 def test_a_refused_time_request_is_logged_and_retried_not_fatal(simulator):
