@@ -31,7 +31,7 @@ from tickwire.framework.metrics import Metrics
 from tickwire.framework.plugins import PluginManager
 from tickwire.framework.timestamps import iso_ms
 from tickwire.plugins.binance.clock import PROBES, ClockOffset
-from tickwire.plugins.binance.ratelimit import TokenBucket
+from tickwire.plugins.binance.rest import HistoricalTrades
 from tickwire.plugins.codegen_grafana import LATENCY_HISTOGRAMS, pipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -280,7 +280,7 @@ def test_the_clock_offset_is_the_midpoint_estimate_against_server_time(simulator
 
     async def measure() -> ClockOffset:
         async with aiohttp.ClientSession() as session:
-            clock = ClockOffset("binance", ["trade"], sim.rest_url, session, metrics, TokenBucket(50, capacity=3000))
+            clock = ClockOffset("binance", ["trade"], sim.rest_url, session, metrics, HistoricalTrades(sim.rest_url, session))
             await clock.measure()
             return clock
 
@@ -292,8 +292,8 @@ def test_the_clock_offset_is_the_midpoint_estimate_against_server_time(simulator
     assert sim.stats()["rest_requests"] == sim.stats()["rest_time_requests"] == PROBES  # weight 1 each
 
 
-def test_a_refused_time_request_is_logged_and_retried_not_fatal(simulator):
-    sim = simulator(rest_429_every=1, retry_after=1)
+def test_a_refused_time_request_is_logged_honoured_and_retried_not_fatal(simulator):
+    sim = simulator(rest_429_every=1, retry_after=60)
     metrics = Metrics(CollectorRegistry())
     warnings = []
 
@@ -306,14 +306,17 @@ def test_a_refused_time_request_is_logged_and_retried_not_fatal(simulator):
 
     async def run_briefly() -> None:
         async with aiohttp.ClientSession() as session:
-            clock = ClockOffset("binance", ["trade"], sim.rest_url, session, metrics, TokenBucket(50, capacity=3000), Log())
+            rest = HistoricalTrades(sim.rest_url, session)
+            clock = ClockOffset("binance", ["trade"], sim.rest_url, session, metrics, rest, Log())
             task = asyncio.create_task(clock.run())
             await asyncio.sleep(0.5)
             assert not task.done()  # still running: it waits to retry
             task.cancel()
+            assert 55 < rest.blocked_for() <= 60  # the gap filler honours the Retry-After the check got
 
     asyncio.run(run_briefly())
     assert warnings and "HTTP 429" in warnings[0] and "retrying in" in warnings[0]
+    assert sim.stats()["rest_requests"] == 1  # one refused check, nothing more
     assert metrics.value("tickwire_clock_offset_seconds", source="binance") == 0.0
     assert metrics.latency.offsets.by_stream == {}
 

@@ -11,8 +11,10 @@ round trip, so
 with an error of at most half the round trip (plus the server's millisecond rounding). Of
 ``PROBES`` requests the one with the shortest round trip wins. The result goes to
 ``tickwire_clock_offset_seconds{source}`` and is subtracted from the event-time latency
-histograms (framework/latency.py). The REST weight comes out of the source's budget (the
-gap filler's token bucket); a failed or refused request only postpones the next check.
+histograms (framework/latency.py). The requests share the gap filler's REST client state: its
+weight budget, and its Retry-After block both ways (no check while REST is blocked; a 429 or
+418 the check gets blocks the gap filler too). A failed or refused check only postpones the
+next one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tickwire.plugins.binance.rest import retry_after_seconds
+from tickwire.plugins.binance.rest import HistoricalTrades, retry_after_seconds
 
 TIME_PATH = "/api/v3/time"
 TIME_WEIGHT = 1
@@ -42,27 +44,31 @@ class ClockOffset:
     cancelled. ``metrics`` is the run's :class:`~tickwire.framework.metrics.Metrics`."""
 
     def __init__(self, source: str, streams: list[str], base_url: str, session: aiohttp.ClientSession,
-                 metrics: Any, weight: Any, log: Any = None):
+                 metrics: Any, rest: HistoricalTrades, log: Any = None):
         self.source = source
         self.streams = streams
         self.url = base_url.rstrip("/") + TIME_PATH
         self.session = session
         self.metrics = metrics
-        self.weight = weight  # the source's REST TokenBucket (shared with the gap filler)
+        self.rest = rest  # the source's REST client: its weight budget and Retry-After block
         self.log = log
         self.offset: float | None = None  # seconds, our clock minus the server's
         self.round_trip: float | None = None  # seconds, of the probe the offset came from
 
     async def probe(self) -> tuple[float, float]:
         """One request: (offset, round trip) in seconds."""
-        await self.weight.take(TIME_WEIGHT)
+        blocked = self.rest.blocked_for()
+        if blocked > 0:
+            raise ClockOffsetError(f"REST is blocked for {blocked:.0f}s more (Retry-After)")
+        await self.rest.weight.take(TIME_WEIGHT)
         sent = time.time_ns()
         async with self.session.get(self.url) as resp:
             body = await resp.read()
             answered = time.time_ns()
             if resp.status in (429, 418):
-                raise ClockOffsetError(f"HTTP {resp.status}: rate limited, Retry-After "
-                                       f"{retry_after_seconds(resp.headers.get('Retry-After'), RETRY_INTERVAL):g}s")
+                delay = retry_after_seconds(resp.headers.get("Retry-After"), RETRY_INTERVAL)
+                self.rest.block(delay)
+                raise ClockOffsetError(f"HTTP {resp.status}: rate limited, Retry-After {delay:g}s")
             if resp.status != 200:
                 raise ClockOffsetError(f"HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')}")
         try:
@@ -105,5 +111,5 @@ class ClockOffset:
                 if self.log is not None:
                     self.log.warning(f"cannot measure the clock offset against {self.url}: {exc or type(exc).__name__}; "
                                      f"retrying in {RETRY_INTERVAL:g}s", source=self.source)
-                delay = RETRY_INTERVAL
+                delay = max(RETRY_INTERVAL, min(self.rest.blocked_for(), CHECK_INTERVAL))
             await asyncio.sleep(delay)

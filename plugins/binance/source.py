@@ -146,7 +146,7 @@ class BinanceSource:
             tasks = [asyncio.create_task(self._slot(i, group, emit), name=f"{self.name}-conn{i}") for i, group in enumerate(self.groups)]
             tasks.append(asyncio.create_task(self._flush_metrics_forever()))
             tasks.append(asyncio.create_task(ClockOffset(self.name, [s.name for s in self.ctx.streams], o["rest_url"], session,
-                                                         self.metrics, self.rest.weight, self.log).run()))
+                                                         self.metrics, self.rest, self.log).run()))
             try:
                 await asyncio.gather(*tasks)
             finally:
