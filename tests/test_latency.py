@@ -18,6 +18,7 @@ import time
 import timeit
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -70,15 +71,16 @@ def grown(before: list[int], after: list[int]) -> list[int]:
 # -- a real run --------------------------------------------------------------------------------------
 
 class Run:
-    """`tickwire run` (shipped streams.yaml, profile local: SQLite) against a simulator, JSON logs
-    collected by a thread; ``metrics`` is its /metrics URL (an automatic port)."""
+    """`tickwire run` (the shipped streams.yaml) against a simulator, JSON logs collected by a
+    thread; ``metrics`` is its /metrics URL (an automatic port). Profile local (SQLite) unless
+    ``args`` say otherwise."""
 
-    def __init__(self, sim, tmp_path: Path):
+    def __init__(self, sim, tmp_path: Path, *args: str, run_args: tuple[str, ...] = ()):
         env = {**os.environ, "TICKWIRE_BINANCE_URL": sim.ws_url, "TICKWIRE_BINANCE_REST_URL": sim.rest_url,
                "TICKWIRE_SQLITE_PATH": str(tmp_path / "tickwire.db"),
                "TICKWIRE_DEAD_LETTER_PATH": str(tmp_path / "dead-letter.jsonl")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tickwire.framework.cli", "run", "--log-format", "json", "--no-status",
+            [sys.executable, "-m", "tickwire.framework.cli", *args, "run", *run_args, "--log-format", "json", "--no-status",
              "--progress-interval", "1", "--metrics-port", "auto"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[dict] = []
@@ -103,11 +105,11 @@ class Run:
             time.sleep(0.1)
         raise AssertionError(f"not logged within {timeout}s; last lines: {self.lines[-10:]}")
 
-    def wait_for_written(self, stream: str, n: int, timeout: float = 60) -> dict:
+    def wait_for_written(self, stream: str, n: int, sink: str = "sqlite", timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             samples = scrape(self.metrics)
-            if (value(samples, "tickwire_messages_written_total", stream=stream, sink="sqlite") or 0) >= n:
+            if (value(samples, "tickwire_messages_written_total", stream=stream, sink=sink) or 0) >= n:
                 return samples
             assert time.monotonic() < deadline, f"fewer than {n} {stream} records committed in {timeout}s"
             time.sleep(0.3)
@@ -126,8 +128,8 @@ class Run:
 def run_against(tmp_path):
     started: list[Run] = []
 
-    def start(sim) -> Run:
-        run = Run(sim, tmp_path)
+    def start(sim, *args: str, run_args: tuple[str, ...] = ()) -> Run:
+        run = Run(sim, tmp_path, *args, run_args=run_args)
         started.append(run)
         return run
 
@@ -210,6 +212,7 @@ def test_latency_histograms_grow_during_a_run_and_the_dashboard_queries_answer(s
             counts = grown(buckets(first, name, **labels), buckets(second, name, **labels))
             assert all(n >= 0 for n in counts) and sum(counts) > 0, f"{hop}: no bucket grew in 3 s: {counts}"
             recent[hop] = (quantile(LATENCY_BUCKETS, counts, 0.5), quantile(LATENCY_BUCKETS, counts, 0.99))
+        print("sqlite, trade, 400 msgs/s:", {hop: tuple(round(q * 1000, 1) for q in qs) for hop, qs in recent.items()}, "ms (p50, p99)")
         # every committed record is counted once (each sampled record weighs the records it stands for)
         written = value(second, "tickwire_messages_written_total", stream="trade", sink="sqlite")
         counted = value(second, "tickwire_received_to_commit_seconds_count", stream="trade", sink="sqlite")
@@ -268,6 +271,29 @@ def test_a_skewed_exchange_clock_is_measured_and_does_not_show_as_latency(simula
         assert sum(counts) > 0
         assert quantile(LATENCY_BUCKETS, counts, 0.99) < 1.0, f"{name}: the 2.5 s skew shows: {counts}"
     assert run.wait_for(lambda e: "clock offset against" in e.get("event", ""), 5)["clock_offset_ms"] == pytest.approx(2500, abs=100)
+    assert run.stop() == 0
+
+
+@pytest.mark.kafka
+def test_received_to_kafka_ack_is_measured_per_stream(simulator, run_against, kafka_broker, tmp_path):
+    """Profile compose: the sink is Kafka (acks=all); commit = the broker acknowledged the batch."""
+    sim = simulator(rate=400, ticker_interval=0.2, symbols="BTCUSDT")
+    prefix = f"latency-{uuid.uuid4().hex[:6]}"
+    overrides = [f"sinks.kafka.bootstrap_servers={kafka_broker.bootstrap}", "sinks.kafka.provision=true",
+                 f"sinks.kafka.dead_letter_topic={prefix}.dead-letter", f"sinks.kafka.spool.directory={tmp_path / 'spool'}",
+                 *(f"streams.{s}.topic.name={prefix}.{s}" for s in ("trade", "ticker_1h", "ticker"))]
+    run = run_against(sim, *(a for item in overrides for a in ("--set", item)), run_args=("--profile", "compose"))
+    first = run.wait_for_written("trade", 300, sink="kafka")
+    time.sleep(3)
+    second = scrape(run.metrics)
+    for name in ("tickwire_received_to_commit_seconds", "tickwire_event_to_commit_seconds"):
+        counts = grown(buckets(first, name, stream="trade", sink="kafka"), buckets(second, name, stream="trade", sink="kafka"))
+        assert sum(counts) > 0, name
+        p50, p99 = quantile(LATENCY_BUCKETS, counts, 0.5), quantile(LATENCY_BUCKETS, counts, 0.99)
+        print(f"kafka, trade, 400 msgs/s: {name} p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+        assert 0 < p50 <= p99 < 1.0, (name, counts)
+    written = value(second, "tickwire_messages_written_total", stream="trade", sink="kafka")
+    assert written - 1000 <= value(second, "tickwire_event_to_commit_seconds_count", stream="trade", sink="kafka") <= written
     assert run.stop() == 0
 
 
