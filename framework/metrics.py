@@ -25,11 +25,11 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.exposition import start_http_server
 
+from tickwire.framework.latency import LatencyMetrics
+
 
 # Commit latency: a sink batch takes from ~1 ms (SQLite) to seconds (a slow remote store).
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Event-time lag: Binance → us is normally 5–500 ms; a replay or a stall is seconds to minutes.
-LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -76,10 +76,10 @@ class Metrics:
             "tickwire_batch_commit_seconds", "Time for Sink.write of one batch to commit.", ["sink"],
             buckets=COMMIT_BUCKETS, registry=r,
         )
-        self.event_lag_seconds = Histogram(
-            "tickwire_event_lag_seconds", "Ingest time minus the payload's event time E (sampled).", ["stream"],
-            buckets=LAG_BUCKETS, registry=r,
-        )
+        # latency at every hop (framework/latency.py): event → received, received → commit,
+        # event → commit; and the clock offset that corrects the event-time ones
+        self.latency = LatencyMetrics(r)
+        self.event_lag_seconds = self.latency.event_lag
         # sources
         self.reconnects = Counter("tickwire_reconnects_total", "Source reconnections.", ["source"], registry=r)
         self.connections_open = Gauge("tickwire_connections_open", "Open source connections.", ["source"], registry=r)

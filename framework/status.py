@@ -1,7 +1,8 @@
 """What ``tickwire run`` shows while it runs and when it ends.
 
 * :class:`StatusView` — a rich live table (terminal only): per stream messages/s, total
-  received and committed, last price, event-time lag, invalid, dead-lettered; per source
+  received and committed, last price, event-time lag, p50/p99 of event time → commit over
+  the last 30 s (framework/latency.py), invalid, dead-lettered; per source
   connections and reconnects; per sink queue depth and mean commit time.
 * :class:`Progress` — the same numbers as one structured log line every N seconds, for
   non-terminal runs (JSON logs).
@@ -18,6 +19,8 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from tickwire.framework.latency import RecentQuantiles
 
 
 class Rates:
@@ -47,6 +50,27 @@ def _lag(lag: float | None) -> str:
     return f"{lag * 1000:.0f} ms" if abs(lag) < 10 else f"{lag:.1f} s"
 
 
+def _commit_latency(engine: Any) -> RecentQuantiles | None:
+    """Event → commit quantiles of the engine's metrics (None for an engine without them)."""
+    metrics = getattr(engine, "metrics", None)
+    latency = getattr(metrics, "latency", None)
+    return RecentQuantiles(latency.event_to_commit) if latency is not None else None
+
+
+def _corrected(engine: Any, stream: str, lag: float | None) -> float | None:
+    """The last sampled event lag minus the clock offset measured by the stream's source."""
+    latency = getattr(getattr(engine, "metrics", None), "latency", None)
+    if lag is None or latency is None:
+        return lag
+    return lag - latency.offsets.by_stream.get(stream, 0.0)
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds * 1000:.1f} ms" if seconds < 0.01 else _lag(seconds)
+
+
 def _int(n: float) -> str:
     return f"{int(n):,}"
 
@@ -58,13 +82,16 @@ class StatusView:
         self.engine = engine
         self.title = title
         self.rates = Rates()
+        self.latency = _commit_latency(engine)
 
     def render(self):
         snap = self.engine.snapshot()
         rates = self.rates.update(snap)
+        latency = self.latency.update() if self.latency is not None else {}
         table = Table(title=f"{self.title} — {snap['elapsed_s']:.0f}s", title_justify="left", expand=False)
         for col, justify in (("stream", "left"), ("msg/s", "right"), ("received", "right"), ("committed", "right"),
-                             ("last price", "right"), ("lag", "right"), ("invalid", "right"), ("dead letters", "right")):
+                             ("last price", "right"), ("lag", "right"), ("commit p50", "right"), ("commit p99", "right"),
+                             ("invalid", "right"), ("dead letters", "right")):
             table.add_column(col, justify=justify)
         for name, s in snap["streams"].items():
             committed = min(s["written"].values()) if s["written"] else 0
@@ -74,7 +101,8 @@ class StatusView:
                 _int(s["received"]),
                 _int(committed),
                 str(s["last_price"] or "–"),
-                _lag(s["lag_s"]),
+                _lag(_corrected(self.engine, name, s["lag_s"])),
+                *(_ms(q) for q in latency.get(name, (None, None))),
                 Text(_int(s["invalid"]), style="yellow" if s["invalid"] else ""),
                 Text(_int(s["dead_letters"]), style="yellow" if s["dead_letters"] else ""),
             )
@@ -96,10 +124,12 @@ class Progress:
         self.log = log
         self.interval = interval
         self.rates = Rates(alpha=1.0)
+        self.latency = _commit_latency(engine)
 
     def emit(self) -> None:
         snap = self.engine.snapshot()
         rates = self.rates.update(snap)
+        latency = self.latency.update() if self.latency is not None else {}
         streams = {
             name: {
                 "rate": round(rates.get(name, 0.0), 1),
@@ -107,8 +137,9 @@ class Progress:
                 "written": s["written"],
                 "invalid": s["invalid"],
                 "dead_letters": s["dead_letters"],
-                "lag_ms": None if s["lag_s"] is None else round(s["lag_s"] * 1000),
+                "lag_ms": None if s["lag_s"] is None else round(_corrected(self.engine, name, s["lag_s"]) * 1000),
                 "last_price": s["last_price"],
+                **_latency_fields(latency.get(name, (None, None))),
             }
             for name, s in snap["streams"].items()
         }
@@ -132,6 +163,12 @@ def summary_lines(snapshot: dict) -> list[str]:
         if s["pending"]:
             lines.append(f"  sink {sid}: {_int(s['pending'])} records NOT committed")
     return lines
+
+
+def _latency_fields(quantiles: tuple[float | None, float | None]) -> dict:
+    p50, p99 = quantiles
+    return {"commit_p50_ms": None if p50 is None else round(p50 * 1000, 1),
+            "commit_p99_ms": None if p99 is None else round(p99 * 1000, 1)}
 
 
 def _rate(per_second: float) -> str:

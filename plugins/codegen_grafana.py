@@ -7,7 +7,8 @@
   symbol appears by itself), price, candles, current price, 1h/24h change, 24h high/low, trades
   in 24h, trades per second, last 100 trades.
 - ``pipeline.json`` — health from Prometheus: WebSocket rates per stream, invalid/dead letters,
-  reconnects, gaps, completeness (trades lost per symbol), connections, Kafka rates per topic and lag, Spark rows/s and batch time,
+  reconnects, gaps, completeness (trades lost per symbol), connections, ingest latency (p50/p99
+  of event → received, received → commit, event → commit; clock offset), Kafka rates per topic and lag, Spark rows/s and batch time,
   PostgreSQL rows per table (the tables of streams.yaml), end-to-end latency, up/down, spool.
 - ``logs.json`` — Loki: every container's logs, filterable by service and level.
 
@@ -225,6 +226,40 @@ def market(config: Config) -> dict:
 
 # -- Pipeline --------------------------------------------------------------------------------------
 
+# histogram → (panel title, what it measures, label sets); p50 and p99 of each, from the _bucket
+# series (framework/latency.py); the p99 alert is TickwireCommitLatencyHigh in
+# compose/prometheus/rules/tickwire.rules.yml
+LATENCY_HISTOGRAMS = (
+    ("tickwire_event_to_commit_seconds", "Latency: Binance event → sink commit",
+     "What a reader of the store waits: Binance's event time E to the sink's write returning (committed / "
+     "acknowledged), corrected by the clock offset.", "stream, sink"),
+    ("tickwire_received_to_commit_seconds", "Latency: received → sink commit",
+     "tickwire's own share: arrival to the sink's write returning (batching, queues, the write).", "stream, sink"),
+    ("tickwire_event_lag_seconds", "Latency: Binance event → received",
+     "Binance and the network's share: event time E to arrival, corrected by the clock offset.", "stream"),
+)
+
+
+def latency_quantile(metric: str, q: float, by: str, window: str = "$__rate_interval") -> str:
+    """The PromQL of one latency quantile: ``histogram_quantile`` over the rate of the buckets."""
+    return f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket[{window}])))"
+
+
+def latency_panels() -> list[tuple[dict, int]]:
+    """p50/p99 per hop, plus the clock offset the event-time hops are corrected by."""
+    panels = []
+    for metric, title, description, by in LATENCY_HISTOGRAMS:
+        legend = " ".join(f"{{{{{label.strip()}}}}}" for label in by.split(","))
+        targets = [prom_target(latency_quantile(metric, q, by), f"p{int(q * 100)} {legend}", ref)
+                   for q, ref in ((0.5, "A"), (0.99, "B"))]
+        panels.append((timeseries(title, PROM, targets, description, unit="s"), 8))
+    offset = timeseries("Clock offset against Binance", PROM, [prom_target(
+        "max by (source) (tickwire_clock_offset_seconds)", "{{source}}")],
+        "This machine's clock minus Binance's server time (GET /api/v3/time, NTP-style). Event-time latencies "
+        "are corrected by it; more than a second means the host's time sync is broken.", unit="s")
+    return panels + [(offset, 24)]
+
+
 def pipeline(config: Config) -> dict:
     table_re = "|".join(stored_tables(config))
     topic_re = "|".join(t.replace(".", "\\\\.") for t in topics(config))
@@ -258,6 +293,9 @@ def pipeline(config: Config) -> dict:
     layout.add(timeseries("Event lag (ingest − Binance E)", PROM, [prom_target(
         "histogram_quantile(0.95, sum by (le, stream) (rate(tickwire_event_lag_seconds_bucket[$__rate_interval])))",
         "p95 {{stream}}")], unit="s"), 8, 8)
+    layout.row("Ingest latency")
+    for panel, w in latency_panels():
+        layout.add(panel, w, 8)
     layout.row("Kafka")
     layout.add(timeseries("Messages in/s per topic", PROM, [prom_target(
         f'sum by (topic) (rate(kafka_topic_partition_current_offset{{topic=~"{topic_re}|tickwire\\\\..*"}}[$__rate_interval]))',

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
 from rich.console import Console
 
-from tickwire.framework.status import StatusView
+from tickwire.framework.config import load_config
+from tickwire.framework.metrics import Metrics
+from tickwire.framework.plugins import PluginManager
+from tickwire.framework.status import Progress, StatusView
+from tickwire.framework.timestamps import iso_ms
 
 
 class SnapshotEngine:
@@ -27,6 +36,12 @@ class SnapshotEngine:
         }
 
 
+@pytest.fixture
+def trade_stream_and_metrics():
+    config = load_config(Path(__file__).resolve().parent.parent / "streams.yaml", PluginManager())
+    return config.streams["trade"], Metrics(CollectorRegistry())
+
+
 def render(view: StatusView) -> str:
     console = Console(width=120, record=True, color_system=None)
     console.print(view.render())
@@ -47,3 +62,45 @@ def test_the_table_shows_rates_prices_lag_and_connections(monkeypatch):
     assert " 2.0 " in ticker and "–" in ticker  # a slow stream's rate keeps its decimal
     assert "source binance: 1 connection, 3 reconnects" in text
     assert "sink sqlite: 0 queued, 10 commits, 2.0 ms/commit" in text
+
+
+def test_the_table_shows_event_to_commit_p50_and_p99_per_stream(trade_stream_and_metrics):
+    """Real latency metrics behind the view: commits observed 40 ms and 900 ms after the event."""
+    stream, metrics = trade_stream_and_metrics
+    engine = SnapshotEngine()
+    engine.metrics = metrics
+    engine.received = 1
+    view = StatusView(engine)
+    now = time.time_ns() // 1_000_000
+    fast = [{"event_time": iso_ms(now - 40), "ingested_at": iso_ms(now - 30)}] * 98
+    slow = [{"event_time": iso_ms(now - 900), "ingested_at": iso_ms(now - 890)}] * 2
+    for record in fast + slow:  # one write each: every record read
+        metrics.latency.commits.committed(stream, "sqlite", [record])
+    text = render(view)
+    header = next(line for line in text.splitlines() if "commit p50" in line)
+    trade = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("trade"))
+    cells = [c.strip() for c in trade.split("│")]
+    columns = [c.strip() for c in header.split("┃")]
+    p50, p99 = cells[columns.index("commit p50")], cells[columns.index("commit p99")]
+    assert p50.endswith(" ms") and 25 <= float(p50.split()[0]) <= 50  # (0.025, 0.05] bucket
+    assert p99.endswith(" ms") and 500 <= float(p99.split()[0]) <= 1000  # (0.5, 1] bucket
+    ticker = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("ticker"))
+    assert ticker.count("–") >= 3  # no price, no commits measured yet
+
+
+def test_progress_lines_carry_the_same_quantiles(trade_stream_and_metrics):
+    stream, metrics = trade_stream_and_metrics
+    engine = SnapshotEngine()
+    engine.metrics = metrics
+    events = []
+
+    class Log:
+        def info(self, event, **fields):
+            events.append(fields)
+
+    now = time.time_ns() // 1_000_000
+    metrics.latency.commits.committed(stream, "sqlite", [{"event_time": iso_ms(now - 3), "ingested_at": iso_ms(now - 2)}])
+    Progress(engine, Log()).emit()
+    trade = events[0]["streams"]["trade"]
+    assert 2 <= trade["commit_p50_ms"] <= trade["commit_p99_ms"] <= 5
+    assert events[0]["streams"]["ticker"]["commit_p99_ms"] is None

@@ -119,6 +119,7 @@ class SinkWorker:
             if child is None:
                 child = self.written_children[stream.name] = self.metrics.messages_written.labels(stream=stream.name, sink=runner.id)
             child.inc(n)
+            self.metrics.latency.commits.committed(stream, runner.id, records)
             route = self.routes.get(stream.name)
             if route is not None:
                 route.written[runner.id] = route.written.get(runner.id, 0) + n

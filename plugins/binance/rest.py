@@ -141,6 +141,15 @@ class HistoricalTrades:
                     )
                 await asyncio.sleep(delay)
 
+    def blocked_for(self) -> float:
+        """Seconds before this client may send again (a Retry-After being honoured); 0 if none."""
+        return max(0.0, self._blocked_until - time.monotonic())
+
+    def block(self, seconds: float) -> None:
+        """Honour a Retry-After another request of this client got (the clock check's): Binance
+        counts every request of the IP, so none goes out before it has passed."""
+        self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
+
     def _warn_blocked(self, wait: float) -> None:
         """Once per ban: say that REST is off for now and the WebSocket stream goes on."""
         if self.log is None or self._warned_block == self._blocked_until:

@@ -61,8 +61,19 @@ class SimConfig:
     quote_assets: tuple[tuple[str, float], ...] = QUOTE_ASSETS
     statuses: tuple[tuple[str, float], ...] = NOT_TRADING
     trade_skew: float = 1.0  # Zipf exponent of the trades over the universe's symbols (0: uniform)
+    clock_offset_ms: int = 0  # the simulated exchange's clock minus this machine's (a skewed clock)
+
+
+_clock_offset_ms = [0]  # set once per simulator process from SimConfig.clock_offset_ms
 
 
 def now_ms() -> int:
-    """Wall-clock milliseconds since the epoch: Binance's event and trade times."""
-    return time.time_ns() // 1_000_000
+    """Wall-clock milliseconds since the epoch: Binance's event and trade times, and
+    ``/api/v3/time`` — on the simulated exchange's clock (see :func:`set_clock_offset`)."""
+    return time.time_ns() // 1_000_000 + _clock_offset_ms[0]
+
+
+def set_clock_offset(ms: int) -> None:
+    """Run the simulated exchange's clock ``ms`` ahead of this machine's (behind when
+    negative): event times and serverTime shift together, as with a skewed local clock."""
+    _clock_offset_ms[0] = int(ms)

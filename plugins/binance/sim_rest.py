@@ -31,13 +31,15 @@ def trade_rows(st: SymbolState, from_id: int | None, limit: int | None) -> list[
 
 
 class RestApi:
-    """The ``/api/v3`` handlers; ``counters`` is the server's tally (``rest_requests``, ``rest_429``)."""
+    """The ``/api/v3`` handlers; ``counters`` is the server's tally (``rest_requests``, ``rest_429``,
+    ``rest_time_requests``)."""
 
     def __init__(self, cfg: SimConfig, market: Market, universe: Universe, counters: dict[str, int]):
         self.cfg = cfg
         self.market = market
         self.universe = universe
         self.counters = counters
+        self.counters.setdefault("rest_time_requests", 0)  # GET /api/v3/time: clock checks, apart from the rest
         self._weight: deque[tuple[float, int]] = deque()  # (when, weight) of the last minute's calls
 
     def _count(self, weight: int) -> web.Response | None:
@@ -68,6 +70,8 @@ class RestApi:
         return self._count(1) or self._json({})
 
     async def time(self, request: web.Request) -> web.Response:
+        """``serverTime`` on the simulated exchange's clock (``--clock-offset-ms`` skews it)."""
+        self.counters["rest_time_requests"] += 1
         return self._count(1) or self._json({"serverTime": now_ms()})
 
     def _trades_query(self, request: web.Request, default_limit: int, from_id_ok: bool) -> web.Response:

@@ -31,7 +31,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from tickwire.plugins.binance.market import Market
-from tickwire.plugins.binance.sim_config import SimConfig
+from tickwire.plugins.binance.sim_config import SimConfig, set_clock_offset
 from tickwire.plugins.binance.sim_connections import Hub
 from tickwire.plugins.binance.sim_control import Control
 from tickwire.plugins.binance.sim_feed import MarketFeed
@@ -47,6 +47,7 @@ class Simulator:
 
     def __init__(self, cfg: SimConfig):
         self.cfg = cfg
+        set_clock_offset(cfg.clock_offset_ms)
         market = Market([], cfg.seed, cfg.history)
         self.replay_frames: list[ReplayFrame] = load_replay(cfg.replay, market) if cfg.replay else []
         self.universe = Universe(cfg, market)

@@ -108,6 +108,9 @@ async def _run_until_signal(coro_start, coro_stop) -> None:
               help="With --universe: the share of the listings in each status other than TRADING (HALT, BREAK, END_OF_DAY).")
 @click.option("--trade-skew", type=float, default=1.0, show_default=True,
               help="With --universe: Zipf exponent of the trades over the symbols (0: uniform; 1: a few carry most).")
+@click.option("--clock-offset-ms", type=int, default=0, show_default=True,
+              help="Run the exchange's clock this many ms ahead of this machine's (negative: behind): event times and "
+                   "/api/v3/time shift together, as Binance's would against a skewed local clock.")
 def simulate(**opts) -> None:
     """Serve a Binance-compatible market-data endpoint (WebSocket + REST) for tests and benchmarks."""
     opts["quote_assets"] = _shares(opts["quote_assets"], "--quote-assets")
@@ -140,7 +143,8 @@ def simulate(**opts) -> None:
         else:
             source = f"symbols={','.join(cfg.symbols)} rate={cfg.rate:g}/s seed={cfg.seed}"
         faults = " ".join(
-            f"{k}={getattr(cfg, k)}" for k in ("drop_every", "shutdown_every", "malformed_every", "rest_429_every") if getattr(cfg, k)
+            f"{k}={getattr(cfg, k)}" for k in ("drop_every", "shutdown_every", "malformed_every", "rest_429_every", "clock_offset_ms")
+            if getattr(cfg, k)
         )
         click.echo(f"simulator: {source} rest=http://{cfg.host}:{port} stats=http://{cfg.host}:{port}/_sim/stats"
                    + (f" compression={cfg.compression}" if cfg.compression != "none" else "")

@@ -43,6 +43,7 @@ import aiohttp
 from tickwire.framework.backoff import Backoff
 from tickwire.framework.components import GAP_TOO_MANY, Emitter, RunContext, SourceSpec
 from tickwire.framework.hookspecs import hookimpl
+from tickwire.plugins.binance.clock import ClockOffset
 from tickwire.plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
 from tickwire.plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
 from tickwire.plugins.binance.gap_filler import GapFiller
@@ -144,6 +145,8 @@ class BinanceSource:
             self.gaps.start(self.rest, emit)
             tasks = [asyncio.create_task(self._slot(i, group, emit), name=f"{self.name}-conn{i}") for i, group in enumerate(self.groups)]
             tasks.append(asyncio.create_task(self._flush_metrics_forever()))
+            tasks.append(asyncio.create_task(ClockOffset(self.name, [s.name for s in self.ctx.streams], o["rest_url"], session,
+                                                         self.metrics, self.rest, self.log).run()))
             try:
                 await asyncio.gather(*tasks)
             finally:
