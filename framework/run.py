@@ -31,10 +31,12 @@ import threading
 from typing import Any
 
 import click
+import structlog
 
 from tickwire.framework.engine import Engine, EngineError, describe_uncommitted, uncommitted_fields
 from tickwire.framework.logs import FORMATS, LEVELS, configure, get_logger, log_loop_exceptions, report_suppressed
 from tickwire.framework.metrics import Metrics
+from tickwire.framework.sharding import Shard, shard_option
 from tickwire.framework.status import Progress, StatusView, summary_lines
 
 EXIT_ABANDONED = 3
@@ -70,9 +72,10 @@ class MetricsPort(click.ParamType):
 @click.option("--no-status", is_flag=True, help="No live table, even on a terminal (progress log lines instead).")
 @click.option("--progress-interval", type=float, default=10.0, show_default=True, metavar="SECONDS",
               help="Seconds between progress log lines when there is no live table.")
+@shard_option
 @click.pass_obj
 def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_port: int | None,
-        duration: float | None, no_status: bool, progress_interval: float) -> None:
+        duration: float | None, no_status: bool, progress_interval: float, shard: Shard | None) -> None:
     """Run the pipeline: sources -> validate -> normalize -> sinks of the profile.
 
     \b
@@ -82,11 +85,13 @@ def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_
       tickwire --set sources.binance.url=ws://127.0.0.1:9443 run --duration 30
     """
     fmt = configure(log_format, log_level)
+    if shard is not None:  # every log line of this process says which shard it is
+        structlog.contextvars.bind_contextvars(shard=str(shard))
     log = get_logger(component="run")
     config = app.config
     metrics = Metrics()
     try:
-        engine = Engine.from_config(config, app.manager, profile, metrics=metrics)
+        engine = Engine.from_config(config, app.manager, profile, metrics=metrics, shard=shard)
     except EngineError as exc:
         raise click.ClickException(str(exc)) from exc
     prof = config.profile(profile)
