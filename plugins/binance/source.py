@@ -428,3 +428,10 @@ def tickwire_register_sources(register) -> None:
             config_schema=CONFIG_SCHEMA,
         )
     )
+
+
+@hookimpl
+def tickwire_register_commands(cli) -> None:
+    from tickwire.plugins.binance.symbols_command import symbols_command  # only when the CLI is built
+
+    cli.add_command(symbols_command)

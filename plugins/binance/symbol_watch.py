@@ -31,7 +31,7 @@ from tickwire.framework.sharding import WHOLE, Shard
 from tickwire.plugins.binance.rest import EXCHANGE_INFO_PATH, BinanceRest, RestError
 from tickwire.plugins.binance.symbol_selector import ExchangeInfoError, Selector, select_symbols
 
-START_ATTEMPTS = 6
+START_ATTEMPTS = 4  # reads of exchangeInfo at start (each one retried by the REST client too)
 
 
 class SymbolListUnavailable(RuntimeError):
@@ -105,16 +105,16 @@ class SymbolWatch:
             out[stream] = self.shard.select(select_symbols(exchange_info, selector))
         return out
 
-    async def initial(self, rest: BinanceRest, backoff: Backoff) -> dict[str, list[str]]:
+    async def initial(self, rest: BinanceRest, backoff: Backoff, attempts: int = START_ATTEMPTS) -> dict[str, list[str]]:
         """The symbols to start with; exchangeInfo is read (with retries) only for selectors."""
         if not self.selectors:
             return self._take(dict(self.fixed), first=True)
         url = rest.base_url + EXCHANGE_INFO_PATH
-        for attempt in range(1, START_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 wanted = self.resolve(await rest.exchange_info())
             except (RestError, ExchangeInfoError) as exc:
-                if attempt == START_ATTEMPTS:
+                if attempt == attempts:
                     raise SymbolListUnavailable(
                         f"source {self.source}: cannot read the symbol list from {url} after {attempt} attempts "
                         f"({exc}); the `symbols:` selector needs it"
@@ -149,7 +149,10 @@ class SymbolWatch:
         self.current = wanted
         self.metrics.selected.labels(**self.labels).set(len(after))
         if first:
-            rules = "; ".join(f"{stream}: {sel.describe()}" for stream, sel in sorted(self.selectors.items()))
+            by_rule: dict[str, list[str]] = {}
+            for stream, selector in sorted(self.selectors.items()):
+                by_rule.setdefault(selector.describe(), []).append(stream)
+            rules = "; ".join(f"{rule} ({', '.join(streams)})" for rule, streams in by_rule.items())
             self.log.info(f"taking {len(after)} symbols" + (f" (shard {self.shard})" if self.shard.count > 1 else "")
                           + (f" selected by {rules}" if rules else ""), source=self.source, symbols=len(after))
             return wanted
