@@ -83,7 +83,7 @@ _SELECTOR = {  # no "type": the field's own type list says it (one message for `
                 },
             },
         },
-        "refresh_seconds": {"type": "number", "minimum": 5, "maximum": 86400, "default": 300,
+        "refresh_seconds": {"type": "number", "minimum": 1, "maximum": 86400, "default": 300,
                             "description": "Seconds between two reads of the symbol list: new listings are "
                                            "subscribed, delisted or halted symbols unsubscribed."},
     },
