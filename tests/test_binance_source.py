@@ -20,7 +20,8 @@ from tickwire.plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, RecentKeys,
 from tickwire.framework.backoff import Backoff
 from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter, TokenBucket
 from tickwire.plugins.binance.rest import BinanceRest, rest_trade_to_event
-from tickwire.plugins.binance.source import CONFIG_SCHEMA, BinanceSource, split_evenly
+from tickwire.plugins.binance.source import CONFIG_SCHEMA, BinanceSource
+from tickwire.plugins.binance.subscriptions import split_evenly
 from tests.fixtures.simulator import serve_stream
 
 # -- helpers ------------------------------------------------------------------------------------

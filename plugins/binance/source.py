@@ -4,7 +4,10 @@ What it does, so the limits Binance enforces are never hit:
 
 * subscribes every channel of the streams whose ``source`` is this one over combined-stream
   connections (``<url>/stream`` + SUBSCRIBE in chunks), at most ``max_streams_per_connection``
-  (1024) per connection — 1500 channels become two connections of 750;
+  (1024) per connection — 1500 channels become two connections of 750 (:mod:`.subscriptions`);
+* takes the symbols of this process's shard (``--shard``) from each stream's list, or from its
+  selector, resolved from exchangeInfo and refreshed while running: new listings are
+  SUBSCRIBEd and delistings UNSUBSCRIBEd on the live connections (:mod:`.symbol_watch`);
 * paces every client message of a connection with one token bucket below
   ``max_messages_per_second`` (5), pongs to Binance's pings included;
 * reconnects on any drop, HTTP 429/418 (honouring ``Retry-After`` up to
@@ -44,34 +47,16 @@ import aiohttp
 from tickwire.framework.backoff import Backoff
 from tickwire.framework.components import GAP_TOO_MANY, Emitter, RunContext, SourceSpec
 from tickwire.framework.hookspecs import hookimpl
-from tickwire.plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
+from tickwire.plugins.binance.connection import Connection, HandshakeRefused
+from tickwire.plugins.binance.failures import connect_failure, describe_failure
 from tickwire.plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
 from tickwire.plugins.binance.gap_filler import GapFiller
 from tickwire.framework.options import with_defaults
 from tickwire.plugins.binance.options import CONFIG_SCHEMA
 from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter
 from tickwire.plugins.binance.rest import BinanceRest, retry_after_seconds
-from tickwire.plugins.binance.subscriptions import SubscriptionPlan, split_evenly  # noqa: F401 - split_evenly: public here too
+from tickwire.plugins.binance.subscriptions import SubscriptionPlan
 from tickwire.plugins.binance.symbol_watch import SymbolWatch
-
-OFFLINE_HINT = (
-    "No internet here, or Binance blocked? Run `tickwire simulate` and point "
-    "TICKWIRE_BINANCE_URL (and TICKWIRE_BINANCE_REST_URL) at the address it prints."
-)
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line, traceback-free reason for a connection problem."""
-    if isinstance(exc, ServerShutdown):
-        return "Binance announced a server shutdown (serverShutdown)"
-    if isinstance(exc, ConnectionLost):
-        return exc.describe()
-    if isinstance(exc, HandshakeRefused):
-        return str(exc)
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
 class BinanceSource:
@@ -280,25 +265,11 @@ class BinanceSource:
                 raise ValueError(f"source {self.name}: invalid url {o['url']!r}: {exc}") from None
             except (OSError, aiohttp.ClientError, HandshakeRefused, asyncio.TimeoutError, TimeoutError) as exc:
                 delay = backoff.next_delay()
-                status = exc.status if isinstance(exc, HandshakeRefused) else None
-                if status in (429, 418):
+                retry = None
+                if isinstance(exc, HandshakeRefused) and exc.status in (429, 418):
                     retry = retry_after_seconds(exc.headers.get("Retry-After"), delay)
                     delay = max(delay, self._cap_retry_after(retry, slot))
-                    what = "is rate limiting us" if status == 429 else "has temporarily banned this IP"
-                    self.log.warning(
-                        f"Binance {what} (HTTP {status}); reconnecting in {delay:.1f}s (Retry-After: {retry:g}s)",
-                        source=self.name, connection=slot,
-                    )
-                elif status is not None:
-                    self.log.warning(
-                        f"Binance refused the connection (HTTP {status}); reconnecting in {delay:.1f}s",
-                        source=self.name, connection=slot, url=conn.url,
-                    )
-                else:
-                    self.log.warning(
-                        f"cannot reach Binance at {conn.url} ({_describe(exc)}); retrying in {delay:.1f}s. {OFFLINE_HINT}",
-                        source=self.name, connection=slot,
-                    )
+                self.log.warning(connect_failure(exc, conn.url, delay, retry), source=self.name, connection=slot)
                 continue
             conn.task = asyncio.create_task(conn.run(), name=f"{self.name}-read{slot}")
             self._live.add(conn)
@@ -353,7 +324,7 @@ class BinanceSource:
                 # still bounds a server that repeats it); it does not reset the backoff
                 immediate = isinstance(exc, ServerShutdown)
                 delay = 0.0 if immediate else backoff.next_delay()
-                reason = _describe(exc) if exc is not None else "connection ended"
+                reason = describe_failure(exc) if exc is not None else "connection ended"
                 self.stats["reconnects"] += 1
                 self.metrics.reconnects.labels(source=self.name).inc()
                 self.log.warning(
