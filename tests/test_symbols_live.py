@@ -235,3 +235,42 @@ def test_bad_selectors_and_shards_are_config_errors_at_their_line(tmp_path):
     assert bad.returncode == 2 and "must be below 2" in bad.stderr and "Traceback" not in bad.stderr
     bad = tickwire("-c", str(config), "run", env={"TICKWIRE_SHARD": "half"})
     assert bad.returncode == 2 and "is not a shard" in bad.stderr and "TICKWIRE_SHARD" in bad.stderr
+
+
+def test_exchange_info_rate_limits_are_honoured_and_the_refresh_goes_on(simulator):
+    """Every second exchangeInfo read is answered 429 with Retry-After: 1. The source waits as
+    asked (REST weight and Retry-After are shared with gap filling), keeps its symbols meanwhile,
+    and the next successful read still subscribes the new listing."""
+    import asyncio
+    from dataclasses import replace
+
+    from tests.test_binance_source import Collector, Ctx
+    from tickwire.framework.testing import stream_spec
+    from tickwire.plugins.binance.source import BinanceSource
+
+    sim = simulator(universe=60, rate=50, rest_429_every=2, retry_after=1)
+    spec = replace(stream_spec("trade", symbols=["BTCUSDT"], source="binance"), symbols=[],
+                   selector={"select": {"quote_assets": ["USDT"]}, "refresh_seconds": 1})
+    src = BinanceSource("binance", {"url": sim.ws_url, "rest_url": sim.rest_url, "max_streams_per_connection": CAP},
+                        Ctx([spec]))
+    start = usdt_trading(sim)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(src.run(Collector()))
+        try:
+            await asyncio.sleep(3)
+            assert src.watch.count == len(start)
+            listed = (await asyncio.to_thread(post, sim, "/_sim/list", symbols="ZZZUSDT"))["listed"]
+            deadline = time.monotonic() + 10
+            while not {f"{s.lower()}@trade" for s in listed} <= src.plan.channels:
+                assert not task.done(), task.exception()
+                assert time.monotonic() < deadline, "the listing was not taken within 10 s"
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert sim.stats()["rest_429"] >= 2
+    assert "rate limit hit (HTTP 429); waiting" in src.ctx.log.text("warning")
+    assert sim.stats()["limit_violations"] == []

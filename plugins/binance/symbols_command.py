@@ -27,6 +27,8 @@ from tickwire.plugins.binance.rest import BinanceRest
 from tickwire.plugins.binance.subscriptions import SubscriptionPlan
 from tickwire.plugins.binance.symbol_watch import SymbolListUnavailable, SymbolWatch
 
+ANSWER_WITHIN_S = 60.0  # a command waits no longer (a run keeps honouring Retry-After)
+
 
 def _channels(streams, wanted: dict[str, list[str]]) -> list[str]:
     by_name = {s.name: s for s in streams}
@@ -110,9 +112,12 @@ def symbols_command(app, profile: str | None, shard: Shard | None, output_format
         if kind != "binance" or not mine:
             continue
         try:
-            report["sources"][name] = asyncio.run(resolve_source(name, options, mine, shard))
+            report["sources"][name] = asyncio.run(asyncio.wait_for(resolve_source(name, options, mine, shard), ANSWER_WITHIN_S))
         except SymbolListUnavailable as exc:
             raise click.ClickException(str(exc)) from None
+        except asyncio.TimeoutError:  # Binance kept answering 429/418 with Retry-After, or a stalled connection
+            raise click.ClickException(f"source {name}: no symbol list from {options.get('rest_url', 'the REST URL')} "
+                                       f"within {ANSWER_WITHIN_S:g}s") from None
     if output_format == "json":
         click.echo(json.dumps(report, indent=2))
     else:
