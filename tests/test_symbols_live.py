@@ -274,3 +274,45 @@ def test_exchange_info_rate_limits_are_honoured_and_the_refresh_goes_on(simulato
     assert sim.stats()["rest_429"] >= 2
     assert "rate limit hit (HTTP 429); waiting" in src.ctx.log.text("warning")
     assert sim.stats()["limit_violations"] == []
+
+
+def test_a_symbol_unsubscribed_while_it_trades_and_subscribed_again_has_its_gap_filled(simulator):
+    """BTCUSDT is unsubscribed for two seconds while the market keeps trading it: subscribed
+    again, its trade-id state is the one it had, so the first trade opens a gap over those two
+    seconds, and the gap is filled from REST — the stored ids are one unbroken range."""
+    import asyncio
+
+    from tests.test_binance_source import Collector, make_source
+
+    sim = simulator(rate=200)
+    src = make_source(sim, symbols=("BTCUSDT", "ETHUSDT"))
+    emit = Collector()
+
+    def btc_ids() -> list[int]:
+        return sorted({p["t"] for stream, p, _ in emit.records if p["s"] == "BTCUSDT"})
+
+    async def scenario() -> None:
+        task = asyncio.create_task(src.run(emit))
+        try:
+            while len(btc_ids()) < 50:
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.05)
+            tracker = src.channels["btcusdt@trade"].trades
+            src.apply({"trade": ["ETHUSDT"]})
+            await asyncio.sleep(2.0)
+            missed_from = max(btc_ids())
+            src.apply({"trade": ["BTCUSDT", "ETHUSDT"]})
+            assert src.channels["btcusdt@trade"].trades is tracker
+            deadline = time.monotonic() + 20
+            while not (btc_ids() and max(btc_ids()) > missed_from + 400 and not src.gaps.busy):
+                assert time.monotonic() < deadline, "BTCUSDT did not come back"
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    ids = btc_ids()
+    assert ids == list(range(ids[0], ids[-1] + 1)), "the two seconds unsubscribed were filled from REST"
+    assert src.stats["gaps_detected"] >= 1 and src.stats["gap_trades_filled"] > 0
+    assert sim.stats()["limit_violations"] == []

@@ -202,14 +202,14 @@ class BinanceSource:
         changed |= set(self.plan.remove(sorted(self.plan.channels - target.keys())))
         changed |= set(self.plan.add(sorted(target.keys() - self.plan.channels)))
         for slot in sorted(changed):
-            self.metrics_subscribed(slot)
+            self._gauge_subscribed(slot)
             if slot >= slots_before:
                 self._spawn(self._slot(slot), f"{self.name}-conn{slot}")
             else:
                 for conn in self._slot_conns.get(slot, ()):
                     self._spawn(self._sync(slot, conn), f"{self.name}-sync{slot}")
 
-    def metrics_subscribed(self, slot: int) -> None:
+    def _gauge_subscribed(self, slot: int) -> None:
         self.watch.metrics.subscribed.labels(connection=str(slot), **self.watch.labels).set(len(self.plan.slots[slot]))
 
     def _spawn(self, coro, name: str) -> None:
