@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tickwire.framework.extras import Requirement
     from tickwire.framework.metrics import Metrics
     from tickwire.framework.schemas import StreamSpec, TopicSpec
+    from tickwire.framework.sharding import Shard
 
 
 class InvalidRecord(Exception):
@@ -130,6 +131,9 @@ class RunContext:
     report_gap: Callable[[TradeGap], None] | None = None
     """Sources only: report a range lost for good; the engine logs it, counts it and records it
     in the stream's stores (trade_gaps) or the dead-letter destination. Never blocks."""
+    shard: Shard | None = None
+    """Sources only: ``tickwire run --shard I/N`` (or ``TICKWIRE_SHARD``): take only the symbols of
+    this shard (framework/sharding.py); None: all of them."""
     dead_letters: bool = False
     """Sinks only: this sink is the running profile's dead-letter destination (``profiles.<p>.
     dead_letter``), so it must be ready for dead letters at open (e.g. its topic exists)."""

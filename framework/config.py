@@ -67,7 +67,8 @@ class Config:
     # -- accessors ---------------------------------------------------------------------------
 
     @property
-    def symbols(self) -> list[str]:
+    def symbols(self) -> list[str] | dict:
+        """The top-level ``symbols:``: a list, or a selector mapping (docs/scaling.md)."""
         return self.data.get("symbols", DEFAULT_SYMBOLS)
 
     @property
@@ -272,6 +273,8 @@ def _cross_check(config: Config) -> list[Problem]:
                 if not problems:  # transforms and options known and valid: build them as run will
                     problems.extend(_transform_problems(config, spec, block, schema_doc))
 
+    problems += _selector_problems(doc, data)
+
     for name, spec in config.streams.items():
         index = f"{spec.table}_symbol_{spec.event_time}_idx"
         if spec.event_time and len(index) > 63:
@@ -369,6 +372,24 @@ def _transform_problems(config: Config, spec: StreamSpec, block: dict, schema_do
     return []
 
 
+def _selector_problems(doc: Document, data: dict) -> list[Problem]:
+    """A symbol both included and excluded by a ``symbols:`` selector (top level or a stream's)."""
+    places = [("symbols",)] + [("streams", name, "symbols") for name in (data.get("streams") or {})]
+    problems = []
+    for path in places:
+        block = data
+        for key in path:
+            block = block.get(key) if isinstance(block, dict) else None
+        rule = block.get("select") if isinstance(block, dict) else None
+        if not isinstance(rule, dict) or not isinstance(rule.get("include"), list) or not isinstance(rule.get("exclude"), list):
+            continue
+        for i, symbol in enumerate(rule["exclude"]):
+            if symbol in rule["include"]:
+                at = path + ("select", "exclude", i)
+                problems.append(Problem(doc.mark(at), dotted(at), f"{symbol} is both included and excluded"))
+    return problems
+
+
 def _topic_spec(block: dict) -> TopicSpec:
     """A stream's ``topic:`` block, the schema's defaults filled in."""
     topic = with_defaults(BASE_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"]["topic"], block)
@@ -384,12 +405,14 @@ def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -
         else:
             (tname, opts), = item.items()
             transforms.append((tname, opts or {}))
+    chosen = block.get("symbols") or config.symbols  # a list, or a selector the source resolves
     return StreamSpec(
         name=name,
         # a missing sources: section is reported by the schema check; don't crash building this
         source=block.get("source") or next(iter(config.data.get("sources") or {}), ""),
         channel=block["channel"],
-        symbols=list(block.get("symbols") or config.symbols),
+        symbols=[] if isinstance(chosen, dict) else list(chosen),
+        selector=chosen if isinstance(chosen, dict) else None,
         schema_path=config.resolve_path(block["schema"]),
         schema=schema_doc.data,
         table=block["table"],

@@ -56,6 +56,52 @@ _TRANSFORM = {
     ],
 }
 
+_SYMBOL_LIST = {"type": "string", "pattern": SYMBOL_PATTERN}
+_SYMBOL_NAMES = {"type": "array", "items": _SYMBOL_LIST, "uniqueItems": True, "maxItems": 10000}
+_SELECTOR = {  # no "type": the field's own type list says it (one message for `symbols: 5`)
+    "additionalProperties": False,
+    "required": ["select"],
+    "properties": {
+        "select": {
+            "description": "`all` (every symbol with status TRADING), or filters that must all hold.",
+            "if": {"type": "string"},
+            "then": {"const": "all"},
+            "else": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "quote_assets": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                     "items": {"type": "string", "pattern": "^[A-Z0-9]{1,12}$"},
+                                     "description": "Quote assets to take, e.g. [USDT, FDUSD] (default: any)."},
+                    "status": {"enum": ["TRADING", "END_OF_DAY", "HALT", "BREAK"], "default": "TRADING",
+                               "description": "Symbol status to take; a symbol leaving it is unsubscribed."},
+                    "permissions": {"type": "array", "minItems": 1, "uniqueItems": True, "default": ["SPOT"],
+                                    "items": {"type": "string", "pattern": "^[A-Z0-9_]{1,32}$"},
+                                    "description": "Take a symbol when one of these is in its permission sets."},
+                    "include": dict(_SYMBOL_NAMES, description="Always taken when listed with the selected status, whatever the other filters."),
+                    "exclude": dict(_SYMBOL_NAMES, description="Never taken."),
+                },
+            },
+        },
+        "refresh_seconds": {"type": "number", "minimum": 1, "maximum": 86400, "default": 300,
+                            "description": "Seconds between two reads of the symbol list: new listings are "
+                                           "subscribed, delisted or halted symbols unsubscribed."},
+    },
+}
+
+
+def _symbols(description: str, **extra) -> dict:
+    """A ``symbols:`` field: a list of symbols, or a selector mapping."""
+    return {
+        "type": ["array", "object"],
+        "description": description,
+        "if": {"type": "array"},
+        "then": {"items": _SYMBOL_LIST, "minItems": 1, "maxItems": 1024, "uniqueItems": True},
+        "else": _SELECTOR,
+        **extra,
+    }
+
+
 BASE_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://tickwire.dev/schemas/streams.schema.json",
@@ -67,15 +113,9 @@ BASE_SCHEMA: dict = {
     "properties": {
         "version": {"const": 1, "description": "Config format version."},
         "default_profile": {"type": "string", "pattern": COMPONENT_ID, "default": "local", "description": "Profile used when --profile is not given."},
-        "symbols": {
-            "type": "array",
-            "description": "Symbols every stream subscribes to, unless the stream lists its own.",
-            "items": {"type": "string", "pattern": SYMBOL_PATTERN},
-            "minItems": 1,
-            "maxItems": 1024,
-            "uniqueItems": True,
-            "default": ["BTCUSDT", "ETHUSDT", "SOLUSDT"],
-        },
+        "symbols": _symbols("Symbols every stream subscribes to, unless the stream has its own: a list, or a "
+                            "selector resolved from the exchange's symbol list (docs/scaling.md).",
+                            default=["BTCUSDT", "ETHUSDT", "SOLUSDT"]),
         "sources": {
             "type": "object",
             "description": "Where payloads come from, by id. `type` names a source plugin.",
@@ -97,14 +137,7 @@ BASE_SCHEMA: dict = {
                     "channel": {"type": "string", "pattern": "\\{symbol\\}", "description": "Channel template, e.g. '{symbol}@trade'."},
                     "schema": {"type": "string", "description": "JSON Schema of the payload (relative to this file)."},
                     "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table in SQLite and PostgreSQL."},
-                    "symbols": {
-                        "type": "array",
-                        "items": {"type": "string", "pattern": SYMBOL_PATTERN},
-                        "minItems": 1,
-                        "maxItems": 1024,
-                        "uniqueItems": True,
-                        "description": "Overrides the global symbol list for this stream.",
-                    },
+                    "symbols": _symbols("Overrides the global symbols for this stream: a list, or a selector."),
                     "topic": _TOPIC,
                     "transforms": {
                         "type": "array",

@@ -174,6 +174,7 @@ def _route_stdlib_logging(stream, renderer, level: str, every_line) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             every_line,
+            structlog.contextvars.merge_contextvars,  # e.g. the shard of `tickwire run --shard`, on library lines too
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _foreign_fields(debug),

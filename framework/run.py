@@ -33,10 +33,12 @@ import threading
 from typing import Any
 
 import click
+import structlog
 
 from tickwire.framework.engine import Engine, EngineError, describe_uncommitted, uncommitted_fields
 from tickwire.framework.logs import FORMATS, LEVELS, configure, get_logger, log_loop_exceptions, report_suppressed
 from tickwire.framework.metrics import Metrics
+from tickwire.framework.sharding import Shard, shard_option
 from tickwire.framework.status import Progress, StatusView, summary_lines
 
 EXIT_ABANDONED = 3
@@ -93,9 +95,11 @@ def _instance_name(ctx, param, value: str | None) -> str:
 @click.option("--instance", envvar="TICKWIRE_INSTANCE", default=None, callback=_instance_name, metavar="NAME",
               help="This process's name in every log line (`instance`) and in the metric tickwire_instance_info, "
                    "to tell redundant instances apart (env TICKWIRE_INSTANCE; default: hostname-pid).")
+@shard_option
 @click.pass_obj
 def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_port: int | None,
-        duration: float | None, no_status: bool, progress_interval: float, instance: str) -> None:
+        duration: float | None, no_status: bool, progress_interval: float, instance: str,
+        shard: Shard | None) -> None:
     """Run the pipeline: sources -> validate -> normalize -> sinks of the profile.
 
     \b
@@ -105,12 +109,14 @@ def run(app: Any, profile: str | None, log_format: str, log_level: str, metrics_
       tickwire --set sources.binance.url=ws://127.0.0.1:9443 run --duration 30
     """
     fmt = configure(log_format, log_level, fields={"instance": instance})
+    if shard is not None:  # every log line of this process says which shard it is
+        structlog.contextvars.bind_contextvars(shard=str(shard))
     log = get_logger(component="run")
     config = app.config
     metrics = Metrics()
     metrics.identify(instance)
     try:
-        engine = Engine.from_config(config, app.manager, profile, metrics=metrics)
+        engine = Engine.from_config(config, app.manager, profile, metrics=metrics, shard=shard)
     except EngineError as exc:
         raise click.ClickException(str(exc)) from exc
     prof = config.profile(profile)

@@ -73,6 +73,7 @@ class StreamSpec:
     topic: TopicSpec | None
     transforms: list[tuple[str, dict]]
     sinks: list[str] = field(default_factory=list)  # sink ids of the active profile
+    selector: dict | None = None  # ``symbols: {select: …}``: the source resolves it, ``symbols`` is then empty
 
     @cached_property
     def annotation(self) -> dict:

@@ -19,8 +19,9 @@ from tickwire.plugins.binance.frames import FrameRouter, ServerShutdown, build_c
 from tickwire.plugins.binance.gaps import DUPLICATE, GAP, LATE, NEW, RecentKeys, TradeIdTracker
 from tickwire.framework.backoff import Backoff
 from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter, TokenBucket
-from tickwire.plugins.binance.rest import HistoricalTrades, rest_trade_to_event
-from tickwire.plugins.binance.source import CONFIG_SCHEMA, BinanceSource, split_evenly
+from tickwire.plugins.binance.rest import BinanceRest, rest_trade_to_event
+from tickwire.plugins.binance.source import CONFIG_SCHEMA, BinanceSource
+from tickwire.plugins.binance.subscriptions import split_evenly
 from tests.fixtures.simulator import serve_stream
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -69,6 +70,7 @@ class Ctx:
         self.config_dir = None
         self.resume: dict[str, dict[str, int]] = {}
         self.report_gap = None
+        self.shard = None
 
 
 def specs(symbols, kinds=("trade",)):
@@ -489,7 +491,6 @@ def test_1500_streams_use_two_connections_within_the_message_rate(simulator):
     sim = simulator(rate=20)
     symbols = [f"S{i:03d}USDT" for i in range(500)]
     src = make_source(sim, symbols=symbols, kinds=("trade", "ticker_1h", "ticker"), subscribe_chunk_size=50)
-    assert [len(g) for g in src.groups] == [750, 750]
     emit = Collector()
 
     def subscribed():
@@ -499,6 +500,7 @@ def test_1500_streams_use_two_connections_within_the_message_rate(simulator):
     t0 = time.monotonic()
     asyncio.run(run_source(src, emit, 30.0, until=subscribed))
     elapsed = time.monotonic() - t0
+    assert [len(g) for g in src.groups] == [750, 750]
     st = sim.stats()
     conns = st["connections"]
     assert len(conns) == 2, conns
@@ -558,7 +560,7 @@ def test_rest_429_is_honoured(simulator):
 
         async with aiohttp.ClientSession() as session:
             seen = []
-            rest = HistoricalTrades(sim.rest_url, session, on_rate_limited=lambda status, s: seen.append((status, s)))
+            rest = BinanceRest(sim.rest_url, session, on_rate_limited=lambda status, s: seen.append((status, s)))
             await asyncio.sleep(0.5)  # let the market make some trades
             first = await rest.fetch("BTCUSDT", 1, 5)
             t0 = time.monotonic()

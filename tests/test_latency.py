@@ -32,7 +32,7 @@ from tickwire.framework.metrics import Metrics
 from tickwire.framework.plugins import PluginManager
 from tickwire.framework.timestamps import iso_ms
 from tickwire.plugins.binance.clock import PROBES, ClockOffset
-from tickwire.plugins.binance.rest import HistoricalTrades
+from tickwire.plugins.binance.rest import BinanceRest
 from tickwire.plugins.codegen_grafana import LATENCY_HISTOGRAMS, pipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -306,7 +306,7 @@ def test_the_clock_offset_is_the_midpoint_estimate_against_server_time(simulator
 
     async def measure() -> ClockOffset:
         async with aiohttp.ClientSession() as session:
-            clock = ClockOffset("binance", ["trade"], sim.rest_url, session, metrics, HistoricalTrades(sim.rest_url, session))
+            clock = ClockOffset("binance", ["trade"], sim.rest_url, session, metrics, BinanceRest(sim.rest_url, session))
             await clock.measure()
             return clock
 
@@ -332,7 +332,7 @@ def test_a_refused_time_request_is_logged_honoured_and_retried_not_fatal(simulat
 
     async def run_briefly() -> None:
         async with aiohttp.ClientSession() as session:
-            rest = HistoricalTrades(sim.rest_url, session)
+            rest = BinanceRest(sim.rest_url, session)
             clock = ClockOffset("binance", ["trade"], sim.rest_url, session, metrics, rest, Log())
             task = asyncio.create_task(clock.run())
             await asyncio.sleep(0.5)

@@ -27,6 +27,7 @@ from tickwire.framework.engine.workers import SinkWorker
 from tickwire.framework.logs import get_logger
 from tickwire.framework.metrics import Metrics
 from tickwire.framework.schemas import StreamSpec
+from tickwire.framework.sharding import Shard
 
 SOURCE_RESTART = (1.0, 30.0)  # seconds: first delay before restarting a source that raised, longest
 
@@ -49,8 +50,10 @@ class Engine:
         config: Any = None,
         config_dir: Path | str = ".",
         log: Any = None,
+        shard: Shard | None = None,
     ):
         self.settings = settings or EngineSettings()
+        self.shard = shard  # handed to the sources (RunContext.shard)
         self.metrics = metrics or Metrics()
         self.config = config  # only for RunContext.config (deprecated)
         self.config_dir = Path(config_dir)
@@ -76,12 +79,13 @@ class Engine:
         self.stopped_at: float | None = None
 
     @classmethod
-    def from_config(cls, config: Any, plugins: Any, profile: str | None = None, metrics: Metrics | None = None, log=None) -> Engine:
+    def from_config(cls, config: Any, plugins: Any, profile: str | None = None, metrics: Metrics | None = None, log=None,
+                    shard: Shard | None = None) -> Engine:
         """Build from the loaded :class:`~tickwire.framework.config.Config` and the plugin manager."""
         plan = plan_from_config(config, plugins, profile)
         return cls(streams=plan.streams, sources=plan.sources, sinks=plan.sinks, transforms=plan.transforms,
                    dead_letter=plan.dead_letter, settings=plan.settings, metrics=metrics, config=config,
-                   config_dir=config.dir, log=log)
+                   config_dir=config.dir, log=log, shard=shard)
 
     def emitter(self, source_id: str, plugin: str) -> Emitter:
         """What source ``source_id`` (of ``plugin``) hands its payloads to."""
@@ -94,6 +98,7 @@ class Engine:
         if component == "source":
             ctx.resume = {s.name: dict(self._resume[s.name]) for s in streams if s.name in self._resume}
             ctx.report_gap = self.report_gap
+            ctx.shard = self.shard
         return ctx
 
     # -- running -----------------------------------------------------------------------------

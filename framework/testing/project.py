@@ -58,7 +58,7 @@ def streams_config(
     profiles: Mapping[str, Mapping[str, Any]],
     sources: Mapping[str, Mapping[str, Any]] | None = None,
     streams: Iterable[str] | Mapping[str, Mapping[str, Any]] = ("trade",),
-    symbols: Iterable[str] = ("BTCUSDT",),
+    symbols: Iterable[str] | Mapping[str, Any] = ("BTCUSDT",),
     engine: Mapping[str, Any] | None = None,
     derived: Mapping[str, Mapping[str, Any]] | None = None,
     metrics: Mapping[str, Any] | None = None,
@@ -75,7 +75,7 @@ def streams_config(
         "version": CONFIG_VERSION,
         "default_profile": next(iter(profiles)),
         "sources": copy.deepcopy(dict(sources or {"binance": {"type": "binance"}})),
-        "symbols": list(symbols),
+        "symbols": dict(symbols) if isinstance(symbols, Mapping) else list(symbols),  # a mapping: a selector
         "streams": {name: stream_block(name, block) for name, block in stream_items},
         "sinks": copy.deepcopy(dict(sinks)),
         "profiles": copy.deepcopy(dict(profiles)),

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tickwire.plugins.binance.rest import HistoricalTrades, retry_after_seconds
+from tickwire.plugins.binance.rest import BinanceRest, retry_after_seconds
 
 TIME_PATH = "/api/v3/time"
 TIME_WEIGHT = 1
@@ -44,7 +44,7 @@ class ClockOffset:
     cancelled. ``metrics`` is the run's :class:`~tickwire.framework.metrics.Metrics`."""
 
     def __init__(self, source: str, streams: list[str], base_url: str, session: aiohttp.ClientSession,
-                 metrics: Any, rest: HistoricalTrades, log: Any = None):
+                 metrics: Any, rest: BinanceRest, log: Any = None):
         self.source = source
         self.streams = streams
         self.url = base_url.rstrip("/") + TIME_PATH

@@ -118,6 +118,7 @@ class Connection:
         self._all_sent = False
         self._resubmitting = 0
         self._retry_tasks: set[asyncio.Task] = set()
+        self._sync_lock = asyncio.Lock()  # live (un)subscriptions, one change at a time
 
     async def connect(self) -> None:
         """Open the WebSocket. Raises HandshakeRefused (an HTTP status instead of 101), OSError or
@@ -166,6 +167,42 @@ class Connection:
         await self._subscribe(self.channels)
         self._all_sent = True
         self._check_ready()
+
+    async def sync(self, wanted: list[str]) -> tuple[list[str], list[str]]:
+        """Make the live subscription ``wanted`` (the supervisor's current list for this
+        connection): UNSUBSCRIBE what is no longer in it first (freeing room under the cap), then
+        SUBSCRIBE what is new, chunked and paced like the first subscription. Waits until the
+        first subscription was answered; returns (added, removed), empty when the connection
+        ended meanwhile (its replacement subscribes the current list). Safe to call again at
+        any time: calls run one after another and each compares with what is subscribed then."""
+        async with self._sync_lock:
+            if not await self._until_ready():
+                return [], []
+            target = set(wanted)
+            current = set(self.channels)
+            removed = sorted(current - target)
+            added = sorted(target - current)
+            for i in range(0, len(removed), self.chunk_size):
+                chunk = removed[i : i + self.chunk_size]
+                req_id = self._next_id
+                self._next_id += 1
+                await self.send({"method": "UNSUBSCRIBE", "params": chunk, "id": req_id})
+            self.channels = [ch for ch in self.channels if ch in target] + added
+            if added:
+                await self._subscribe(added)
+            return added, removed
+
+    async def _until_ready(self) -> bool:
+        """Wait until every SUBSCRIBE so far was answered; False if the connection ended first."""
+        if self.task is None or self.task.done():
+            return False
+        if not self.ready.is_set():
+            ready = asyncio.ensure_future(self.ready.wait())
+            try:
+                await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ready.cancel()
+        return self.ready.is_set() and not self.task.done()
 
     async def _resubscribe(self, channels: list[str]) -> None:
         try:

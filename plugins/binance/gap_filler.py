@@ -27,7 +27,7 @@ from tickwire.framework.components import (
 )
 from tickwire.framework.timestamps import iso_ns
 from tickwire.plugins.binance.frames import Channel
-from tickwire.plugins.binance.rest import HistoricalTrades, RestError, rest_trade_to_event
+from tickwire.plugins.binance.rest import BinanceRest, RestError, rest_trade_to_event
 
 PROBE_INTERVAL = 10.0  # seconds between two REST checks of far-ahead trade ids, per channel
 
@@ -46,7 +46,7 @@ class GapFiller:
         self.enabled = bool(options["gap_fill"])
         self.grace = float(options["gap_fill_grace_seconds"])
         self.max_trades = int(options["gap_fill_max_trades"])
-        self.rest: HistoricalTrades | None = None  # set by start()
+        self.rest: BinanceRest | None = None  # set by start()
         self.emit: Emitter | None = None
         self.tasks: dict[str, asyncio.Task] = {}  # channel (or "probe:<channel>") → its filler
         self.overlaps = 0  # rotations in progress (two connections deliver the same channels)
@@ -56,7 +56,7 @@ class GapFiller:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def resume_trackers(self) -> None:
+    def resume_trackers(self, channels=None) -> None:
         """Seed each trade channel with the last id its stores hold. The first live trade then
         opens the gap last+1 … first_live-1 and the filler fetches it. Waiting for that trade
         (rather than asking REST for the newest id at once) costs no REST weight — 25 per
@@ -64,12 +64,12 @@ class GapFiller:
         symbol that trades rarely is filled when it trades, and nothing is lost meanwhile: the
         stores still say where to resume."""
         resume = self.ctx.resume
-        for ch in self.channels.values():
+        for ch in self.channels.values() if channels is None else channels:
             last = resume.get(ch.stream, {}).get(ch.symbol)
             if ch.trades is not None and last is not None:
                 ch.trades.resume_from(int(last))
 
-    def start(self, rest: HistoricalTrades, emit: Emitter) -> None:
+    def start(self, rest: BinanceRest, emit: Emitter) -> None:
         """From now on gaps are fetched with ``rest`` and their trades handed to ``emit``."""
         self.rest = rest
         self.emit = emit

@@ -59,8 +59,10 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "minimum": 1,
             "maximum": 1024,
             "default": 1024,
-            "description": "Channels per WebSocket connection (Binance: at most 1024). More channels "
-            "are spread evenly over several connections.",
+            "description": "Channels per WebSocket connection (Binance: at most 1024). At start the "
+            "channels are spread evenly over as few connections as this allows; symbols listed later "
+            "go to the connection with the most room, and a new connection opens when all are full. "
+            "A lower cap means one reconnect re-subscribes (and may lose) less (docs/scaling.md).",
         },
         "subscribe_chunk_size": {
             "type": "integer",

@@ -1,6 +1,8 @@
-"""Binance REST: ``GET /api/v3/historicalTrades``, used to fill trade-id gaps.
+"""Binance REST: ``GET /api/v3/historicalTrades`` (to fill trade-id gaps) and
+``GET /api/v3/exchangeInfo`` (to resolve ``symbols:`` selectors), through one client that keeps
+both within one weight budget.
 
-No API key is needed. Each request weighs 25 of the 6000 per minute an IP may spend; a 429
+No API key is needed. historicalTrades weighs 25, exchangeInfo 20, of the 6000 per minute an IP may spend; a 429
 answer means "slow down" and a 418 means "banned for a while": both carry ``Retry-After``
 (seconds), which we honour for every request of this client, not just the one that got it —
 up to ``retry_after_max`` seconds: a longer wait (a 418 ban can last days) is not waited out;
@@ -22,6 +24,8 @@ from tickwire.plugins.binance.ratelimit import TokenBucket
 HISTORICAL_TRADES_PATH = "/api/v3/historicalTrades"
 HISTORICAL_TRADES_WEIGHT = 25
 HISTORICAL_TRADES_MAX_LIMIT = 1000
+EXCHANGE_INFO_PATH = "/api/v3/exchangeInfo"
+EXCHANGE_INFO_WEIGHT = 20
 
 
 class RestError(Exception):
@@ -54,8 +58,9 @@ def retry_after_seconds(value: str | None, default: float) -> float:
         return default
 
 
-class HistoricalTrades:
-    """Fetches historical trades politely: weight budget, Retry-After, retries with backoff."""
+class BinanceRest:
+    """Binance's public REST endpoints, asked politely: one weight budget, Retry-After, retries
+    with backoff."""
 
     def __init__(
         self,
@@ -69,7 +74,8 @@ class HistoricalTrades:
         on_rate_limited=None,
         retry_after_max: float = 300.0,
     ):
-        self.url = base_url.rstrip("/") + HISTORICAL_TRADES_PATH
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + HISTORICAL_TRADES_PATH
         self.session = session
         self.weight = TokenBucket(weight_per_minute / 60.0, capacity=max(weight_per_minute, HISTORICAL_TRADES_WEIGHT))
         self.max_retries = max_retries
@@ -86,6 +92,24 @@ class HistoricalTrades:
         """Trades of ``symbol`` with ids ``from_id`` … ``from_id + limit - 1`` (fewer if they
         do not exist yet). Raises :class:`RestError` when retrying cannot help."""
         params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(max(limit, 1), HISTORICAL_TRADES_MAX_LIMIT))}
+        data = await self.get_json(HISTORICAL_TRADES_PATH, params, HISTORICAL_TRADES_WEIGHT, symbol=symbol)
+        if not isinstance(data, list):
+            raise RestError(f"historicalTrades answer is not a list: {str(data)[:200]}")
+        return data
+
+    async def exchange_info(self) -> dict:
+        """Every spot symbol with its status, assets and permission sets (weight 20). Raises
+        :class:`RestError` when retrying cannot help."""
+        data = await self.get_json(EXCHANGE_INFO_PATH, {}, EXCHANGE_INFO_WEIGHT)
+        if not isinstance(data, dict) or not isinstance(data.get("symbols"), list):
+            raise RestError(f"exchangeInfo answer has no 'symbols' list: {str(data)[:200]}")
+        return data
+
+    async def get_json(self, path: str, params: dict, weight: int, **log_fields) -> object:
+        """GET ``path`` and parse its JSON; waits for ``weight`` from the budget, honours
+        Retry-After, retries network errors and 5xx with backoff."""
+        url = self.base_url + path
+        what = path.rsplit("/", 1)[-1]
         failures = 0
         backoff = Backoff(self.backoff.initial, self.backoff.maximum, self.backoff.factor, self.backoff.jitter)
         while True:
@@ -98,10 +122,10 @@ class HistoricalTrades:
                 )
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self.weight.take(HISTORICAL_TRADES_WEIGHT)
+            await self.weight.take(weight)
             self.requests += 1
             try:
-                async with self.session.get(self.url, params=params) as resp:
+                async with self.session.get(url, params=params) as resp:
                     if resp.status in (429, 418):
                         delay = retry_after_seconds(resp.headers.get("Retry-After"), backoff.next_delay())
                         self._blocked_until = max(self._blocked_until, time.monotonic() + delay)
@@ -121,14 +145,11 @@ class HistoricalTrades:
                             resp.request_info, (), status=resp.status, message=body[:200].decode("utf-8", "replace")
                         )
                     if resp.status != 200:
-                        raise RestError(f"HTTP {resp.status} from {self.url}: {body[:300].decode('utf-8', 'replace')}")
+                        raise RestError(f"HTTP {resp.status} from {url}: {body[:300].decode('utf-8', 'replace')}")
                     try:
-                        data = orjson.loads(body)
+                        return orjson.loads(body)
                     except orjson.JSONDecodeError as exc:
-                        raise RestError(f"historicalTrades answer is not JSON: {exc}") from None
-                    if not isinstance(data, list):
-                        raise RestError(f"historicalTrades answer is not a list: {body[:200]!r}")
-                    return data
+                        raise RestError(f"{what} answer is not JSON: {exc}") from None
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 failures += 1
                 if failures > self.max_retries:
@@ -136,8 +157,8 @@ class HistoricalTrades:
                 delay = backoff.next_delay()
                 if self.log:
                     self.log.warning(
-                        f"Binance REST request failed ({exc or type(exc).__name__}); retrying in {delay:.1f}s",
-                        symbol=symbol,
+                        f"Binance REST request {what} failed ({exc or type(exc).__name__}); retrying in {delay:.1f}s",
+                        **log_fields,
                     )
                 await asyncio.sleep(delay)
 

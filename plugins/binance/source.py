@@ -4,7 +4,10 @@ What it does, so the limits Binance enforces are never hit:
 
 * subscribes every channel of the streams whose ``source`` is this one over combined-stream
   connections (``<url>/stream`` + SUBSCRIBE in chunks), at most ``max_streams_per_connection``
-  (1024) per connection — 1500 channels become two connections of 750;
+  (1024) per connection — 1500 channels become two connections of 750 (:mod:`.subscriptions`);
+* takes the symbols of this process's shard (``--shard``) from each stream's list, or from its
+  selector, resolved from exchangeInfo and refreshed while running: new listings are
+  SUBSCRIBEd and delistings UNSUBSCRIBEd on the live connections (:mod:`.symbol_watch`);
 * paces every client message of a connection with one token bucket below
   ``max_messages_per_second`` (5), pongs to Binance's pings included;
 * reconnects on any drop, HTTP 429/418 (honouring ``Retry-After`` up to
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import aiohttp
 
@@ -44,46 +48,16 @@ from tickwire.framework.backoff import Backoff
 from tickwire.framework.components import GAP_TOO_MANY, Emitter, RunContext, SourceSpec
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.plugins.binance.clock import ClockOffset
-from tickwire.plugins.binance.connection import Connection, ConnectionLost, HandshakeRefused
+from tickwire.plugins.binance.connection import Connection, HandshakeRefused
+from tickwire.plugins.binance.failures import connect_failure, describe_failure
 from tickwire.plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
 from tickwire.plugins.binance.gap_filler import GapFiller
 from tickwire.framework.options import with_defaults
 from tickwire.plugins.binance.options import CONFIG_SCHEMA
 from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter
-from tickwire.plugins.binance.rest import HistoricalTrades, retry_after_seconds
-
-OFFLINE_HINT = (
-    "No internet here, or Binance blocked? Run `tickwire simulate` and point "
-    "TICKWIRE_BINANCE_URL (and TICKWIRE_BINANCE_REST_URL) at the address it prints."
-)
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line, traceback-free reason for a connection problem."""
-    if isinstance(exc, ServerShutdown):
-        return "Binance announced a server shutdown (serverShutdown)"
-    if isinstance(exc, ConnectionLost):
-        return exc.describe()
-    if isinstance(exc, HandshakeRefused):
-        return str(exc)
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
-
-
-def split_evenly(items: list, max_per_group: int) -> list[list]:
-    """``items`` in ``ceil(n / max)`` groups of nearly equal size, order kept."""
-    if not items:
-        return []
-    groups = -(-len(items) // max_per_group)
-    size, extra = divmod(len(items), groups)
-    out, start = [], 0
-    for i in range(groups):
-        end = start + size + (1 if i < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return out
+from tickwire.plugins.binance.rest import BinanceRest, retry_after_seconds
+from tickwire.plugins.binance.subscriptions import SubscriptionPlan
+from tickwire.plugins.binance.symbol_watch import SymbolWatch
 
 
 class BinanceSource:
@@ -98,10 +72,21 @@ class BinanceSource:
         self.opts.pop("type", None)
         self.log = ctx.log
         self.metrics = ctx.metrics
+        self.streams = {spec.name: spec for spec in ctx.streams if spec.source == name}
+        # two streams on one channel template cannot be told apart: refuse it now, not at the first listing
+        build_channels([replace(spec, symbols=["BTCUSDT"]) for spec in self.streams.values()], name)
+        self.watch = SymbolWatch(name, self.streams.values(), ctx.shard, self.log, self.metrics)
+        # every channel ever subscribed (its trade-id state kept while unsubscribed, so a symbol
+        # listed again continues where it was and the gap between is found); the router's table
         self.channels: dict[str, Channel] = build_channels(
-            ctx.streams, name, window=int(self.opts["dedupe_window"]), max_jump=int(self.opts["max_id_jump"])
+            [replace(self.streams[stream], symbols=symbols) for stream, symbols in self.watch.fixed.items()], name,
+            window=int(self.opts["dedupe_window"]), max_jump=int(self.opts["max_id_jump"]),
         )
-        self.groups: list[list[str]] = split_evenly(sorted(self.channels), int(self.opts["max_streams_per_connection"]))
+        # which channels each connection carries now; filled at start (see run)
+        self.plan = SubscriptionPlan([], int(self.opts["max_streams_per_connection"]))
+        self._slot_conns: dict[int, set[Connection]] = {}  # slot → its live connections (2 while rotating)
+        self._tasks: set[asyncio.Task] = set()  # slot supervisors and live (un)subscriptions
+        self._failed: asyncio.Future | None = None  # a slot supervisor's error ends run() with it
         self.attempts = SlidingWindowLimiter(int(self.opts["max_connection_attempts_per_5min"]), 300.0)
         self.connections: dict[int, Connection] = {}  # slot → current connection
         self._live: set[Connection] = set()  # every connection not closed yet (2 per slot while rotating)
@@ -119,22 +104,30 @@ class BinanceSource:
         }
         self.gaps = GapFiller(name, self.opts, ctx, self.channels, self.stats)
         self.router: FrameRouter | None = None
-        self.rest: HistoricalTrades | None = None
+        self.rest: BinanceRest | None = None
         self._open = 0
         self._retry_after_capped = False  # warned that a Retry-After exceeded retry_after_max_seconds
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    @property
+    def groups(self) -> list[list[str]]:
+        """The channels of each connection."""
+        return self.plan.slots
+
     async def run(self, emit: Emitter) -> None:
-        if not self.channels:
+        if not self.streams:
             self.log.warning("no stream uses this Binance source; it stays idle", source=self.name)
             await asyncio.Event().wait()
         o = self.opts
+        self._failed = asyncio.get_running_loop().create_future()
+        self.plan = SubscriptionPlan([], self.plan.cap)  # a restarted run() opens every connection again
+        self._slot_conns.clear()
         self.gaps.resume_trackers()
         self.router = FrameRouter(self.channels, emit, int(o["max_frame_bytes"]), self.gaps.on_gap, self.gaps.on_too_far)
         timeout = aiohttp.ClientTimeout(total=30, connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            self.rest = HistoricalTrades(
+            self.rest = BinanceRest(
                 o["rest_url"],
                 session,
                 weight_per_minute=float(o["rest_weight_per_minute"]),
@@ -143,13 +136,16 @@ class BinanceSource:
                 retry_after_max=float(o["retry_after_max_seconds"]),
             )
             self.gaps.start(self.rest, emit)
-            tasks = [asyncio.create_task(self._slot(i, group, emit), name=f"{self.name}-conn{i}") for i, group in enumerate(self.groups)]
-            tasks.append(asyncio.create_task(self._flush_metrics_forever()))
+            tasks = [asyncio.create_task(self._flush_metrics_forever())]
             tasks.append(asyncio.create_task(ClockOffset(self.name, [s.name for s in self.ctx.streams], o["rest_url"], session,
                                                          self.metrics, self.rest, self.log).run()))
             try:
-                await asyncio.gather(*tasks)
+                self.apply(await self.watch.initial(self.rest, self._new_backoff()))
+                if self.watch.refresh_seconds is not None:
+                    tasks.append(asyncio.create_task(self._refresh_forever(self.watch.refresh_seconds), name=f"{self.name}-symbols"))
+                await asyncio.gather(*tasks, self._failed)
             finally:
+                tasks += self._tasks
                 for task in tasks:
                     task.cancel()
                 fillers = self.gaps.cancel()
@@ -175,7 +171,71 @@ class BinanceSource:
         self._open += delta
         self.metrics.connections_open.labels(source=self.name).inc(delta)
 
-    async def _connect(self, slot: int, channels: list[str], backoff: Backoff, delay: float) -> Connection:
+    # -- symbols -------------------------------------------------------------------------------
+
+    async def _refresh_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            wanted = await self.watch.refresh(self.rest)
+            if wanted is not None:
+                self.apply(wanted)
+
+    def apply(self, wanted: dict[str, list[str]]) -> None:
+        """Subscribe exactly the channels of ``wanted`` (stream → symbols): new ones go to the
+        connection with the most room (a new connection when all are full), gone ones are
+        unsubscribed on theirs. Returns at once; the connections send the requests paced."""
+        target: dict[str, tuple[str, str]] = {}  # channel → (stream, symbol)
+        for stream, symbols in wanted.items():
+            template = self.streams[stream].channel
+            for symbol in symbols:
+                target[template.format(symbol=symbol.lower()).lower()] = (stream, symbol)
+        fresh: dict[str, list[str]] = {}
+        for channel, (stream, symbol) in target.items():
+            if channel not in self.channels:
+                fresh.setdefault(stream, []).append(symbol)
+        for stream, symbols in fresh.items():
+            made = build_channels([replace(self.streams[stream], symbols=symbols, selector=None)], self.name,
+                                  window=int(self.opts["dedupe_window"]), max_jump=int(self.opts["max_id_jump"]))
+            self.channels.update(made)
+            self.gaps.resume_trackers(made.values())
+        slots_before = len(self.plan.slots)
+        if not self.plan.slots:  # the start: spread evenly over as few connections as the cap allows
+            self.plan = SubscriptionPlan(list(target), self.plan.cap)
+        changed = set(range(slots_before, len(self.plan.slots)))
+        changed |= set(self.plan.remove(sorted(self.plan.channels - target.keys())))
+        changed |= set(self.plan.add(sorted(target.keys() - self.plan.channels)))
+        for slot in sorted(changed):
+            self._gauge_subscribed(slot)
+            if slot >= slots_before:
+                self._spawn(self._slot(slot), f"{self.name}-conn{slot}")
+            else:
+                for conn in self._slot_conns.get(slot, ()):
+                    self._spawn(self._sync(slot, conn), f"{self.name}-sync{slot}")
+
+    def _gauge_subscribed(self, slot: int) -> None:
+        self.watch.metrics.subscribed.labels(connection=str(slot), **self.watch.labels).set(len(self.plan.slots[slot]))
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failed is not None and not self._failed.done():
+            self._failed.set_exception(task.exception())
+
+    async def _sync(self, slot: int, conn: Connection) -> None:
+        """Bring one live connection to its slot's current channels."""
+        added, removed = await conn.sync(self.plan.slots[slot])
+        if added or removed:
+            self.log.info(f"connection {slot}: subscribed {len(added)} streams, unsubscribed {len(removed)}",
+                          source=self.name, connection=slot, subscribed=len(added), unsubscribed=len(removed),
+                          streams=len(conn.channels))
+
+    # -- connections (continued) -----------------------------------------------------------------
+
+    async def _connect(self, slot: int, backoff: Backoff, delay: float) -> Connection:
         """Connect (retrying until it works) and start reading; return the live connection."""
         o = self.opts
         while True:
@@ -187,6 +247,7 @@ class BinanceSource:
                     f"waited {waited:.0f}s: at most {self.attempts.limit} connection attempts per 5 minutes",
                     source=self.name,
                 )
+            channels = list(self.plan.slots[slot])
             conn = Connection(
                 conn_id=f"{self.name}#{slot}",
                 url=o["url"],
@@ -207,32 +268,22 @@ class BinanceSource:
                 raise ValueError(f"source {self.name}: invalid url {o['url']!r}: {exc}") from None
             except (OSError, aiohttp.ClientError, HandshakeRefused, asyncio.TimeoutError, TimeoutError) as exc:
                 delay = backoff.next_delay()
-                status = exc.status if isinstance(exc, HandshakeRefused) else None
-                if status in (429, 418):
+                retry = None
+                if isinstance(exc, HandshakeRefused) and exc.status in (429, 418):
                     retry = retry_after_seconds(exc.headers.get("Retry-After"), delay)
                     delay = max(delay, self._cap_retry_after(retry, slot))
-                    what = "is rate limiting us" if status == 429 else "has temporarily banned this IP"
-                    self.log.warning(
-                        f"Binance {what} (HTTP {status}); reconnecting in {delay:.1f}s (Retry-After: {retry:g}s)",
-                        source=self.name, connection=slot,
-                    )
-                elif status is not None:
-                    self.log.warning(
-                        f"Binance refused the connection (HTTP {status}); reconnecting in {delay:.1f}s",
-                        source=self.name, connection=slot, url=conn.url,
-                    )
-                else:
-                    self.log.warning(
-                        f"cannot reach Binance at {conn.url} ({_describe(exc)}); retrying in {delay:.1f}s. {OFFLINE_HINT}",
-                        source=self.name, connection=slot,
-                    )
+                self.log.warning(connect_failure(exc, conn.url, delay, retry), source=self.name, connection=slot)
                 continue
             conn.task = asyncio.create_task(conn.run(), name=f"{self.name}-read{slot}")
             self._live.add(conn)
-            conn.task.add_done_callback(lambda _t, conn=conn: self._live.discard(conn))
+            peers = self._slot_conns.setdefault(slot, set())
+            peers.add(conn)
+            conn.task.add_done_callback(lambda _t, conn=conn, peers=peers: (self._live.discard(conn), peers.discard(conn)))
             self.stats["connects"] += 1
             self._set_open(+1)
             self.log.info(f"connected to {conn.url}", source=self.name, connection=slot, streams=len(channels))
+            if set(channels) != set(self.plan.slots[slot]):  # symbols changed while connecting
+                self._spawn(self._sync(slot, conn), f"{self.name}-sync{slot}")
             return conn
 
     def _cap_retry_after(self, seconds: float, slot: int) -> float:
@@ -249,7 +300,7 @@ class BinanceSource:
             )
         return cap
 
-    async def _slot(self, slot: int, channels: list[str], emit: Emitter) -> None:
+    async def _slot(self, slot: int) -> None:
         """Keep one group of channels connected forever: reconnect, rotate.
 
         The reconnect delay grows (with jitter) while connections keep ending soon after they
@@ -260,7 +311,7 @@ class BinanceSource:
         rotate_after = float(o["rotate_after_seconds"])
         healthy_after = float(o["backoff_reset_after_seconds"])
         backoff = self._new_backoff()
-        conn = await self._connect(slot, channels, backoff, 0.0)
+        conn = await self._connect(slot, backoff, 0.0)
         self.connections[slot] = conn
         while True:
             due = conn.opened_at + rotate_after - time.monotonic()
@@ -276,21 +327,21 @@ class BinanceSource:
                 # still bounds a server that repeats it); it does not reset the backoff
                 immediate = isinstance(exc, ServerShutdown)
                 delay = 0.0 if immediate else backoff.next_delay()
-                reason = _describe(exc) if exc is not None else "connection ended"
+                reason = describe_failure(exc) if exc is not None else "connection ended"
                 self.stats["reconnects"] += 1
                 self.metrics.reconnects.labels(source=self.name).inc()
                 self.log.warning(
                     f"connection lost: {reason}; reconnecting {'now' if immediate else f'in {delay:.1f}s'}",
                     source=self.name, connection=slot,
                 )
-                conn = await self._connect(slot, channels, backoff, delay)
+                conn = await self._connect(slot, backoff, delay)
                 self.connections[slot] = conn
                 continue
             if conn.ready.is_set() and time.monotonic() - conn.opened_at >= healthy_after:
                 backoff.reset()
-            conn = await self._rotate(slot, channels, conn, backoff)
+            conn = await self._rotate(slot, conn, backoff)
 
-    async def _rotate(self, slot: int, channels: list[str], old: Connection, backoff: Backoff) -> Connection:
+    async def _rotate(self, slot: int, old: Connection, backoff: Backoff) -> Connection:
         """Open the replacement, let both run until it is subscribed (+ overlap), close the old."""
         age = time.monotonic() - old.opened_at
         self.log.info(
@@ -299,13 +350,13 @@ class BinanceSource:
         )
         self.gaps.overlap_started()
         try:
-            return await self._rotate_overlapping(slot, channels, old, backoff)
+            return await self._rotate_overlapping(slot, old, backoff)
         finally:
             self.gaps.overlap_done()
 
-    async def _rotate_overlapping(self, slot: int, channels: list[str], old: Connection, backoff: Backoff) -> Connection:
+    async def _rotate_overlapping(self, slot: int, old: Connection, backoff: Backoff) -> Connection:
         o = self.opts
-        new = await self._connect(slot, channels, backoff, 0.0)
+        new = await self._connect(slot, backoff, 0.0)
         self.connections[slot] = new
         ready_wait = asyncio.ensure_future(new.ready.wait())
         try:
@@ -351,3 +402,10 @@ def tickwire_register_sources(register) -> None:
             config_schema=CONFIG_SCHEMA,
         )
     )
+
+
+@hookimpl
+def tickwire_register_commands(cli) -> None:
+    from tickwire.plugins.binance.symbols_command import symbols_command  # only when the CLI is built
+
+    cli.add_command(symbols_command)
