@@ -20,7 +20,9 @@ Layouts, each in a fresh database of a throwaway cluster (devservices/pg_cluster
 Rows are made with ``INSERT … SELECT generate_series`` one day at a time (the bulk rate), then
 ``--batches`` batches of 1,000 new trades go in the way the postgres sink writes them (COPY into
 a staging table, ``INSERT … ON CONFLICT DO NOTHING``): the steady insert rate at that size.
-Each query runs ``--repeat`` times after a warm-up; the median is reported.
+Each query runs ``--repeat`` times after a warm-up; the median is reported, and, from EXPLAIN
+(ANALYZE, BUFFERS), the pages it touched and the tables/partitions it scanned: figures a busy
+machine cannot blur.
 
     .venv/bin/python bench/partitions_bench.py --sizes 1000000 5000000
     .venv/bin/python bench/partitions_bench.py --dsn postgresql://…/postgres   # an existing server
@@ -145,6 +147,26 @@ def time_queries(conn: psycopg.Connection, queries: dict[str, str], repeat: int)
     return out
 
 
+def plan_facts(conn: psycopg.Connection, queries: dict[str, str]) -> dict[str, dict]:
+    """Per query, what the time cannot hide on a busy machine: the pages it touched (shared
+    buffers hit + read) and the partitions it scanned, from EXPLAIN (ANALYZE, BUFFERS)."""
+    out = {}
+    for title, text in queries.items():
+        [[[plan]]] = [conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + text).fetchone()]
+        relations: set[str] = set()
+
+        def walk(node: dict) -> None:
+            if "Relation Name" in node:
+                relations.add(node["Relation Name"])
+            for child in node.get("Plans", []):
+                walk(child)
+
+        walk(plan["Plan"])
+        pages = plan["Plan"].get("Shared Hit Blocks", 0) + plan["Plan"].get("Shared Read Blocks", 0)
+        out[title] = {"pages": pages, "relations": len(relations)}
+    return out
+
+
 def run(admin_dsn_for, sizes: list[int], layouts: list[str], per_day: int, batches: int, repeat: int) -> list[dict]:
     config = repository_config()
     assert stream_plan(config.streams["trade"]) is not None, "the trade stream is not partitioned"
@@ -162,6 +184,7 @@ def run(admin_dsn_for, sizes: list[int], layouts: list[str], per_day: int, batch
                     bulk = fill(conn, layout, rows, per_day, end)
                     queries = trade_panel_queries(config, end)
                     timings = time_queries(conn, queries, repeat)
+                    facts = plan_facts(conn, queries)
                     steady = steady_inserts(conn, rows, batches, end)
                     size = conn.execute("SELECT pg_total_relation_size('trades') + coalesce((SELECT sum("
                                         "pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = 'trades'::regclass), 0)"
@@ -170,7 +193,9 @@ def run(admin_dsn_for, sizes: list[int], layouts: list[str], per_day: int, batch
                 with psycopg.connect(admin_dsn_for("postgres"), autocommit=True) as admin:
                     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             result = {"rows": rows, "layout": layout, "bulk_rows_per_s": round(bulk), "batch_rows_per_s": round(steady),
-                      "size_mb": round(size / 2**20), "query_ms": {k: round(v, 2) for k, v in timings.items()}}
+                      "size_mb": round(size / 2**20), "query_ms": {k: round(v, 2) for k, v in timings.items()},
+                      "query_pages": {k: v["pages"] for k, v in facts.items()},
+                      "query_tables_scanned": {k: v["relations"] for k, v in facts.items()}}
             results.append(result)
             print(json.dumps(result), flush=True)
     return results
@@ -183,6 +208,10 @@ def table(results: list[dict]) -> str:
     for r in results:
         lines.append(f"{r['rows']:>10,}  {r['layout']:<17}{r['bulk_rows_per_s']:>12,}{r['batch_rows_per_s']:>13,}{r['size_mb']:>6}"
                      + "".join(f"{r['query_ms'][t]:>18.2f}" for t in titles))
+    lines.append("(pages touched per query, shared buffers hit + read / tables or partitions scanned)")
+    for r in results:
+        lines.append(f"{r['rows']:>10,}  {r['layout']:<17}{'':>37}"
+                     + "".join(f"{str(r['query_pages'][t]) + ' / ' + str(r['query_tables_scanned'][t]):>18}" for t in titles))
     return "\n".join(lines)
 
 
