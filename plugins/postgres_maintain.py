@@ -125,8 +125,10 @@ def maintain(conn: psycopg.Connection, plan: TablePlan, now: datetime, days_ahea
     """One table: expired partitions out, the DEFAULT partition swept, today and the next
     ``days_ahead`` days present. Idempotent: a second run the same day changes nothing."""
     summary = MaintenanceSummary()
-    if relation_kind(conn, plan.table) != "p":
-        report(f"table {plan.table}: not partitioned, skipped (run `tickwire db migrate` to convert it)")
+    kind = relation_kind(conn, plan.table)
+    if kind != "p":
+        state = "does not exist" if kind is None else "is not partitioned"
+        report(f"table {plan.table}: {state}, skipped (run `tickwire db migrate` first)")
         return summary
     summary.dropped, summary.deleted_from_default = drop_expired(conn, plan, now, report)
     today = utc_day(now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import shutil
 import sqlite3
 from datetime import date, datetime, timedelta, timezone
@@ -350,3 +351,15 @@ def test_a_malformed_retention_is_reported_with_its_line_and_column(tmp_path):
     line = next(n for n, text in enumerate(config.read_text().splitlines(), 1) if "4 weeks" in text)
     assert result.exit_code == 2
     assert f"streams.yaml:{line}:16: streams.trade.retention" in result.output, result.output
+
+
+def test_retention_needs_a_time_column_to_expire_by(tmp_path):
+    config = project_with_retention(tmp_path)
+    schema = tmp_path / "schemas" / "ticker_1h.schema.json"
+    schema.write_text(re.sub(r',\s*"event_time": "event_time"', "", schema.read_text(), count=1))  # no event time any more
+    text = config.read_text().replace("    table: ticker_1h\n", "    table: ticker_1h\n    retention: 7 days\n", 1)
+    config.write_text(text)
+    result = tickwire(config, "validate")
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if "retention: 7 days" in t)
+    assert result.exit_code == 2
+    assert f"streams.yaml:{line}:16: streams.ticker_1h.retention: stream 'ticker_1h' has no time column" in result.output, result.output
