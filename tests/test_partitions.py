@@ -9,6 +9,8 @@ import dataclasses
 import re
 import shutil
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -205,6 +207,34 @@ def test_a_sink_that_cannot_create_partitions_still_loses_nothing(postgres_table
     logs = asyncio.run(main())
     assert where_rows_are(postgres_tables.dsn) == {"trades_default": 50}
     assert any(e["event"].startswith("cannot create the day's partition") for e in logs)
+
+    # allowed again, the next run's first batch of that day creates the partition and the
+    # function moves the 50 waiting rows into it with the new ones
+    with psycopg.connect(postgres_tables.dsn, autocommit=True) as conn:
+        conn.execute("GRANT EXECUTE ON FUNCTION tickwire_ensure_partition(regclass, date) TO tickwire_writer")
+
+    async def next_run():
+        sink = PostgresSink("pg", {"dsn": postgres_tables.writer_dsn}, make_context([TRADE]))
+        await sink.write(TRADE, trades_on(day, range(51, 61)))
+        await sink.close()
+
+    asyncio.run(next_run())
+    assert where_rows_are(postgres_tables.dsn) == {partition("trades", day): 60}
+
+
+def test_two_writers_asking_for_the_same_day_at_once_get_one_partition(postgres_tables):
+    day = TODAY - timedelta(days=20)
+    barrier = threading.Barrier(4)
+
+    def ask() -> bool:
+        with psycopg.connect(postgres_tables.writer_dsn, autocommit=True) as conn:
+            barrier.wait()
+            return conn.execute("SELECT tickwire_ensure_partition('trades', %s)", [day]).fetchone()[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: ask(), range(4)))
+    assert sorted(answers) == [False, False, False, True]
+    assert partition("trades", day) in day_partitions(postgres_tables.dsn, "trades")
 
 
 def test_only_the_writer_may_call_the_partition_function(postgres_tables):

@@ -216,9 +216,12 @@ BEGIN
     IF to_regclass(format('%I.%I', schema_name, partition_name)) IS NOT NULL THEN
         RETURN false;
     END IF;
-    -- concurrent callers for the same table queue here; the loser finds the partition made
+    -- concurrent callers for the same table queue here; the loser finds the partition made.
+    -- (Asked of pg_class with this statement's snapshot: the name cache behind to_regclass
+    -- may not have seen the winner's commit yet.)
     PERFORM pg_advisory_xact_lock(1952804207, parent::oid::int);
-    IF to_regclass(format('%I.%I', schema_name, partition_name)) IS NOT NULL THEN
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = schema_name AND c.relname = partition_name) THEN
         RETURN false;
     END IF;
     default_name := table_name || '_default';
