@@ -276,10 +276,14 @@ def _cross_check(config: Config) -> list[Problem]:
     problems += _selector_problems(doc, data)
 
     for name, spec in config.streams.items():
-        index = f"{spec.table}_symbol_{spec.event_time}_idx"
-        if spec.event_time and len(index) > 63:
-            problem(("streams", name, "table"), f"table '{spec.table}' with event-time column '{spec.event_time}' gives the "
+        time_column = spec.partition_time or spec.event_time
+        index = f"{spec.table}_symbol_{time_column}_idx"
+        if time_column and len(index) > 63:
+            problem(("streams", name, "table"), f"table '{spec.table}' with time column '{time_column}' gives the "
                     f"index name '{index}', longer than PostgreSQL's 63 characters; shorten the table name")
+        if spec.retention_days is not None and spec.partition_time is None:
+            problem(("streams", name, "retention"), f"stream '{name}' has no time column to expire rows by: its schema needs "
+                    "a required event_time or an x-tickwire.partition_time column")
 
     for name, block in (data.get("derived") or {}).items():
         if not isinstance(block, dict):
@@ -418,4 +422,5 @@ def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -
         table=block["table"],
         topic=_topic_spec(topic) if topic else None,
         transforms=transforms,
+        retention_days=int(block["retention"].split()[0]) if block.get("retention") else None,
     )

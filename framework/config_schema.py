@@ -28,6 +28,15 @@ TABLE_NAME = "^(?!sqlite_)[a-z_][a-z0-9_]{0,45}$"
 KAFKA_TOPIC = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,249}$"
 COMPONENT_ID = "^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 DURATION = "^[0-9]{1,6} (second|seconds|minute|minutes|hour|hours)$"
+RETENTION = "^[1-9][0-9]{0,4} (day|days)$"
+_RETENTION = {
+    "type": "string",
+    "pattern": RETENTION,
+    "description": "Keep rows this long, by the table's time column (x-tickwire.partition_time, else the event "
+                   "time), e.g. '30 days'. PostgreSQL drops whole expired day partitions (`tickwire db maintain`); "
+                   "SQLite deletes expired rows in bounded batches. Absent: rows are kept for ever.",
+    "examples": ["30 days"],
+}
 INTEGER_CEILING = 2**53 - 1  # the largest integer every JSON reader keeps exact
 NUMBER_CEILING = 1e9  # about 31 years in seconds; below the largest timeout threads accept
 
@@ -139,6 +148,7 @@ BASE_SCHEMA: dict = {
                     "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table in SQLite and PostgreSQL."},
                     "symbols": _symbols("Overrides the global symbols for this stream: a list, or a selector."),
                     "topic": _TOPIC,
+                    "retention": _RETENTION,
                     "transforms": {
                         "type": "array",
                         "items": _TRANSFORM,
@@ -162,6 +172,7 @@ BASE_SCHEMA: dict = {
                     "interval": {"type": "string", "pattern": DURATION, "description": "Window length, e.g. '1 minute'."},
                     "watermark": {"type": "string", "pattern": DURATION, "default": "30 seconds", "description": "How late a trade may arrive and still correct its candle."},
                     "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table in PostgreSQL."},
+                    "retention": _RETENTION,
                 },
             },
         },

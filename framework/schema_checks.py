@@ -215,6 +215,12 @@ def _annotation_problems(schema_doc, schema: dict) -> list[Problem]:
             problem((ANNOTATION, key), f"'{note[key]}' is not a column of this schema")
     if "event_time" in note and note["event_time"] in columns and columns[note["event_time"]].logical != "timestamp_ms":
         problem((ANNOTATION, "event_time"), "the event-time column must be of type timestamp_ms")
+    partition_time = note.get("partition_time")
+    if partition_time is not None:  # it joins the stored key: a column every record has
+        if partition_time not in columns:
+            problem((ANNOTATION, "partition_time"), f"'{partition_time}' is not a column of this schema")
+        elif columns[partition_time].logical != "timestamp_ms" or columns[partition_time].field not in required:
+            problem((ANNOTATION, "partition_time"), "the partition-time column must be a required timestamp_ms column")
     sequence = note.get("sequence") if isinstance(note.get("sequence"), dict) else {}
     for key, logicals in (("column", ("bigint", "integer")), ("partition", ("text",))):
         name = sequence.get(key)

@@ -74,6 +74,7 @@ class StreamSpec:
     transforms: list[tuple[str, dict]]
     sinks: list[str] = field(default_factory=list)  # sink ids of the active profile
     selector: dict | None = None  # ``symbols: {select: …}``: the source resolves it, ``symbols`` is then empty
+    retention_days: int | None = None  # `retention:` in streams.yaml; None keeps rows for ever
 
     @cached_property
     def annotation(self) -> dict:
@@ -102,6 +103,17 @@ class StreamSpec:
     @property
     def event_time(self) -> str | None:
         return self.annotation.get("event_time")
+
+    @property
+    def partition_time(self) -> str | None:
+        """The time column stores partition and expire rows by: ``x-tickwire.partition_time``,
+        else the event time when every record has one (a required timestamp_ms column); None
+        when there is neither. It must be stable per event (see plugins/postgres_partitions.py)."""
+        explicit = self.annotation.get("partition_time")
+        if explicit:
+            return explicit
+        column = next((c for c in self.columns if c.name == self.event_time), None)
+        return column.name if column is not None and column.logical == "timestamp_ms" and not column.nullable else None
 
     @property
     def sequence(self) -> tuple[str, str] | None:

@@ -1,6 +1,11 @@
 """Codegen target ``postgres``: CREATE TABLE IF NOT EXISTS for every stream, derived stream,
 the dead-letter table and the Spark progress table. Applies cleanly twice.
 
+Tables with a time column are partitioned by day (the plan: plugins/postgres_partitions.py):
+the parent, its DEFAULT partition, indexes declared on the parent, and the function that
+creates a day's partition. The day partitions themselves are made by ``tickwire db migrate`` /
+``db maintain`` and on demand by the writers, not here: this file does not depend on the date.
+
 Money is NUMERIC (exact, any scale Binance sends), times are TIMESTAMPTZ. Every identifier is
 quoted, so a table ``select`` or a column ``group`` works.
 """
@@ -11,6 +16,9 @@ from tickwire.framework.components import CodegenSpec
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.resume import TRADE_GAPS_TABLE
 from tickwire.framework.schemas import Column, StreamSpec, quote_identifier as q
+from tickwire.plugins.postgres_partitions import (
+    TablePlan, candle_plan, function_ddl, partition_clause, partitioned_ddl, stream_plan,
+)
 
 PG_TYPES = {
     "decimal": "NUMERIC",
@@ -46,11 +54,16 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def create_table(table: str, columns: list[Column], key: list[str], time_column: str | None, comment: str) -> list[str]:
+def create_table(table: str, columns: list[Column], key: list[str], time_column: str | None, comment: str,
+                 plan: TablePlan | None = None) -> list[str]:
+    """A table, its key, indexes and comments; day-partitioned when there is a ``plan``."""
     lines = [f"    {q(c.name)} {PG_TYPES[c.logical]}{'' if c.nullable else ' NOT NULL'}" for c in columns]
-    lines.append(f"    PRIMARY KEY ({', '.join(map(q, key))})")
-    statements = [f"CREATE TABLE IF NOT EXISTS {q(table)} (\n" + ",\n".join(lines) + "\n);"]
-    if time_column:
+    lines.append(f"    PRIMARY KEY ({', '.join(map(q, plan.key if plan else key))})")
+    body = f"CREATE TABLE IF NOT EXISTS {q(table)} (\n" + ",\n".join(lines) + "\n)"
+    statements = [body + (partition_clause(plan) if plan else "") + ";"]
+    if plan:
+        statements += partitioned_ddl(plan)
+    elif time_column:
         if any(c.name == "symbol" for c in columns):
             statements.append(f"CREATE INDEX IF NOT EXISTS {q(f'{table}_symbol_{time_column}_idx')} ON {q(table)} ({q('symbol')}, {q(time_column)});")
         statements.append(f"CREATE INDEX IF NOT EXISTS {q(f'{table}_{time_column}_idx')} ON {q(table)} ({q(time_column)});")
@@ -61,11 +74,12 @@ def create_table(table: str, columns: list[Column], key: list[str], time_column:
 
 def stream_ddl(stream: StreamSpec) -> list[str]:
     return create_table(stream.table, stream.columns, stream.primary_key, stream.event_time,
-                        f"Stream '{stream.name}' ({stream.schema.get('title', stream.schema_id)}).")
+                        f"Stream '{stream.name}' ({stream.schema.get('title', stream.schema_id)}).", stream_plan(stream))
 
 
-def candles_ddl(table: str, interval: str) -> list[str]:
-    return create_table(table, CANDLE_COLUMNS, CANDLE_KEY, "window_start", f"OHLCV candles of {interval}, computed by the Spark job.")
+def candles_ddl(block: dict) -> list[str]:
+    return create_table(block["table"], CANDLE_COLUMNS, CANDLE_KEY, "window_start",
+                        f"OHLCV candles of {block['interval']}, computed by the Spark job.", candle_plan(block))
 
 
 def support_ddl() -> list[str]:
@@ -106,8 +120,8 @@ def statements(config) -> list[str]:
     for stream in config.streams.values():
         out += stream_ddl(stream)
     for block in config.derived.values():
-        out += candles_ddl(block["table"], block["interval"])
-    return out + support_ddl()
+        out += candles_ddl(block)
+    return out + support_ddl() + function_ddl()
 
 
 def generate(config) -> dict[str, str]:

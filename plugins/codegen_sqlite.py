@@ -7,6 +7,7 @@ from __future__ import annotations
 from tickwire.framework.components import CodegenSpec
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.schemas import StreamSpec, quote_identifier as q
+from tickwire.plugins.sqlite_retention import time_index_ddl
 
 SQLITE_TYPES = {
     "decimal": "TEXT",
@@ -49,7 +50,7 @@ def ddl_for(stream: StreamSpec) -> list[str]:
     if stream.event_time and any(c.name == "symbol" for c in stream.columns):
         index = q(f"{stream.table}_symbol_{stream.event_time}_idx")
         out.append(f"CREATE INDEX IF NOT EXISTS {index} ON {q(stream.table)} ({q('symbol')}, {q(stream.event_time)});")
-    return out
+    return out + time_index_ddl(stream)
 
 
 def generate(config) -> dict[str, str]:

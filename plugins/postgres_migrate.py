@@ -8,6 +8,9 @@ In one transaction, holding an advisory lock (so two migrations never interleave
 1. the DDL of the ``postgres`` codegen target (``tickwire generate postgres``): stream tables,
    derived tables (``candles_1m``), ``dead_letters``, ``stream_progress``, ``trade_gaps``, keys and indexes; it
    is written with IF NOT EXISTS, so applying it again changes nothing;
+   day-partitioned tables (plugins/postgres_partitions.py) get the partitions of today and the
+   next days; a table an older tickwire created without partitions is converted, its rows
+   copied (plugins/postgres_maintain.py);
 2. the roles, created or brought back to least privilege:
    ``tickwire_writer`` — SELECT, INSERT, UPDATE on those tables (the postgres sink and Spark);
    ``tickwire_reader`` — SELECT only (Grafana). Neither may create, delete or drop anything.
@@ -27,6 +30,7 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -36,6 +40,9 @@ from tickwire.framework.extras import POSTGRES, optional_module, requires
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.plugins.codegen_postgres import DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE
 from tickwire.plugins.postgres_evolve import BreakingDifferences, declared_migrations, evolve
+from tickwire.plugins.db_maintain import DEFAULT_DAYS_AHEAD, maintain_command
+from tickwire.plugins.postgres_maintain import copy_from_plain_table, detach_plain_table, ensure_days
+from tickwire.plugins.postgres_partitions import ENSURE_FUNCTION, TablePlan, plans, utc_day
 
 # The `postgres` extra, imported when `tickwire db migrate` runs: the plugin loads without it.
 psycopg = optional_module("psycopg", POSTGRES, "`tickwire db migrate`")
@@ -120,15 +127,20 @@ def generated_ddl(manager, config) -> str:
 
 
 def migrate(conn: psycopg.Connection, ddl: str, tables: list[str], grants: list[RoleGrant],
-            passwords: dict[str, str], report, migrations: dict | None = None, project: Path | None = None) -> None:
-    """Evolve the existing tables (plugins/postgres_evolve.py), apply `ddl` and the roles in one
-    transaction; `report(line)` says what happened. Raises BreakingDifferences (nothing changed)
-    for a table that differs from its schema in a way that cannot be changed in place."""
+            passwords: dict[str, str], report, migrations: dict | None = None, project: Path | None = None,
+            partitioned: list[TablePlan] = ()) -> None:
+    """Convert plain tables an older tickwire made to day partitions, evolve the existing tables
+    (plugins/postgres_evolve.py), apply `ddl` and the roles in one transaction; `report(line)` says
+    what happened. Raises BreakingDifferences (nothing changed) for a table that differs from its
+    schema in a way that cannot be changed in place."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
         present_before = _existing_tables(conn, tables)
+        # First, so evolve compares only tables already partitioned; a plain one is rebuilt by the DDL.
+        converting = {plan.table: detach_plain_table(conn, plan, report) for plan in partitioned}
         evolve(conn, ddl, tables, migrations or {}, project or Path.cwd(), report)
         conn.execute(ddl)
+        _partitions_after_ddl(conn, partitioned, converting, report)
         present_after = _existing_tables(conn, tables)
         for table in tables:
             if table not in present_after:
@@ -139,6 +151,17 @@ def migrate(conn: psycopg.Connection, ddl: str, tables: list[str], grants: list[
             report(f"role {grant.name}: {_ensure_role(conn, grant.name, passwords[grant.name])}")
             _grant(conn, grant, tables, sequences)
             report(f"role {grant.name}: {', '.join(grant.table_privileges)} on {len(tables)} tables")
+
+
+def _partitions_after_ddl(conn: psycopg.Connection, partitioned: list[TablePlan], converting: dict[str, str | None],
+                         report) -> None:
+    today = utc_day(conn.execute("SELECT now()").fetchone()[0])
+    for plan in partitioned:
+        if converting.get(plan.table):
+            copy_from_plain_table(conn, plan, converting[plan.table], report)
+        created = ensure_days(conn, plan, today, today + timedelta(days=DEFAULT_DAYS_AHEAD))
+        if created:
+            report(f"table {plan.table}: partitions {created[0]} … {created[-1]} created")
 
 
 def _existing_tables(conn: psycopg.Connection, tables: list[str]) -> set[str]:
@@ -203,6 +226,11 @@ def _grant(conn: psycopg.Connection, grant: RoleGrant, tables: list[str], sequen
     conn.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(table_list, role))
     conn.execute(sql.SQL("GRANT {} ON TABLE {} TO {}").format(privileges(grant.table_privileges), table_list, role))
     conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}").format(privileges(grant.database_privileges), database, role))
+    # the writer creates a missing day partition on demand, through this function only
+    function = sql.SQL(f"FUNCTION {ENSURE_FUNCTION}(regclass, date)")
+    conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(function, role))
+    if "INSERT" in grant.table_privileges:
+        conn.execute(sql.SQL("GRANT EXECUTE ON {} TO {}").format(function, role))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(_current_schema(conn)), role))
     if sequences:
         sequence_list = sql.SQL(", ").join(sequences)
@@ -276,7 +304,7 @@ class UsageProblem(Exception):
 
 @click.group("db")
 def db_group() -> None:
-    """PostgreSQL: tables and roles."""
+    """Databases: tables, roles, partitions and retention."""
 
 
 @requires(POSTGRES)
@@ -315,7 +343,7 @@ def migrate_command(app, dsn: str | None) -> None:
     try:
         with psycopg.connect(dsn, autocommit=True, application_name="tickwire db migrate") as conn:
             migrate(conn, ddl, tables, grants, passwords, report=click.echo,
-                    migrations=declared_migrations(config), project=config.dir)
+                    migrations=declared_migrations(config), project=config.dir, partitioned=plans(config))
             click.echo(f"migrated database {conn.info.dbname} on {conn.info.host}:{conn.info.port}")
     except BreakingDifferences as refused:
         for reason in refused.reasons:
@@ -326,10 +354,14 @@ def migrate_command(app, dsn: str | None) -> None:
     except psycopg.Error as error:
         click.echo(f"tickwire db migrate: PostgreSQL refused, nothing was changed: {error}".rstrip(), err=True)
         raise SystemExit(EXIT_FAILED)
+    except RuntimeError as error:  # a conversion that cannot go ahead (plugins/postgres_maintain.py)
+        click.echo(f"tickwire db migrate: {error}; nothing was changed", err=True)
+        raise SystemExit(EXIT_FAILED)
 
 
 @hookimpl
 def tickwire_register_commands(cli: click.Group) -> None:
+    db_group.add_command(maintain_command)
     cli.add_command(db_group)
 
 

@@ -20,7 +20,9 @@ Resume: ``last_sequence_ids`` reads, per symbol, the last trade id the table hol
 (framework/resume.py); ``write_gaps`` records trades lost for good in ``trade_gaps``.
 
 Tables come from ``tickwire db migrate`` (plugins/postgres_migrate.py); ``open()`` checks they
-exist and says so if not. Connect as the ``tickwire_writer`` role, never as a superuser.
+exist and says so if not. A day-partitioned table (plugins/postgres_partitions.py) gets the
+partition of a day the first time a batch holds a row of that day; until then, or if creating it
+fails, such rows land in its DEFAULT partition: a missing partition never fails a batch. Connect as the ``tickwire_writer`` role, never as a superuser.
 
 A server that cannot be reached at start does not hold the start-up: ``open()`` tries once,
 refuses what retrying cannot fix (wrong password, missing table or privilege: an error at
@@ -35,6 +37,7 @@ import asyncio
 import json
 import os
 import time
+from datetime import date, datetime, timedelta, timezone
 
 from tickwire.framework.backoff import Backoff
 from tickwire.framework.components import DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap
@@ -129,6 +132,7 @@ class PostgresSink:
         self._connection: psycopg.AsyncConnection | None = None
         self._staging_created: set[str] = set()  # per connection: temp tables die with it
         self._writers: dict[str, TableWriter] = {}
+        self._partition_days: dict[str, set[date]] = {}  # per stream: days whose partition exists
         # one connection, one transaction at a time, even if the engine writes streams concurrently
         self._lock = asyncio.Lock()
         self._tables_checked = False
@@ -243,6 +247,7 @@ class PostgresSink:
         self, conn: psycopg.AsyncConnection, writer: TableWriter, records: list[dict]
     ) -> tuple[int, int]:
         """COPY + INSERT … ON CONFLICT DO NOTHING in one transaction; returns (inserted, rejected)."""
+        await self._ensure_partitions(conn, writer, records)
         await self._ensure_staging(conn, writer)
         try:
             return await writer.copy_batch(conn, records), 0
@@ -252,6 +257,31 @@ class PostgresSink:
                 stream=writer.stream, error=first_line(error),
             )
             return await self._write_row_by_row(conn, writer, records)
+
+    async def _ensure_partitions(self, conn: psycopg.AsyncConnection, writer: TableWriter, records: list[dict]) -> None:
+        """Before a batch, the day partitions its rows need (once per day and process): made by
+        ``tickwire_ensure_partition``, in a transaction of its own. If that fails the batch is
+        still written: its rows land in the DEFAULT partition, and `tickwire db maintain` moves
+        them to their day later. Days beyond tomorrow (UTC) are left to the DEFAULT partition
+        too, so a record with a wild future time cannot create partitions at will."""
+        if writer.ensure_partition is None:
+            return
+        known = self._partition_days.setdefault(writer.stream, set())
+        tomorrow = datetime.now(timezone.utc).date() + timedelta(days=1)
+        for day in sorted(writer.days(records) - known):
+            if day > tomorrow:
+                continue
+            try:
+                cursor = await conn.execute(writer.ensure_partition, [writer.qualified_table, day])
+                if (await cursor.fetchone())[0]:
+                    self.log.info("partition created on demand", stream=writer.stream, day=day.isoformat())
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise  # the connection: the retry loop reconnects
+            except psycopg.Error as error:
+                self.log.warning("cannot create the day's partition; the rows go to the DEFAULT partition "
+                                 "until `tickwire db maintain` runs", stream=writer.stream, day=day.isoformat(),
+                                 error=first_line(error))
+            known.add(day)
 
     async def _ensure_staging(self, conn: psycopg.AsyncConnection, writer: TableWriter) -> None:
         # Created outside the batch transaction (autocommit), so a rolled-back batch does not

@@ -2,9 +2,13 @@
 the errors that come back.
 
 :class:`TableWriter` holds one stream's statements, built once from validated identifiers: a
-temporary staging table shaped like the target, ``COPY`` into it, then ``INSERT … SELECT … ORDER
-BY key ON CONFLICT (key) DO NOTHING`` — or the same insert for one row, when a batch must be written row
-by row to find the records PostgreSQL rejects. :func:`copy_dead_letters` stores dead letters.
+temporary staging table shaped like the target, ``COPY`` into it, then ``INSERT … SELECT … ORDER BY key ON
+CONFLICT DO NOTHING`` — or the same insert for one row, when a batch must be written row
+by row to find the records PostgreSQL rejects. The conflict target is left out: the only unique
+constraint is the primary key, which on a day-partitioned table is the schema's key plus the
+partition column (plugins/postgres_partitions.py) and on a table an older tickwire made is the
+schema's key alone; both are matched. A day-partitioned table's writer also knows how to ask
+for a missing day's partition (``ensure_partition``). :func:`copy_dead_letters` stores dead letters.
 :func:`is_configuration_failure` tells a refusal retrying cannot fix from a server that is
 away. Transactions, retries, metrics and logs are the sink's.
 """
@@ -12,10 +16,12 @@ away. Transactions, retries, metrics and logs are the sink's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 from tickwire.framework.components import DeadLetter
 from tickwire.framework.extras import POSTGRES, optional_module
 from tickwire.framework.schemas import StreamSpec
+from tickwire.plugins.postgres_partitions import ENSURE_FUNCTION, stream_plan
 
 # The `postgres` extra, imported when the sink is first used: the plugin loads without it.
 psycopg = optional_module("psycopg", POSTGRES, "the postgres sink")
@@ -39,6 +45,9 @@ class TableWriter:
     copy_into_staging: sql.Composed
     insert_from_staging: sql.Composed
     insert_one: sql.Composed
+    time_column: str | None = None  # day-partitioned by it (plugins/postgres_partitions.py)
+    ensure_partition: sql.Composed | None = None
+    qualified_table: str = ""  # "schema"."table", as the function's regclass argument
 
     @classmethod
     def for_stream(cls, stream: StreamSpec, schema: str) -> "TableWriter":
@@ -46,7 +55,7 @@ class TableWriter:
         table = sql.Identifier(schema, stream.table)
         staging = sql.Identifier(f"tickwire_staging_{stream.table}")
         column_list = sql.SQL(", ").join(map(sql.Identifier, columns))
-        conflict = sql.SQL(", ").join(map(sql.Identifier, stream.primary_key))
+        plan = stream_plan(stream)
         return cls(
             stream=stream.name,
             columns=columns,
@@ -62,17 +71,33 @@ class TableWriter:
             # aborting a batch.
             insert_from_staging=sql.SQL(
                 "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ORDER BY {key}"
-                " ON CONFLICT ({key}) DO NOTHING"
-            ).format(table=table, columns=column_list, staging=staging, key=conflict),
+                " ON CONFLICT DO NOTHING"
+            ).format(table=table, columns=column_list, staging=staging,
+                     key=sql.SQL(", ").join(map(sql.Identifier, stream.primary_key))),
             insert_one=sql.SQL(
-                "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO NOTHING"
+                "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING"
             ).format(
                 table=table,
                 columns=column_list,
                 values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-                key=conflict,
             ),
+            time_column=plan.time_column if plan else None,
+            ensure_partition=sql.SQL("SELECT {function}(%s::regclass, %s)").format(
+                function=sql.Identifier(schema, ENSURE_FUNCTION)) if plan else None,
+            qualified_table=table.as_string(None) if plan else "",
         )
+
+    def days(self, records: list[dict]) -> set[date]:
+        """The UTC days of the records' partition times (ISO-8601 text from normalize); a value
+        that is not one is left to PostgreSQL (the DEFAULT partition, or a dead letter)."""
+        out = set()
+        for record in records:
+            value = record.get(self.time_column)
+            try:
+                out.add(date.fromisoformat(str(value)[:10]))
+            except ValueError:
+                continue
+        return out
 
     def row(self, record: dict) -> list:
         return [record.get(column) for column in self.columns]

@@ -16,12 +16,17 @@
 * Decimals are TEXT, stored exactly as received and read back equal.
 * Dead letters go to the ``dead_letters`` table; trades lost for good to ``trade_gaps``.
 * Resume: ``last_sequence_ids`` reads, per symbol, the last trade id held (framework/resume.py).
+* Retention: streams with ``retention:`` lose their expired rows at start and every
+  ``retention_interval_s``, in bounded DELETE batches queued between the writes
+  (plugins/sqlite_retention.py); each pass is logged with its count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+from datetime import datetime, timezone
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
@@ -37,6 +42,7 @@ from tickwire.framework.resume import (
 )
 from tickwire.plugins.codegen_sqlite import DEAD_LETTERS_DDL, TRADE_GAPS_DDL, ddl_for
 from tickwire.plugins.sqlite_evolve import plan_for
+from tickwire.plugins.sqlite_retention import DELETE_BATCH_ROWS, delete_batches, expiring_streams
 
 # Rows per INSERT statement. executemany() releases and re-takes the GIL around every row's
 # sqlite3_step, and while the event loop thread is busy each re-take can wait up to a whole
@@ -67,6 +73,13 @@ CONFIG_SCHEMA = {
             "default": 1.0,
             "description": "Seconds between WAL checkpoints, run on their own connection so commits never wait for them.",
         },
+        "retention_interval_s": {
+            "type": "number",
+            "minimum": 1,
+            "default": 3600,
+            "description": "Seconds between two passes deleting the rows past their stream's `retention:` "
+            "(the first pass runs at start).",
+        },
         "busy_timeout_ms": {
             "type": "integer",
             "minimum": 0,
@@ -90,6 +103,8 @@ class SQLiteSink:
         self.synchronous = options["synchronous"]
         self.busy_timeout_ms = int(options["busy_timeout_ms"])
         self.checkpoint_interval_s = float(options["checkpoint_interval_s"])
+        self.retention_interval_s = float(options["retention_interval_s"])
+        self._retention_task: asyncio.Task | None = None
         self._checkpointer: WalCheckpointer | None = None
         self._conn: sqlite3.Connection | None = None
         self._thread = DedicatedThread(f"sqlite-{name}")
@@ -105,6 +120,34 @@ class SQLiteSink:
     async def open(self) -> None:
         self._thread.start()
         await self._thread.call(self._open_sync)
+        if expiring_streams(self.ctx.streams):
+            self._retention_task = asyncio.create_task(self._retention_loop(), name=f"sqlite-{self.name}-retention")
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.apply_retention()
+            except sqlite3.Error as exc:  # a locked or full database: the next pass tries again
+                self.ctx.log.warning("retention pass failed; retrying at the next interval", error=str(exc))
+            await asyncio.sleep(self.retention_interval_s)
+
+    async def apply_retention(self, now: datetime | None = None) -> dict[str, int]:
+        """Delete every stream's expired rows, one bounded batch per call on the sink's thread
+        (writes queued meanwhile go in between); returns the rows deleted per stream."""
+        now = now or datetime.now(timezone.utc)
+        deleted: dict[str, int] = {}
+        for stream in expiring_streams(self.ctx.streams):
+            batches = delete_batches(self._conn, stream, now, DELETE_BATCH_ROWS)
+            total = 0
+            while (count := await self._thread.call(next, batches, 0)):
+                total += count
+            deleted[stream.name] = total
+            if total:
+                self.ctx.log.info("retention: expired rows deleted", stream=stream.name, table=stream.table,
+                                  rows=total, retention_days=stream.retention_days)
+        return deleted
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,6 +320,10 @@ class SQLiteSink:
             raise
 
     async def close(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            await asyncio.gather(self._retention_task, return_exceptions=True)
+            self._retention_task = None
         if not self._thread.running:
             return
         try:

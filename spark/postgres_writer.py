@@ -206,13 +206,16 @@ class PostgresWriter:
             conflict = sql.SQL("DO NOTHING")
         # DO UPDATE cannot touch a row twice in one statement: one staged row per key
         distinct = sql.SQL("DISTINCT ON ({}) ").format(key) if t.upsert else sql.SQL("")
+        # DO NOTHING names no target: on a day-partitioned table the key also holds the
+        # partition column (plugins/postgres_partitions.py), on an older plain table it does not
+        target = sql.SQL("({}) ").format(key) if t.upsert else sql.SQL("")
         cur.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {}{} FROM {} ON CONFLICT ({}) {}").format(
+            sql.SQL("INSERT INTO {} ({}) SELECT {}{} FROM {} ON CONFLICT {}{}").format(
                 sql.Identifier(t.table),
                 sql.SQL(", ").join(sql.Identifier(c) for c in insert_cols),
                 distinct,
                 sql.SQL(", ").join(select_items),
-                stage, key, conflict,
+                stage, target, conflict,
             )
         )
 

@@ -54,7 +54,8 @@ def test_postgres_ddl_uses_numeric_money_timestamptz_and_the_keys(config, manage
     assert '    "price" NUMERIC NOT NULL' in ddl and '    "quantity" NUMERIC NOT NULL' in ddl
     assert '    "event_time" TIMESTAMPTZ NOT NULL' in ddl
     assert "FLOAT" not in ddl.upper() and "DOUBLE" not in ddl.upper() and "REAL" not in ddl.upper()
-    assert 'CREATE TABLE IF NOT EXISTS "trades" (' in ddl and 'PRIMARY KEY ("symbol", "trade_id")' in ddl
+    # the key of a day-partitioned table includes its partition column (plugins/postgres_partitions.py)
+    assert 'CREATE TABLE IF NOT EXISTS "trades" (' in ddl and 'PRIMARY KEY ("symbol", "trade_id", "trade_time")' in ddl
     assert 'CREATE TABLE IF NOT EXISTS "ticker_1h" (' in ddl and 'CREATE TABLE IF NOT EXISTS "ticker_1d" (' in ddl
     assert ddl.count('PRIMARY KEY ("symbol", "event_time")') == 2
 
@@ -75,7 +76,7 @@ def test_postgres_ddl_applies_twice_to_a_real_server(config, manager, postgres_d
     assert columns["price"] == "numeric" and columns["event_time"] == "timestamp with time zone"
     assert columns["trade_id"] == "bigint" and columns["buyer_is_maker"] == "boolean"
     assert keys == [("candles_1m", ["symbol", "window_start"]), ("ticker_1d", ["symbol", "event_time"]),
-                    ("ticker_1h", ["symbol", "event_time"]), ("trades", ["symbol", "trade_id"])]
+                    ("ticker_1h", ["symbol", "event_time"]), ("trades", ["symbol", "trade_id", "trade_time"])]
 
 
 def test_spark_mapping_is_loadable_without_pyspark_and_typed_exactly(config, manager):
@@ -129,7 +130,7 @@ def test_a_new_stream_is_config_plus_schema_and_no_code(tmp_path, manager, postg
     assert agg.channels() == {"btcusdt@aggTrade": "BTCUSDT", "bnbusdt@aggTrade": "BNBUSDT"}
 
     ddl = manager.codegen["postgres"].factory(config)["schema.sql"]
-    assert 'CREATE TABLE IF NOT EXISTS "agg_trades" (' in ddl and 'PRIMARY KEY ("symbol", "agg_trade_id")' in ddl
+    assert 'CREATE TABLE IF NOT EXISTS "agg_trades" (' in ddl and 'PRIMARY KEY ("symbol", "agg_trade_id", "event_time")' in ddl
     with psycopg.connect(postgres_db.dsn, autocommit=True) as conn:
         conn.execute(ddl)
         conn.execute("insert into agg_trades values (now(), 'BTCUSDT', 1, '0.10000001', '2', 1, 2, now(), true, now())")

@@ -52,8 +52,8 @@ def test_generated_ddl_applies_cleanly_twice(postgres_db) -> None:
         indexed = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'trades'").fetchall()
     assert types["price"] == types["quantity"] == "numeric"  # exact money
     assert types["event_time"] == types["ingested_at"] == "timestamp with time zone"
-    assert key == ("PRIMARY KEY (symbol, trade_id)",)
-    assert any("(symbol, event_time)" in definition for (definition,) in indexed)
+    assert key == ("PRIMARY KEY (symbol, trade_id, trade_time)",)  # + the partition column
+    assert any("(symbol, trade_time)" in definition for (definition,) in indexed)
 
 
 def test_migrate_creates_everything_then_changes_nothing(postgres_db) -> None:

@@ -9,10 +9,12 @@ CREATE TABLE IF NOT EXISTS "trades" (
     "trade_time" TIMESTAMPTZ NOT NULL,
     "buyer_is_maker" BOOLEAN NOT NULL,
     "ingested_at" TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY ("symbol", "trade_id")
-);
-CREATE INDEX IF NOT EXISTS "trades_symbol_event_time_idx" ON "trades" ("symbol", "event_time");
-CREATE INDEX IF NOT EXISTS "trades_event_time_idx" ON "trades" ("event_time");
+    PRIMARY KEY ("symbol", "trade_id", "trade_time")
+) PARTITION BY RANGE ("trade_time");
+
+CREATE TABLE IF NOT EXISTS "trades_default" PARTITION OF "trades" DEFAULT;
+CREATE INDEX IF NOT EXISTS "trades_symbol_trade_time_idx" ON "trades" ("symbol", "trade_time");
+CREATE INDEX IF NOT EXISTS "trades_trade_time_idx" ON "trades" USING btree ("trade_time");
 COMMENT ON TABLE "trades" IS 'Stream ''trade'' (Binance trade event).';
 COMMENT ON COLUMN "trades"."trade_id" IS 'Trade id; increases by one per trade and symbol.';
 COMMENT ON COLUMN "trades"."symbol" IS 'Symbol, uppercase (e.g. BTCUSDT).';
@@ -42,9 +44,10 @@ CREATE TABLE IF NOT EXISTS "ticker_1h" (
     "last_trade_id" BIGINT NOT NULL,
     "ingested_at" TIMESTAMPTZ NOT NULL,
     PRIMARY KEY ("symbol", "event_time")
-);
-CREATE INDEX IF NOT EXISTS "ticker_1h_symbol_event_time_idx" ON "ticker_1h" ("symbol", "event_time");
-CREATE INDEX IF NOT EXISTS "ticker_1h_event_time_idx" ON "ticker_1h" ("event_time");
+) PARTITION BY RANGE ("event_time");
+
+CREATE TABLE IF NOT EXISTS "ticker_1h_default" PARTITION OF "ticker_1h" DEFAULT;
+CREATE INDEX IF NOT EXISTS "ticker_1h_event_time_idx" ON "ticker_1h" USING btree ("event_time");
 COMMENT ON TABLE "ticker_1h" IS 'Stream ''ticker_1h'' (Binance 1h rolling window ticker).';
 COMMENT ON COLUMN "ticker_1h"."event_time" IS 'Event time (ms since the epoch, UTC).';
 COMMENT ON COLUMN "ticker_1h"."symbol" IS 'Symbol, uppercase (e.g. BTCUSDT).';
@@ -89,9 +92,10 @@ CREATE TABLE IF NOT EXISTS "ticker_1d" (
     "best_ask_quantity" NUMERIC NOT NULL,
     "ingested_at" TIMESTAMPTZ NOT NULL,
     PRIMARY KEY ("symbol", "event_time")
-);
-CREATE INDEX IF NOT EXISTS "ticker_1d_symbol_event_time_idx" ON "ticker_1d" ("symbol", "event_time");
-CREATE INDEX IF NOT EXISTS "ticker_1d_event_time_idx" ON "ticker_1d" ("event_time");
+) PARTITION BY RANGE ("event_time");
+
+CREATE TABLE IF NOT EXISTS "ticker_1d_default" PARTITION OF "ticker_1d" DEFAULT;
+CREATE INDEX IF NOT EXISTS "ticker_1d_event_time_idx" ON "ticker_1d" USING btree ("event_time");
 COMMENT ON TABLE "ticker_1d" IS 'Stream ''ticker'' (Binance 24h ticker).';
 COMMENT ON COLUMN "ticker_1d"."event_time" IS 'Event time (ms since the epoch, UTC).';
 COMMENT ON COLUMN "ticker_1d"."symbol" IS 'Symbol, uppercase (e.g. BTCUSDT).';
@@ -131,9 +135,10 @@ CREATE TABLE IF NOT EXISTS "candles_1m" (
     "vwap" NUMERIC NOT NULL,
     "updated_at" TIMESTAMPTZ NOT NULL,
     PRIMARY KEY ("symbol", "window_start")
-);
-CREATE INDEX IF NOT EXISTS "candles_1m_symbol_window_start_idx" ON "candles_1m" ("symbol", "window_start");
-CREATE INDEX IF NOT EXISTS "candles_1m_window_start_idx" ON "candles_1m" ("window_start");
+) PARTITION BY RANGE ("window_start");
+
+CREATE TABLE IF NOT EXISTS "candles_1m_default" PARTITION OF "candles_1m" DEFAULT;
+CREATE INDEX IF NOT EXISTS "candles_1m_window_start_idx" ON "candles_1m" USING btree ("window_start");
 COMMENT ON TABLE "candles_1m" IS 'OHLCV candles of 1 minute, computed by the Spark job.';
 COMMENT ON COLUMN "candles_1m"."symbol" IS 'Symbol.';
 COMMENT ON COLUMN "candles_1m"."window_start" IS 'Candle open time (inclusive).';
@@ -178,3 +183,67 @@ CREATE TABLE IF NOT EXISTS trade_gaps (
     PRIMARY KEY (stream, symbol, first_id)
 );
 COMMENT ON TABLE trade_gaps IS 'Trades lost for good: ranges of trade ids a source could not fill, with the reason.';
+CREATE OR REPLACE FUNCTION tickwire_ensure_partition(parent regclass, day date) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $ensure$
+DECLARE
+    schema_name name;
+    table_name name;
+    time_column name;
+    partition_name text := NULL;
+    default_name text;
+    low timestamptz := day::timestamp AT TIME ZONE 'UTC';
+    high timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+    default_has_rows boolean := false;
+BEGIN
+    SELECT n.nspname, c.relname, a.attname INTO schema_name, table_name, time_column
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_partitioned_table p ON p.partrelid = c.oid
+      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = p.partattrs[0]
+     WHERE c.oid = parent AND p.partstrat = 'r' AND p.partnatts = 1;
+    IF table_name IS NULL THEN
+        RAISE EXCEPTION 'tickwire_ensure_partition: % is not partitioned by range on one column', parent;
+    END IF;
+    -- session_user: the role that called, not this function's owner
+    IF NOT has_table_privilege(session_user, parent, 'INSERT') THEN
+        RAISE EXCEPTION 'tickwire_ensure_partition: % may not insert into %', session_user, parent
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    partition_name := table_name || '_p' || to_char(day, 'YYYYMMDD');
+    IF to_regclass(format('%I.%I', schema_name, partition_name)) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    -- concurrent callers for the same table queue here; the loser finds the partition made.
+    -- (Asked of pg_class with this statement's snapshot: the name cache behind to_regclass
+    -- may not have seen the winner's commit yet.)
+    PERFORM pg_advisory_xact_lock(1952804207, parent::oid::int);
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = schema_name AND c.relname = partition_name) THEN
+        RETURN false;
+    END IF;
+    default_name := table_name || '_default';
+    IF to_regclass(format('%I.%I', schema_name, default_name)) IS NOT NULL THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE %I >= $1 AND %I < $2)',
+                       schema_name, default_name, time_column, time_column)
+           INTO default_has_rows USING low, high;
+    END IF;
+    IF default_has_rows THEN
+        EXECUTE format('ALTER TABLE %I.%I DETACH PARTITION %I.%I', schema_name, table_name, schema_name, default_name);
+    END IF;
+    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                   schema_name, partition_name, schema_name, table_name, low, high);
+    IF default_has_rows THEN
+        EXECUTE format('WITH moved AS (DELETE FROM %I.%I WHERE %I >= $1 AND %I < $2 RETURNING *) '
+                       'INSERT INTO %I.%I SELECT * FROM moved',
+                       schema_name, default_name, time_column, time_column, schema_name, partition_name)
+           USING low, high;
+        EXECUTE format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I DEFAULT', schema_name, table_name, schema_name, default_name);
+    END IF;
+    RETURN true;
+END
+$ensure$;
+REVOKE ALL ON FUNCTION tickwire_ensure_partition(regclass, date) FROM PUBLIC;
+COMMENT ON FUNCTION tickwire_ensure_partition(regclass, date) IS 'Creates the day partition of a tickwire table (moving its rows out of the DEFAULT partition); returns false if it existed.';
