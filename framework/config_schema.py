@@ -117,7 +117,7 @@ BASE_SCHEMA: dict = {
         },
         "derived": {
             "type": "object",
-            "description": "Streams computed from other streams by the Spark job (e.g. candles).",
+            "description": "Streams computed from other streams (e.g. candles): by `tickwire run` for the sinks that store tables (SQLite, PostgreSQL), by the Spark job on the Kafka path; the same rows either way.",
             "propertyNames": {"pattern": SQL_IDENTIFIER},
             "additionalProperties": {
                 "type": "object",
@@ -128,7 +128,7 @@ BASE_SCHEMA: dict = {
                     "from": {"type": "string", "description": "Name of the input stream (trades)."},
                     "interval": {"type": "string", "pattern": DURATION, "description": "Window length, e.g. '1 minute'."},
                     "watermark": {"type": "string", "pattern": DURATION, "default": "30 seconds", "description": "How late a trade may arrive and still correct its candle."},
-                    "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table in PostgreSQL."},
+                    "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table (SQLite, PostgreSQL)."},
                 },
             },
         },

@@ -55,3 +55,18 @@ def now_iso() -> str:
 def iso_ns(ns: int | None = None) -> str:
     """Nanoseconds since the epoch (default: now) in the same format."""
     return iso_ms((time.time_ns() if ns is None else ns) // 1_000_000)
+
+
+_seconds: dict[str, int] = {}  # "2023-01-01T00:00:00" → seconds since the epoch
+
+
+def ms_of_iso(text: str) -> int:
+    """The inverse of :func:`iso_ms`: ``2023-01-01T00:00:00.136Z`` → ms since the epoch (the
+    per-second part is cached, like the formatter's)."""
+    prefix = text[:19]
+    second = _seconds.get(prefix)
+    if second is None:
+        if len(_seconds) > 8192:
+            _seconds.clear()
+        second = _seconds[prefix] = int(datetime.fromisoformat(prefix).replace(tzinfo=timezone.utc).timestamp())
+    return second * 1000 + (int(text[20:23]) if len(text) > 22 and text[19] == "." else 0)

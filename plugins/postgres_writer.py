@@ -47,6 +47,10 @@ class TableWriter:
         staging = sql.Identifier(f"tickwire_staging_{stream.table}")
         column_list = sql.SQL(", ").join(map(sql.Identifier, columns))
         conflict = sql.SQL(", ").join(map(sql.Identifier, stream.primary_key))
+        action = sql.SQL("DO NOTHING")
+        if getattr(stream, "upsert", False):  # a derived stream's rows are recomputed values (framework/derived.py)
+            action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns if c not in stream.primary_key))
         return cls(
             stream=stream.name,
             columns=columns,
@@ -58,15 +62,16 @@ class TableWriter:
                 staging=staging, columns=column_list
             ),
             insert_from_staging=sql.SQL(
-                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT ({key}) DO NOTHING"
-            ).format(table=table, columns=column_list, staging=staging, key=conflict),
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT ({key}) {action}"
+            ).format(table=table, columns=column_list, staging=staging, key=conflict, action=action),
             insert_one=sql.SQL(
-                "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO NOTHING"
+                "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) {action}"
             ).format(
                 table=table,
                 columns=column_list,
                 values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
                 key=conflict,
+                action=action,
             ),
         )
 
