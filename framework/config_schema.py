@@ -45,6 +45,14 @@ _TOPIC = {
             "description": "Topic configs, e.g. retention.ms, cleanup.policy.",
             "additionalProperties": {"type": ["string", "integer"]},
         },
+        "format": {
+            "enum": ["normalized", "binance"],
+            "default": "normalized",
+            "description": "Value format, named and versioned in each message's `tickwire-format` header: "
+            "`normalized` (normalized/1: the record's columns; what the Spark job reads) or `binance` "
+            "(binance/1: the payload as Binance sends it, for consumers of the original pipeline; "
+            "docs/migrating.md).",
+        },
     },
 }
 

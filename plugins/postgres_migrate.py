@@ -31,6 +31,7 @@ from tickwire.framework.config_schema import SQL_IDENTIFIER
 from tickwire.framework.extras import POSTGRES, optional_module, requires
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.plugins.codegen_postgres import DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE
+from tickwire.plugins.postgres_adopt import AdoptRefused, adopt
 
 # The `postgres` extra, imported when `tickwire db migrate` runs: the plugin loads without it.
 psycopg = optional_module("psycopg", POSTGRES, "`tickwire db migrate`")
@@ -115,10 +116,13 @@ def generated_ddl(manager, config) -> str:
 
 
 def migrate(conn: psycopg.Connection, ddl: str, tables: list[str], grants: list[RoleGrant],
-            passwords: dict[str, str], report) -> None:
-    """Apply `ddl` and the roles in one transaction; `report(line)` says what happened."""
+            passwords: dict[str, str], report, adopt_streams: list | None = None) -> None:
+    """Apply `ddl` and the roles in one transaction; `report(line)` says what happened.
+    `adopt_streams`: first convert those streams' tables from the original pipeline's layout."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
+        if adopt_streams:
+            adopt(conn, adopt_streams, report, sql)
         present_before = _existing_tables(conn, tables)
         conn.execute(ddl)
         present_after = _existing_tables(conn, tables)
@@ -276,8 +280,10 @@ def db_group() -> None:
 @click.option("--dsn", envvar=ADMIN_DSN_VARIABLE, show_envvar=True, metavar="DSN",
               help="Admin connection (superuser or owner with CREATEROLE). Prefer the environment "
                    "variable: a password on the command line is visible to other users.")
+@click.option("--adopt", is_flag=True,
+              help="First upgrade tables the original pipeline created, in place, keeping their rows (docs/migrating.md).")
 @click.pass_obj
-def migrate_command(app, dsn: str | None) -> None:
+def migrate_command(app, dsn: str | None, adopt: bool = False) -> None:
     """Create the tables (idempotent) and the roles tickwire_writer / tickwire_reader.
 
     \b
@@ -304,8 +310,12 @@ def migrate_command(app, dsn: str | None) -> None:
     tables = managed_tables(config)
     try:
         with psycopg.connect(dsn, autocommit=True, application_name="tickwire db migrate") as conn:
-            migrate(conn, ddl, tables, grants, passwords, report=click.echo)
+            migrate(conn, ddl, tables, grants, passwords, report=click.echo,
+                    adopt_streams=list(config.streams.values()) if adopt else None)
             click.echo(f"migrated database {conn.info.dbname} on {conn.info.host}:{conn.info.port}")
+    except AdoptRefused as error:
+        click.echo(f"tickwire db migrate --adopt: {error}; nothing was changed", err=True)
+        raise SystemExit(EXIT_FAILED)
     except psycopg.Error as error:
         click.echo(f"tickwire db migrate: PostgreSQL refused, nothing was changed: {error}".rstrip(), err=True)
         raise SystemExit(EXIT_FAILED)
