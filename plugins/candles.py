@@ -82,20 +82,28 @@ def pg_vwap(quote_volume: Decimal, volume: Decimal) -> Decimal:
     return quotient.quantize(PLACES_18, context=EXACT)
 
 
+def _at_most_9_places(text: str) -> bool:
+    dot = text.find(".")
+    return dot < 0 or len(text) - dot <= 10
+
+
 class Candle:
-    """One open window of one symbol."""
+    """One open window of one symbol. Sums use the exact context (120 digits: never rounded)."""
 
-    __slots__ = ("symbol", "start", "first", "open", "last", "close", "high", "low", "volume", "quote", "count", "keys")
+    __slots__ = ("symbol", "start", "first", "open", "last", "close", "high", "low", "volume", "quote", "count", "keys",
+                 "start_iso", "end_iso")
 
-    def __init__(self, symbol: str, start: int):
+    def __init__(self, symbol: str, start: int, interval_ms: int):
         self.symbol, self.start = symbol, start
+        self.start_iso, self.end_iso = iso_ms(start), iso_ms(start + interval_ms)
         self.first = self.last = None  # (trade time, trade id) of open / close
         self.open = self.close = self.high = self.low = None
         self.volume = self.quote = Decimal(0)
         self.count = 0
         self.keys: set[tuple] = set()
 
-    def add(self, order: tuple, price: Decimal, quantity: Decimal) -> None:
+    def add(self, order: tuple, price_text: str, quantity_text: str) -> None:
+        price, quantity = Decimal(price_text), Decimal(quantity_text)
         if self.first is None or order < self.first:
             self.first, self.open = order, price
         if self.last is None or order > self.last:
@@ -104,23 +112,46 @@ class Candle:
             self.high = price
         if self.low is None or price < self.low:
             self.low = price
-        self.volume += quantity
+        self.volume = EXACT.add(self.volume, quantity)
         if price < PRICE_LIMIT and quantity < QUANTITY_LIMIT:
-            self.quote += price.quantize(PLACES_9, context=EXACT) * quantity.quantize(PLACES_9, context=EXACT)
+            if not _at_most_9_places(price_text):
+                price = price.quantize(PLACES_9, context=EXACT)
+            if not _at_most_9_places(quantity_text):
+                quantity = quantity.quantize(PLACES_9, context=EXACT)
+            self.quote = EXACT.add(self.quote, EXACT.multiply(price, quantity))
         self.count += 1
 
-    def row(self, interval_ms: int, updated_at: str) -> dict:
-        return {
-            "symbol": self.symbol,
-            "window_start": iso_ms(self.start),
-            "window_end": iso_ms(self.start + interval_ms),
-            "open": fixed(self.open), "high": fixed(self.high), "low": fixed(self.low), "close": fixed(self.close),
-            "volume": fixed(self.volume),
-            "quote_volume": fixed(self.quote),
-            "trade_count": self.count,
-            "vwap": fixed(pg_vwap(self.quote, self.volume)),
-            "updated_at": updated_at,
-        }
+    def row(self, updated_at: str) -> CandleRow:
+        return CandleRow(self, updated_at)
+
+
+class CandleRow(dict):
+    """A candle's row as of one trade. The key, count and times are there at once; the decimal
+    columns (formatting, the VWAP division) are rendered the first time one is read — by the
+    sink, for the one row per candle of a batch it keeps — from the values frozen here."""
+
+    __slots__ = ("_state",)
+    RENDERED = ("open", "high", "low", "close", "volume", "quote_volume", "vwap")
+
+    def __init__(self, candle: Candle, updated_at: str):
+        super().__init__(symbol=candle.symbol, window_start=candle.start_iso, window_end=candle.end_iso,
+                         trade_count=candle.count, updated_at=updated_at)
+        self._state = (candle.open, candle.high, candle.low, candle.close, candle.volume, candle.quote)
+
+    def __missing__(self, key: str):
+        if key not in self.RENDERED:
+            raise KeyError(key)
+        open_, high, low, close, volume, quote = self._state
+        self.update(open=fixed(open_), high=fixed(high), low=fixed(low), close=fixed(close), volume=fixed(volume),
+                    quote_volume=fixed(quote), vwap=fixed(pg_vwap(quote, volume)))
+        return dict.__getitem__(self, key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self.RENDERED or key in self.keys() else default
+
+    def rendered(self) -> dict:
+        """The complete row as a plain dict."""
+        return {k: self[k] for k in (*self.keys(), *self.RENDERED)}
 
 
 class CandleDeriver:
@@ -152,7 +183,7 @@ class CandleDeriver:
 
     def observe(self, record: dict) -> list[dict] | None:
         candle = self._add(record)
-        return None if candle is None else [candle.row(self.interval_ms, record.get("ingested_at") or now_iso())]
+        return None if candle is None else [candle.row(record.get("ingested_at") or now_iso())]
 
     def _add(self, record: dict) -> Candle | None:
         at = ms_of_iso(record[self.time_column])
@@ -166,12 +197,12 @@ class CandleDeriver:
         start = at - at % self.interval_ms
         candle = self.windows.get((symbol, start))
         if candle is None:
-            candle = self.windows[(symbol, start)] = Candle(symbol, start)
+            candle = self.windows[(symbol, start)] = Candle(symbol, start, self.interval_ms)
         key = tuple(record[k] for k in self.key_columns)
         if key in candle.keys:
             return None  # the same trade again (a reconnect, a gap fill): counted once
         candle.keys.add(key)
-        candle.add((at, record[self.id_column]), Decimal(record["price"]), Decimal(record["quantity"]))
+        candle.add((at, record[self.id_column]), record["price"], record["quantity"])
         if newest is None or at > newest:
             self.newest = at
             self._evict()
@@ -200,7 +231,7 @@ class CandleDeriver:
             self._late_counter = counter
         self.late = 0
         stamp = now_iso()
-        return [candle.row(self.interval_ms, stamp) for candle in self.windows.values()]
+        return [candle.row(stamp) for candle in self.windows.values()]
 
 
 def late_counter(metrics, name: str):

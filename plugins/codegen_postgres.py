@@ -65,7 +65,7 @@ def stream_ddl(stream: StreamSpec) -> list[str]:
 
 
 def candles_ddl(table: str, interval: str) -> list[str]:
-    return create_table(table, CANDLE_COLUMNS, CANDLE_KEY, "window_start", f"OHLCV candles of {interval}, computed by the Spark job.")
+    return create_table(table, CANDLE_COLUMNS, CANDLE_KEY, "window_start", f"OHLCV candles of {interval}, computed by the Spark job or by tickwire run (the same rows).")
 
 
 def support_ddl() -> list[str]:

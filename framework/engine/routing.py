@@ -174,7 +174,15 @@ class Emitter:
         """The derived records ``rec`` changes, appended to their lanes; the lanes now full."""
         full = None
         for deriver, derived in route.taps:
-            out = deriver.observe(rec)
+            try:
+                out = deriver.observe(rec)
+            except Exception as exc:  # a deriver's bug must not stop the source: its stream lags, logged once
+                if -1 not in derived.crashed:
+                    derived.crashed.add(-1)
+                    self._log.error(f"derived {derived.name!r} raised {type(exc).__name__}: {exc} on a {route.name!r} "
+                                    "record (the record is stored; its derived rows are not updated; logged once)",
+                                    stream=derived.name, exc_info=exc)
+                continue
             if out:
                 full = append_derived(derived, out, self._batch_size, full)
         return full
