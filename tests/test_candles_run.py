@@ -30,6 +30,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tickwire.framework.metrics import Metrics
 from tickwire.framework.timestamps import iso_ms, ms_of_iso
 from tickwire.plugins.candles import CandleDeriver, pg_vwap
 from tickwire.spark import testing as tw
@@ -213,17 +214,43 @@ def test_a_restart_inside_a_window_leaves_the_candles_of_one_uninterrupted_run(s
     assert comparable(sqlite_rows(db, f"SELECT {CANDLE_COLUMNS} FROM candles_1m")) == uninterrupted
 
 
+def test_a_restart_inside_a_window_on_postgresql_rebuilds_the_window_from_the_stored_trades(simulator, postgres_db, tmp_path):
+    from tests.fixtures.postgres import run_db_migrate
+
+    result = run_db_migrate(postgres_db, REPOSITORY / "streams.yaml")
+    assert result.exit_code == 0, result.output
+    db = MigratedDatabase(postgres_db, result.output)
+    main, late = market()
+    count = lambda: pg_rows(db.dsn, "SELECT count(*) FROM trades")[0][0]  # noqa: E731
+    run_tickwire(simulator, tmp_path, write_capture(tmp_path / "first.jsonl.gz", main[:168]), 168, count,
+                 "--profile", "postgres", TICKWIRE_PG_DSN=db.writer_dsn)
+    log = run_tickwire(simulator, tmp_path, write_capture(tmp_path / "again.jsonl.gz", main + late), 302, count,
+                       "--profile", "postgres", TICKWIRE_PG_DSN=db.writer_dsn)
+    assert "state rebuilt from" in log
+    # the same candles as one run computes from these trades, late ones as they came
+    deriver = CandleDeriver("candles_1m", {"interval": "1 minute", "watermark": "30 seconds", "table": "candles_1m"},
+                            stream_spec())
+    final: dict[tuple, dict] = {}
+    for record in main + late:
+        for row in deriver.observe(record) or []:
+            final[(row["symbol"], row["window_start"])] = row.rendered()
+    expected = comparable([tuple(r[c] for c in CANDLE_COLUMNS.split(", ")) for r in final.values()])
+    assert comparable(pg_rows(db.dsn, f"SELECT {CANDLE_COLUMNS} FROM candles_1m")) == expected
+
+
 def trade(symbol: str, trade_id: int, price: str, quantity: str, at_ms: int) -> dict:
     return tw.trade_record(symbol, trade_id, price, quantity, at_ms)
 
 
 def test_the_watermark_decides_late_trades_and_closes_windows():
+    metrics = Metrics()
     deriver = CandleDeriver("candles_1m", {"interval": "1 minute", "watermark": "30 seconds", "table": "candles_1m"},
-                            stream_spec())
+                            stream_spec(), metrics)
     assert deriver.observe(trade("BTCUSDT", 1, "10.5", "2", T0 + 59_000))[0]["trade_count"] == 1
     assert deriver.observe(trade("BTCUSDT", 2, "11", "1", T0 + 95_000))[0]["window_start"] == iso_ms(T0 + 60_000)
     # watermark T0 + 65 s: a trade at T0 + 50 s is late, T0 + 70 s is not; the first window is closed
     assert deriver.observe(trade("BTCUSDT", 3, "9", "1", T0 + 50_000)) is None and deriver.late == 1
+    assert metrics.registry.get_sample_value("tickwire_derived_late_total", {"derived": "candles_1m"}) == 1
     assert [c.start for c in deriver.windows.values()] == [T0 + 60_000]
     row = deriver.observe(trade("BTCUSDT", 4, "12", "1", T0 + 70_000))[0]
     assert (row["open"], row["close"], row["high"], row["trade_count"]) == (
