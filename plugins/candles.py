@@ -30,6 +30,9 @@ write the same rows.
   upserts) is not exact: a trade delivered again after a restart would be summed twice, and open
   and close need the order of all trades. The engine commits a candle update before the trades
   batch it came from (framework/derived.py), so no candle is ever behind its stored trades.
+  The replay follows the arrival order, so a stored trade that was late when it came is late in
+  the replay too (the trades that made it late are stored and arrived before it) — unless both
+  arrived within the same millisecond of ``ingested_at``, where trade ids break the tie.
 """
 
 from __future__ import annotations
