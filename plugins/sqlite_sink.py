@@ -24,7 +24,7 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
-from tickwire.framework.components import BadRecords, DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap, TransientError  # noqa: F401 - PermanentError: main's
+from tickwire.framework.components import BadRecords, DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap, TransientError
 from tickwire.framework.derived import keep_last_per_key
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.options import with_defaults
