@@ -297,6 +297,18 @@ class GapRecordingSink(Protocol):
         (stream, symbol, first_id)."""
 
 
+@runtime_checkable
+class RecentRecordsSink(Protocol):
+    """Optional Sink member, for sinks that store derived streams (``SinkSpec.stores_derived``):
+    read back recent source records, so a derived stream's open windows survive a restart
+    (framework/derived.py). Default: the derived state starts empty."""
+
+    async def tail_records(self, stream: StreamSpec, column: str, span_ms: int) -> list[dict]:
+        """The stored records of ``stream`` whose ``column`` (a time) is at most ``span_ms``
+        before its newest value, as normalized records (decimals as text, times as ISO-8601
+        UTC with milliseconds). Called once, after ``open()``, before any write."""
+
+
 @dataclass(frozen=True, slots=True)
 class SinkTraits:
     """A sink's optional members, resolved once with their defaults (:func:`sink_traits`)."""
@@ -307,6 +319,7 @@ class SinkTraits:
     describe: str = ""
     resumable: bool = False  # has last_sequence_ids (ResumableSink)
     records_gaps: bool = False  # has write_gaps (GapRecordingSink)
+    tails_records: bool = False  # has tail_records (RecentRecordsSink)
 
 
 def sink_traits(sink: Any, spec: SinkSpec) -> SinkTraits:
@@ -325,6 +338,7 @@ def sink_traits(sink: Any, spec: SinkSpec) -> SinkTraits:
         describe=str(describe()) if callable(describe) else spec.name,
         resumable=isinstance(sink, ResumableSink),
         records_gaps=isinstance(sink, GapRecordingSink),
+        tails_records=isinstance(sink, RecentRecordsSink),
     )
 
 
@@ -364,6 +378,15 @@ class SinkSpec(_Spec):
 
     kind = "sink"
     supports_dead_letters: bool = False
+    stores_derived: bool = False  # upserts derived streams (framework/derived.py) into its tables
+
+
+@dataclass(frozen=True)
+class DerivedSpec(_Spec):
+    """``factory(name: str, block: dict, source: StreamSpec, metrics: Metrics) -> Deriver``
+    (framework/derived.py); ``name`` is the ``kind`` of a ``derived:`` block."""
+
+    kind = "derived"
 
 
 @dataclass(frozen=True)

@@ -397,7 +397,8 @@ def _selector_problems(doc: Document, data: dict) -> list[Problem]:
 def _topic_spec(block: dict) -> TopicSpec:
     """A stream's ``topic:`` block, the schema's defaults filled in."""
     topic = with_defaults(BASE_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"]["topic"], block)
-    return TopicSpec(topic["name"], topic["partitions"], topic["replication_factor"], dict(topic.get("config") or {}))
+    return TopicSpec(topic["name"], topic["partitions"], topic["replication_factor"], dict(topic.get("config") or {}),
+                     topic.get("format", "normalized"))
 
 
 def _stream_spec(config: Config, name: str, block: dict, schema_doc: Document) -> StreamSpec:

@@ -54,6 +54,14 @@ _TOPIC = {
             "description": "Topic configs, e.g. retention.ms, cleanup.policy.",
             "additionalProperties": {"type": ["string", "integer"]},
         },
+        "format": {
+            "enum": ["normalized", "binance"],
+            "default": "normalized",
+            "description": "Value format, named and versioned in each message's `tickwire-format` header: "
+            "`normalized` (normalized/1: the record's columns; what the Spark job reads) or `binance` "
+            "(binance/1: the payload as Binance sends it, for consumers of the original pipeline; "
+            "docs/migrating.md).",
+        },
     },
 }
 
@@ -160,7 +168,7 @@ BASE_SCHEMA: dict = {
         },
         "derived": {
             "type": "object",
-            "description": "Streams computed from other streams by the Spark job (e.g. candles).",
+            "description": "Streams computed from other streams (e.g. candles): by `tickwire run` for the sinks that store tables (SQLite, PostgreSQL), by the Spark job on the Kafka path; the same rows either way.",
             "propertyNames": {"pattern": SQL_IDENTIFIER},
             "additionalProperties": {
                 "type": "object",
@@ -171,7 +179,7 @@ BASE_SCHEMA: dict = {
                     "from": {"type": "string", "description": "Name of the input stream (trades)."},
                     "interval": {"type": "string", "pattern": DURATION, "description": "Window length, e.g. '1 minute'."},
                     "watermark": {"type": "string", "pattern": DURATION, "default": "30 seconds", "description": "How late a trade may arrive and still correct its candle."},
-                    "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table in PostgreSQL."},
+                    "table": {"type": "string", "pattern": TABLE_NAME, "description": "Target table (SQLite, PostgreSQL)."},
                     "retention": _RETENTION,
                 },
             },

@@ -17,7 +17,7 @@ BEGIN = "<!-- contract: generated from framework/components.py by framework/cont
 END = "<!-- contract: end -->"
 # In reading order: what a source gets and does, transforms, sinks, what a sink raises, the context.
 CLASSES = (
-    "Source", "Emitter", "Transform", "FusableTransform", "Sink", "ResumableSink", "GapRecordingSink",
+    "Source", "Emitter", "Transform", "FusableTransform", "Sink", "ResumableSink", "GapRecordingSink", "RecentRecordsSink",
     "TransientError", "BadRecords", "PermanentError", "RunContext",
 )
 

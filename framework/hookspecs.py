@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from tickwire.framework.components import (
         CodegenSpec,
+        DerivedSpec,
         SinkSpec,
         SourceSpec,
         TransformSpec,
@@ -63,6 +64,16 @@ def tickwire_register_sinks(register: Callable[[SinkSpec], None]) -> None:
         :class:`~tickwire.framework.components.Sink` and gets its options complete (the
         ``config_schema`` defaults filled in) and a narrow
         :class:`~tickwire.framework.components.RunContext`.
+    """
+
+
+@hookspec
+def tickwire_register_derived(register: Callable[[DerivedSpec], None]) -> None:
+    """Register derived-stream kinds computed inside ``tickwire run`` (``candles``, …).
+
+    :param register: call it once per :class:`~tickwire.framework.components.DerivedSpec`; its
+        ``name`` is what streams.yaml puts in ``derived.<name>.kind``. The contract of what the
+        factory returns is :mod:`tickwire.framework.derived`.
     """
 
 

@@ -24,7 +24,7 @@ from typing import Iterable
 import pluggy
 
 from tickwire.framework import hookspecs
-from tickwire.framework.components import CodegenSpec, PluginError, SinkSpec, SourceSpec, TransformSpec
+from tickwire.framework.components import CodegenSpec, DerivedSpec, PluginError, SinkSpec, SourceSpec, TransformSpec
 
 
 @dataclass
@@ -72,6 +72,7 @@ class PluginManager:
         self.transforms: dict[str, TransformSpec] = {}
         self.sinks: dict[str, SinkSpec] = {}
         self.codegen: dict[str, CodegenSpec] = {}
+        self.derived: dict[str, DerivedSpec] = {}  # derived-stream kinds (framework/derived.py)
         self.config_sections: dict[str, dict] = {}
         self._collect()
 
@@ -142,6 +143,7 @@ class PluginManager:
             "tickwire_register_transforms": ("transform", self.transforms, TransformSpec),
             "tickwire_register_sinks": ("sink", self.sinks, SinkSpec),
             "tickwire_register_codegen_targets": ("codegen", self.codegen, CodegenSpec),
+            "tickwire_register_derived": ("derived", self.derived, DerivedSpec),
         }
         for hook_name, (kind, registry, spec_type) in tables.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():

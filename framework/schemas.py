@@ -57,6 +57,7 @@ class TopicSpec:
     partitions: int = 3
     replication_factor: int = 1
     config: dict = field(default_factory=dict)  # e.g. retention.ms, cleanup.policy
+    format: str = "normalized"  # the value format (plugins/kafka/formats.py): normalized | binance
 
 
 @dataclass

@@ -79,7 +79,7 @@ def stream_ddl(stream: StreamSpec) -> list[str]:
 
 def candles_ddl(block: dict) -> list[str]:
     return create_table(block["table"], CANDLE_COLUMNS, CANDLE_KEY, "window_start",
-                        f"OHLCV candles of {block['interval']}, computed by the Spark job.", candle_plan(block))
+                        f"OHLCV candles of {block['interval']}, computed by the Spark job or by tickwire run (the same rows).", candle_plan(block))
 
 
 def support_ddl() -> list[str]:

@@ -53,8 +53,22 @@ def ddl_for(stream: StreamSpec) -> list[str]:
     return out + time_index_ddl(stream)
 
 
+def derived_ddl(config) -> list[str]:
+    """The tables of the ``derived:`` blocks (candles), as the sqlite sink creates them."""
+    from tickwire.framework.derived import derived_stream
+    from tickwire.plugins.codegen_postgres import CANDLE_COLUMNS, CANDLE_KEY
+
+    out = []
+    for name, block in sorted(config.derived.items()):
+        source = config.streams.get(block["from"])
+        if block["kind"] == "candles" and source is not None:
+            out += ddl_for(derived_stream(name, block["table"], CANDLE_COLUMNS, CANDLE_KEY, "window_start", source))
+    return out
+
+
 def generate(config) -> dict[str, str]:
-    statements = [s for stream in config.streams.values() for s in ddl_for(stream)] + [DEAD_LETTERS_DDL, TRADE_GAPS_DDL]
+    statements = [s for stream in config.streams.values() for s in ddl_for(stream)] + derived_ddl(config)
+    statements += [DEAD_LETTERS_DDL, TRADE_GAPS_DDL]
     return {"schema.sqlite.sql": HEADER + "\n" + "\n\n".join(statements) + "\n"}
 
 

@@ -43,6 +43,7 @@ from tickwire.plugins.postgres_evolve import BreakingDifferences, declared_migra
 from tickwire.plugins.db_maintain import DEFAULT_DAYS_AHEAD, maintain_command
 from tickwire.plugins.postgres_maintain import copy_from_plain_table, detach_plain_table, ensure_days
 from tickwire.plugins.postgres_partitions import ENSURE_FUNCTION, TablePlan, plans, utc_day
+from tickwire.plugins.postgres_adopt import AdoptRefused, adopt
 
 # The `postgres` extra, imported when `tickwire db migrate` runs: the plugin loads without it.
 psycopg = optional_module("psycopg", POSTGRES, "`tickwire db migrate`")
@@ -128,13 +129,16 @@ def generated_ddl(manager, config) -> str:
 
 def migrate(conn: psycopg.Connection, ddl: str, tables: list[str], grants: list[RoleGrant],
             passwords: dict[str, str], report, migrations: dict | None = None, project: Path | None = None,
-            partitioned: list[TablePlan] = ()) -> None:
-    """Convert plain tables an older tickwire made to day partitions, evolve the existing tables
-    (plugins/postgres_evolve.py), apply `ddl` and the roles in one transaction; `report(line)` says
-    what happened. Raises BreakingDifferences (nothing changed) for a table that differs from its
-    schema in a way that cannot be changed in place."""
+            partitioned: list[TablePlan] = (), adopt_streams: list | None = None) -> None:
+    """Adopt the original pipeline's tables (`adopt_streams`, plugins/postgres_adopt.py), convert
+    plain tables an older tickwire made to day partitions, evolve the existing tables
+    (plugins/postgres_evolve.py), apply `ddl` and the roles, all in one transaction; `report(line)`
+    says what happened. Raises BreakingDifferences (nothing changed) for a table that differs from
+    its schema in a way that cannot be changed in place."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
+        if adopt_streams:
+            adopt(conn, adopt_streams, report, sql)
         present_before = _existing_tables(conn, tables)
         # First, so evolve compares only tables already partitioned; a plain one is rebuilt by the DDL.
         converting = {plan.table: detach_plain_table(conn, plan, report) for plan in partitioned}
@@ -312,8 +316,10 @@ def db_group() -> None:
 @click.option("--dsn", envvar=ADMIN_DSN_VARIABLE, show_envvar=True, metavar="DSN",
               help="Admin connection (superuser or owner with CREATEROLE). Prefer the environment "
                    "variable: a password on the command line is visible to other users.")
+@click.option("--adopt", is_flag=True,
+              help="First upgrade tables the original pipeline created, in place, keeping their rows (docs/migrating.md).")
 @click.pass_obj
-def migrate_command(app, dsn: str | None) -> None:
+def migrate_command(app, dsn: str | None, adopt: bool = False) -> None:
     """Create the tables (idempotent) and the roles tickwire_writer / tickwire_reader; add the
     optional columns a newer schema declares to existing tables, and refuse (exit 2, with the
     manual steps) a table that differs in a way that cannot be changed in place.
@@ -343,7 +349,8 @@ def migrate_command(app, dsn: str | None) -> None:
     try:
         with psycopg.connect(dsn, autocommit=True, application_name="tickwire db migrate") as conn:
             migrate(conn, ddl, tables, grants, passwords, report=click.echo,
-                    migrations=declared_migrations(config), project=config.dir, partitioned=plans(config))
+                    migrations=declared_migrations(config), project=config.dir, partitioned=plans(config),
+                    adopt_streams=list(config.streams.values()) if adopt else None)
             click.echo(f"migrated database {conn.info.dbname} on {conn.info.host}:{conn.info.port}")
     except BreakingDifferences as refused:
         for reason in refused.reasons:
@@ -351,6 +358,9 @@ def migrate_command(app, dsn: str | None) -> None:
         click.secho(f"tickwire db migrate: {len(refused.reasons)} change(s) cannot be made in place; nothing was "
                     "changed (docs/schema-evolution.md)", fg="red", err=True)
         raise SystemExit(EXIT_USAGE)
+    except AdoptRefused as error:
+        click.echo(f"tickwire db migrate --adopt: {error}; nothing was changed", err=True)
+        raise SystemExit(EXIT_FAILED)
     except psycopg.Error as error:
         click.echo(f"tickwire db migrate: PostgreSQL refused, nothing was changed: {error}".rstrip(), err=True)
         raise SystemExit(EXIT_FAILED)

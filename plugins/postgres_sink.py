@@ -41,6 +41,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from tickwire.framework.backoff import Backoff
 from tickwire.framework.components import DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap
+from tickwire.framework.derived import keep_last_per_key
 from tickwire.framework.extras import POSTGRES
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.options import with_defaults
@@ -160,6 +161,7 @@ class PostgresSink:
     async def write(self, stream: StreamSpec, records: list[dict]) -> None:
         if not records:
             return
+        records = keep_last_per_key(stream, records)
         writer = self._writer_for(stream)
         started = time.monotonic()
         async with self._lock:
@@ -201,6 +203,27 @@ class PostgresSink:
                 hi = complete_up_to(hi, holes_in(ids), await cursor.fetchall())
             out[part] = int(hi)
         return out
+
+    async def tail_records(self, stream: StreamSpec, column: str, span_ms: int) -> list[dict]:
+        """Sink protocol (optional, framework/derived.py): the stored records of ``stream``
+        whose ``column`` is within ``span_ms`` of its newest value, as normalized records
+        (decimals as text, times as ISO-8601 UTC with milliseconds)."""
+        table = f"{q(self.schema)}.{q(stream.table)}"
+        columns = stream.columns
+        select = ", ".join(
+            f"to_char({q(c.name)} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')" if c.logical == "timestamp_ms"
+            else f"{q(c.name)}::text" if c.logical == "decimal" else q(c.name)
+            for c in columns
+        )
+        query = (f"SELECT {select} FROM {table} WHERE {q(column)} >= "
+                 f"(SELECT max({q(column)}) FROM {table}) - make_interval(secs => %s)")
+
+        async def read(conn: psycopg.AsyncConnection) -> list[dict]:
+            rows = await (await conn.execute(query, [span_ms / 1000])).fetchall()
+            return [dict(zip((c.name for c in columns), row)) for row in rows]
+
+        async with self._lock:
+            return await self._call_with_reconnect(stream.name, read)
 
     async def write_gaps(self, gaps: list[TradeGap]) -> None:
         """Sink protocol (optional): record trades lost for good in ``trade_gaps`` — only the
@@ -429,5 +452,6 @@ def tickwire_register_sinks(register) -> None:
         description="PostgreSQL tables (COPY + INSERT … ON CONFLICT DO NOTHING, one transaction per batch)",
         config_schema=OPTIONS_SCHEMA,
         supports_dead_letters=True,
+        stores_derived=True,
         requires=POSTGRES,
     ))

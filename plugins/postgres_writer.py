@@ -56,6 +56,13 @@ class TableWriter:
         staging = sql.Identifier(f"tickwire_staging_{stream.table}")
         column_list = sql.SQL(", ").join(map(sql.Identifier, columns))
         plan = stream_plan(stream)
+        conflict = sql.SQL("ON CONFLICT DO NOTHING")  # no target: see the module docstring
+        if getattr(stream, "upsert", False):  # a derived stream's rows are recomputed values (framework/derived.py)
+            # DO UPDATE needs a target; a derived table's key already holds its partition column.
+            conflict = sql.SQL("ON CONFLICT ({key}) DO UPDATE SET {set}").format(
+                key=sql.SQL(", ").join(map(sql.Identifier, stream.primary_key)),
+                set=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
+                                       for c in columns if c not in stream.primary_key))
         return cls(
             stream=stream.name,
             columns=columns,
@@ -70,16 +77,16 @@ class TableWriter:
             # other's rows in one order, never in a cycle — a deadlock PostgreSQL would break by
             # aborting a batch.
             insert_from_staging=sql.SQL(
-                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ORDER BY {key}"
-                " ON CONFLICT DO NOTHING"
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ORDER BY {key} {conflict}"
             ).format(table=table, columns=column_list, staging=staging,
-                     key=sql.SQL(", ").join(map(sql.Identifier, stream.primary_key))),
+                     key=sql.SQL(", ").join(map(sql.Identifier, stream.primary_key)), conflict=conflict),
             insert_one=sql.SQL(
-                "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING"
+                "INSERT INTO {table} ({columns}) VALUES ({values}) {conflict}"
             ).format(
                 table=table,
                 columns=column_list,
                 values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                conflict=conflict,
             ),
             time_column=plan.time_column if plan else None,
             ensure_partition=sql.SQL("SELECT {function}(%s::regclass, %s)").format(

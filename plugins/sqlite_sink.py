@@ -32,6 +32,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from tickwire.framework.components import BadRecords, DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap, TransientError
+from tickwire.framework.derived import keep_last_per_key
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.options import with_defaults
 from tickwire.framework.threads import DedicatedThread
@@ -40,6 +41,7 @@ from tickwire.framework.resume import (
     TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql, range_ids_sql,
     recorded_gaps_sql, stored_by_others_text, unstored_parts, window_ids_sql,
 )
+from tickwire.framework.timestamps import iso_ms, ms_of_iso
 from tickwire.plugins.codegen_sqlite import DEAD_LETTERS_DDL, TRADE_GAPS_DDL, ddl_for
 from tickwire.plugins.sqlite_evolve import plan_for
 from tickwire.plugins.sqlite_retention import DELETE_BATCH_ROWS, delete_batches, expiring_streams
@@ -198,19 +200,24 @@ class SQLiteSink:
             st = self._statements[stream.name] = (stream.table, getter, cols)
         return st
 
-    def _insert_sql(self, table: str, cols: tuple, rows: int) -> str:
+    def _insert_sql(self, table: str, cols: tuple, rows: int, upsert_key: tuple = ()) -> str:
         key = (table, rows)
         sql = self._sql.get(key)
         if sql is None:
             if len(self._sql) > 256:  # batch sizes vary (linger flushes): keep the cache small
                 self._sql.clear()
             one = "(" + ", ".join("?" * len(cols)) + ")"
+            conflict = "ON CONFLICT DO NOTHING"
+            if upsert_key:  # a derived stream: its rows are recomputed values (framework/derived.py)
+                updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in cols if c not in upsert_key)
+                conflict = f"ON CONFLICT ({', '.join(map(q, upsert_key))}) DO UPDATE SET {updates}"
             sql = self._sql[key] = (
-                f'INSERT INTO {q(table)} ({", ".join(map(q, cols))}) VALUES {", ".join([one] * rows)} ON CONFLICT DO NOTHING'
+                f'INSERT INTO {q(table)} ({", ".join(map(q, cols))}) VALUES {", ".join([one] * rows)} {conflict}'
             )
         return sql
 
     async def write(self, stream: StreamSpec, records: list[dict]) -> None:
+        records = keep_last_per_key(stream, records)
         try:
             inserted = await self._thread.call(self._write_sync, stream, records)
         except sqlite3.Error as exc:
@@ -229,16 +236,17 @@ class SQLiteSink:
         except KeyError:  # a record without every column (no normalize in the chain?): NULLs
             rows = [tuple(r.get(c) for c in cols) for r in records]
         conn = self._conn
+        upsert_key = tuple(stream.primary_key) if getattr(stream, "upsert", False) else ()
         per_statement = max(1, min(self._chunk, self._max_vars // max(1, len(cols))))
         if len(rows) <= per_statement:
             # one statement in autocommit mode is one transaction: a single GIL round trip
-            return conn.execute(self._insert_sql(table, cols, len(rows)), list(chain.from_iterable(rows))).rowcount
+            return conn.execute(self._insert_sql(table, cols, len(rows), upsert_key), list(chain.from_iterable(rows))).rowcount
         inserted = 0
         conn.execute("BEGIN")
         try:
             for i in range(0, len(rows), per_statement):
                 part = rows[i : i + per_statement]
-                cursor = conn.execute(self._insert_sql(table, cols, len(part)), list(chain.from_iterable(part)))
+                cursor = conn.execute(self._insert_sql(table, cols, len(part), upsert_key), list(chain.from_iterable(part)))
                 inserted += cursor.rowcount
             conn.execute("COMMIT")
         except BaseException:
@@ -285,6 +293,21 @@ class SQLiteSink:
                 hi = complete_up_to(hi, holes_in(ids), recorded)
             out[part] = hi
         return out
+
+    async def tail_records(self, stream: StreamSpec, column: str, span_ms: int) -> list[dict]:
+        """Sink protocol (optional, framework/derived.py): the stored records of ``stream``
+        whose ``column`` is within ``span_ms`` of its newest value, as normalized records."""
+        return await self._thread.call(self._tail_records_sync, stream, column, span_ms)
+
+    def _tail_records_sync(self, stream: StreamSpec, column: str, span_ms: int) -> list[dict]:
+        conn, table = self._conn, q(stream.table)
+        (newest,) = conn.execute(f"SELECT max({q(column)}) FROM {table}").fetchone()
+        if newest is None:
+            return []
+        since = iso_ms(ms_of_iso(newest) - span_ms)  # ISO text of one shape: compares as the time does
+        names = [c.name for c in stream.columns]
+        cursor = conn.execute(f"SELECT {', '.join(map(q, names))} FROM {table} WHERE {q(column)} >= ?", (since,))
+        return [dict(zip(names, row)) for row in cursor]
 
     async def write_gaps(self, gaps: list[TradeGap]) -> None:
         """Sink protocol (optional): record trades lost for good in ``trade_gaps``."""
@@ -396,5 +419,6 @@ def tickwire_register_sinks(register):
             description="Embedded SQLite file (WAL): idempotent upserts on the primary key, exact decimals as TEXT.",
             config_schema=CONFIG_SCHEMA,
             supports_dead_letters=True,
+            stores_derived=True,
         )
     )

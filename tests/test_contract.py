@@ -21,7 +21,7 @@ FRAMEWORK = ROOT / "framework"
 ENGINE = FRAMEWORK / "engine"
 # which protocols declare what the engine may use on each kind of object
 PROTOCOLS = {
-    "sink": ("Sink", "ResumableSink", "GapRecordingSink"),
+    "sink": ("Sink", "ResumableSink", "GapRecordingSink", "RecentRecordsSink"),
     "source": ("Source",),
     "transform": ("Transform", "FusableTransform"),
 }

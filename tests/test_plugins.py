@@ -42,7 +42,7 @@ def test_builtins_come_from_the_entry_point_group():
 
 def test_every_hookspec_is_documented():
     specs = [name for name in dir(hookspecs) if name.startswith("tickwire_")]
-    assert len(specs) == 6
+    assert len(specs) == 7
     for name in specs:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert len(doc.split()) > 10, f"{name} needs a docstring saying what it is for"

@@ -63,7 +63,8 @@ def test_sigterm_with_postgresql_down_stops_within_the_default_bound(postgres_ta
     report = abandoned_line(lines)
     assert report["level"] == "error" and "shutdown_timeout_s (15s) reached" in report["event"]
     assert report["abandoned_total"] > 0
-    assert set(report["abandoned"]) <= {"postgres/trade", "postgres/ticker", "postgres/ticker_1h", "postgres/dead_letters"}
+    assert set(report["abandoned"]) <= {"postgres/trade", "postgres/ticker", "postgres/ticker_1h", "postgres/candles_1m",
+                                        "postgres/dead_letters"}
     assert report["abandoned"].get("postgres/trade", 0) > 0
     assert sum(report["abandoned"].values()) == report["abandoned_total"]
     assert f"{report['abandoned_total']:,} records were not committed" in report["event"]

@@ -16,8 +16,8 @@ from typing import Any
 from tickwire.framework.backoff import Backoff
 from tickwire.framework.components import RunContext, SinkSpec, SourceSpec, TradeGap, TransformSpec, sink_traits
 from tickwire.framework.engine.dead_letters import DeadLetters
-from tickwire.framework.engine.plan import build_route, build_runners, plan_from_config
-from tickwire.framework.engine.routing import Emitter, Route, hand_over
+from tickwire.framework.engine.plan import build_derived, build_route, build_runners, plan_from_config
+from tickwire.framework.engine.routing import Emitter, Route, append_derived, hand_over
 from tickwire.framework.engine.resume_points import LostRanges, read_resume_points
 from tickwire.framework.engine.runner import SinkRunner
 from tickwire.framework.engine.settings import EngineError, EngineSettings
@@ -51,6 +51,7 @@ class Engine:
         config_dir: Path | str = ".",
         log: Any = None,
         shard: Shard | None = None,
+        derived: list | None = None,
     ):
         self.settings = settings or EngineSettings()
         self.shard = shard  # handed to the sources (RunContext.shard)
@@ -65,6 +66,8 @@ class Engine:
         self._routes: dict[str, Route] = {
             s.name: build_route(s, transforms, self._runners, self.settings, self.metrics) for s in streams
         }
+        # derived streams computed in this run (framework/derived.py): their routes join _routes
+        self._derived = build_derived(derived or [], self._routes, self._runners, transforms, self.settings, self.metrics)
         self.dead_letters = DeadLetters(self._runners.get(dead_letter) if dead_letter else None, self.settings.batch_size, self.log)
         self._stats = Stats(self.metrics, self._routes, self._runners, self.dead_letters, list(sources))
         self._stop = asyncio.Event()
@@ -85,7 +88,7 @@ class Engine:
         plan = plan_from_config(config, plugins, profile)
         return cls(streams=plan.streams, sources=plan.sources, sinks=plan.sinks, transforms=plan.transforms,
                    dead_letter=plan.dead_letter, settings=plan.settings, metrics=metrics, config=config,
-                   config_dir=config.dir, log=log, shard=shard)
+                   config_dir=config.dir, log=log, shard=shard, derived=plan.derived)
 
     def emitter(self, source_id: str, plugin: str) -> Emitter:
         """What source ``source_id`` (of ``plugin``) hands its payloads to."""
@@ -285,6 +288,26 @@ class Engine:
 
     async def _read_resume_points(self) -> None:
         self._resume = await read_resume_points(self._routes.values(), self.log)
+        await self._recover_derived()
+
+    async def _recover_derived(self) -> None:
+        """Each deriver rebuilds its open state from the source records a sink stores
+        (``tail_records``), before any new record arrives; what it re-emits is written first."""
+        for deriver, route in self._derived:
+            runner = next((lane.runner for lane in route.lanes if lane.runner.traits.tails_records), None)
+            if runner is None:
+                continue
+            origin = self.streams[route.stream.source_stream]
+            try:
+                records = await runner.sink.tail_records(origin, deriver.time_column, deriver.recovery_span_ms)
+                out = deriver.recover(records)
+            except Exception as exc:
+                raise EngineError(f"{runner.who}, derived {route.name!r}: cannot rebuild its state from the stored "
+                                  f"{origin.name!r} records: {exc}") from exc
+            if out:
+                append_derived(route, out, self.settings.batch_size)
+            self.log.info(f"derived {route.name!r}: state rebuilt from {len(records)} stored {origin.name!r} records "
+                          f"of {runner.who}; {len(out)} rows rewritten", stream=route.name)
 
     def report_gap(self, gap: TradeGap) -> None:
         """A source gave up on ``gap`` (RunContext.report_gap): see :class:`LostRanges`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tickwire.framework.components import FusableTransform, SinkSpec, SourceSpec, TransformSpec
+from tickwire.framework.components import DerivedSpec, FusableTransform, SinkSpec, SourceSpec, TransformSpec
 from tickwire.framework.engine.routing import Lane, Route
 from tickwire.framework.engine.runner import SinkRunner
 from tickwire.framework.config_schema import BASE_SCHEMA
@@ -34,6 +34,7 @@ class Plan:
     transforms: dict[str, TransformSpec]
     dead_letter: str | None
     settings: EngineSettings
+    derived: list[tuple[str, dict, DerivedSpec]] | None = None  # (name, block, kind) computed in this run
 
 
 def plan_from_config(config: Any, plugins: Any, profile: str | None = None) -> Plan:
@@ -60,7 +61,49 @@ def plan_from_config(config: Any, plugins: Any, profile: str | None = None) -> P
         for component_id, (spec, _options) in sorted(used.items()):
             if spec.requires is not None:  # an optional dependency: say how to install it
                 spec.requires.check(f"{kind} {component_id!r} (type {spec.name}, plugin {spec.plugin})")
-    return Plan(streams, sources, sinks, dict(plugins.transforms), prof.dead_letter, EngineSettings.from_options(config.engine))
+    derived = derived_in_run(config, plugins, streams, sinks)
+    return Plan(streams, sources, sinks, dict(plugins.transforms), prof.dead_letter, EngineSettings.from_options(config.engine),
+                derived)
+
+
+def derived_in_run(config: Any, plugins: Any, streams: list[StreamSpec],
+                   sinks: dict[str, tuple[SinkSpec, dict]]) -> list[tuple[str, dict, DerivedSpec]]:
+    """The ``derived:`` blocks this run computes: those whose source stream runs and goes to
+    a sink that stores derived streams (on the Kafka profile the Spark job computes them)."""
+    by_name = {s.name: s for s in streams}
+    out = []
+    for name, block in sorted(config.derived.items()):
+        origin = by_name.get(block["from"])
+        if origin is None or not any(sinks[sid][0].stores_derived for sid in origin.sinks if sid in sinks):
+            continue
+        spec = plugins.derived.get(block["kind"])
+        if spec is None:
+            raise EngineError(f"derived {name!r}: no plugin computes kind {block['kind']!r} in `tickwire run`")
+        out.append((name, block, spec))
+    return out
+
+
+def build_derived(derived: list[tuple[str, dict, DerivedSpec]], routes: dict[str, Route], runners: dict[str, SinkRunner],
+                  transforms: dict[str, TransformSpec], settings: EngineSettings, metrics: Metrics) -> list:
+    """Per derived block: its :class:`~tickwire.framework.derived.Deriver` and a route of its
+    own (added to ``routes``) with a lane per storing sink of the source stream; the source
+    route taps the deriver, and each of its lanes hands the derived lane of the same sink over
+    first (framework/derived.py says why)."""
+    built = []
+    for name, block, spec in derived:
+        source_route = routes[block["from"]]
+        try:
+            deriver = spec.factory(name, block, source_route.stream, metrics)
+        except Exception as exc:
+            raise EngineError(f"derived {name!r} (kind {spec.name}, plugin {spec.plugin or spec.name}): {exc}") from exc
+        stream = deriver.stream
+        stream.sinks = [sid for sid in source_route.stream.sinks if sid in runners and runners[sid].spec.stores_derived]
+        route = routes[stream.name] = build_route(stream, transforms, runners, settings, metrics)
+        source_route.taps.append((deriver, route))
+        for lane in source_route.lanes:
+            lane.before += [d for d in route.lanes if d.runner is lane.runner]
+        built.append((deriver, route))
+    return built
 
 
 def build_runners(sinks: dict[str, tuple[SinkSpec, dict]], dead_letter: str | None, settings: EngineSettings) -> dict[str, SinkRunner]:

@@ -20,7 +20,7 @@ from tickwire.framework.schemas import StreamSpec
 class Lane:
     """Records of one stream waiting for one sink."""
 
-    __slots__ = ("runner", "stream", "route", "buf", "since")
+    __slots__ = ("runner", "stream", "route", "buf", "since", "before")
 
     def __init__(self, runner: SinkRunner, stream: StreamSpec, route: Route):
         self.runner = runner
@@ -28,6 +28,7 @@ class Lane:
         self.route = route
         self.buf: list = []
         self.since = 0.0
+        self.before: list[Lane] = []  # derived lanes of the same sink, handed over first
 
 
 class Route:
@@ -35,7 +36,7 @@ class Route:
 
     __slots__ = (
         "stream", "name", "chain", "chain_names", "fused", "lanes", "received", "invalid", "written",
-        "last", "lag", "lag_field", "lag_mask", "pushed", "lag_hist", "crashed",
+        "last", "lag", "lag_field", "lag_mask", "pushed", "lag_hist", "crashed", "taps",
     )
 
     def __init__(self, stream: StreamSpec, chain: list[Transform], chain_names: list[str], fused: Transform | None,
@@ -56,11 +57,14 @@ class Route:
         self.pushed = [0, 0]  # received, invalid already added to Prometheus
         self.lag_hist = lag_hist
         self.crashed: set[int] = set()  # transforms whose crash was logged (once each)
+        self.taps: list[tuple[Any, Route]] = []  # derived streams computed from this one (Deriver, its route)
 
 
 async def hand_over(lane: Lane) -> None:
     """Put the lane's buffer on its sink's queue (waits while the queue is full); a batch not
     handed over because of cancellation goes back to the buffer for the shutdown flush."""
+    for derived in lane.before:  # a source record is never committed before its derived update
+        await hand_over(derived)
     batch = lane.buf
     if not batch:
         return
@@ -75,6 +79,20 @@ async def hand_over(lane: Lane) -> None:
         runner.pending -= n
         lane.buf[:0] = batch
         raise
+
+
+def append_derived(route: Route, records: list[dict], batch_size: int, full: list[Lane] | None = None) -> list[Lane] | None:
+    """Append derived ``records`` to every lane of their route; returns ``full`` plus the lanes
+    that reached ``batch_size``."""
+    route.received += len(records)
+    for lane in route.lanes:
+        buf = lane.buf
+        if not buf:
+            lane.since = time.monotonic()
+        buf += records
+        if len(buf) >= batch_size:
+            full = [lane] if full is None else full + [lane]
+    return full
 
 
 def sample_lag(route: Route, payload: Any, received_ns: int) -> None:
@@ -142,7 +160,7 @@ class Emitter:
                     i += 1
             except Exception as exc:
                 return Rejected(self._rejected(route, i, exc, payload, received_ns))
-        full = None
+        full = None if not route.taps else self._derive(route, rec)
         for lane in route.lanes:
             buf = lane.buf
             if not buf:
@@ -151,6 +169,23 @@ class Emitter:
             if len(buf) >= self._batch_size:
                 full = [lane] if full is None else full + [lane]
         return None if full is None else self._hand_over(full)
+
+    def _derive(self, route: Route, rec: dict) -> list[Lane] | None:
+        """The derived records ``rec`` changes, appended to their lanes; the lanes now full."""
+        full = None
+        for deriver, derived in route.taps:
+            try:
+                out = deriver.observe(rec)
+            except Exception as exc:  # a deriver's bug must not stop the source: its stream lags, logged once
+                if -1 not in derived.crashed:
+                    derived.crashed.add(-1)
+                    self._log.error(f"derived {derived.name!r} raised {type(exc).__name__}: {exc} on a {route.name!r} "
+                                    "record (the record is stored; its derived rows are not updated; logged once)",
+                                    stream=derived.name, exc_info=exc)
+                continue
+            if out:
+                full = append_derived(derived, out, self._batch_size, full)
+        return full
 
     async def _hand_over(self, lanes: list[Lane]) -> None:
         for lane in lanes:

@@ -1,6 +1,7 @@
 """Records → Kafka messages (docs/architecture.md): key = the stream's ``kafka_key`` column
-(UTF-8), value = the record as JSON, headers ``tickwire-stream``, ``tickwire-schema``,
-``tickwire-schema-version``, ``tickwire-schema-fingerprint`` (docs/schema-evolution.md),
+(UTF-8), value = the record as JSON in the topic's format (plugins/kafka/formats.py), headers
+``tickwire-stream``, ``tickwire-schema``, ``tickwire-schema-version``, ``tickwire-schema-fingerprint``
+(docs/schema-evolution.md), ``tickwire-format``,
 ``tickwire-ingested-at``; grouped by partition in the one loop over
 a batch. This is the sink's hot path (bench/kafka_bench.py)."""
 
@@ -11,6 +12,7 @@ import msgspec
 from tickwire.framework.schema_lock import FINGERPRINT_HEADER, fingerprint
 from tickwire.framework.schemas import StreamSpec
 from tickwire.plugins.kafka.client import KafkaSinkError
+from tickwire.plugins.kafka.formats import format_header, value_encoder
 from tickwire.plugins.kafka.messages import Groups, Message
 
 # A high-cardinality kafka_key: past this many keys the caches start over rather than grow.
@@ -26,6 +28,7 @@ class RecordEncoder:
         self.who = who
         self.topics: dict[str, str] = {}  # stream name → topic
         self._headers: dict[str, list[tuple[str, bytes]]] = {}
+        self._values: dict[str, object] = {}  # stream name → record → value bytes (its topic's format)
         self._partition_of_key = partition_of_key
         self._key_bytes: dict[object, bytes] = {}
         # msgspec, not orjson: orjson returns each value in a 4 KiB allocation, and the values
@@ -47,7 +50,9 @@ class RecordEncoder:
             ("tickwire-schema-version", str(stream.schema_version).encode()),
             # computed once per stream here, never per record (framework/schema_lock.py)
             (FINGERPRINT_HEADER, fingerprint(stream.schema).encode()),
+            format_header(stream),
         ]
+        self._values[stream.name] = value_encoder(stream, self._encode)
 
     def messages(self, stream: StreamSpec, records: list[dict]) -> Groups:
         """``records`` as messages of ``stream``'s topic, each key's in order in one group."""
@@ -56,7 +61,7 @@ class RecordEncoder:
             raise KafkaSinkError(f"{self.who}: stream {stream.name!r} was not declared to this sink at open")
         key_column = stream.kafka_key
         base_headers = self._headers[stream.name]
-        dumps = self._encode
+        dumps = self._values[stream.name]
         key_bytes = self._key_bytes
         partition_of = self._partition_of_key.get(topic) or {}
         if len(key_bytes) > MAX_CACHED_KEYS:

@@ -139,7 +139,7 @@ CREATE TABLE IF NOT EXISTS "candles_1m" (
 
 CREATE TABLE IF NOT EXISTS "candles_1m_default" PARTITION OF "candles_1m" DEFAULT;
 CREATE INDEX IF NOT EXISTS "candles_1m_window_start_idx" ON "candles_1m" USING btree ("window_start");
-COMMENT ON TABLE "candles_1m" IS 'OHLCV candles of 1 minute, computed by the Spark job.';
+COMMENT ON TABLE "candles_1m" IS 'OHLCV candles of 1 minute, computed by the Spark job or by tickwire run (the same rows).';
 COMMENT ON COLUMN "candles_1m"."symbol" IS 'Symbol.';
 COMMENT ON COLUMN "candles_1m"."window_start" IS 'Candle open time (inclusive).';
 COMMENT ON COLUMN "candles_1m"."window_end" IS 'Candle close time (exclusive).';

@@ -66,6 +66,24 @@ CREATE TABLE IF NOT EXISTS "ticker_1d" (
 
 CREATE INDEX IF NOT EXISTS "ticker_1d_symbol_event_time_idx" ON "ticker_1d" ("symbol", "event_time");
 
+CREATE TABLE IF NOT EXISTS "candles_1m" (
+    "symbol" TEXT NOT NULL,
+    "window_start" TEXT NOT NULL,
+    "window_end" TEXT NOT NULL,
+    "open" TEXT NOT NULL,
+    "high" TEXT NOT NULL,
+    "low" TEXT NOT NULL,
+    "close" TEXT NOT NULL,
+    "volume" TEXT NOT NULL,
+    "quote_volume" TEXT NOT NULL,
+    "trade_count" INTEGER NOT NULL,
+    "vwap" TEXT NOT NULL,
+    "updated_at" TEXT NOT NULL,
+    PRIMARY KEY ("symbol", "window_start")
+);
+
+CREATE INDEX IF NOT EXISTS "candles_1m_symbol_window_start_idx" ON "candles_1m" ("symbol", "window_start");
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     stream TEXT,
