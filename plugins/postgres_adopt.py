@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tickwire.framework.schemas import StreamSpec
+from tickwire.plugins.postgres_partitions import stream_plan
 
 INTEGER_TYPES = {"bigint", "integer", "smallint"}
 FLOAT_TYPES = {"double precision", "real"}
@@ -119,7 +120,8 @@ def _adopt_key(conn, stream: StreamSpec, table, say, sql) -> None:
         [f'"{stream.table}"']).fetchall()
     have = [name for (name,) in rows]
     want = list(stream.primary_key)
-    if have == want:
+    plan = stream_plan(stream)
+    if have == want or (plan is not None and have == list(plan.key)):  # a second --adopt: already day-partitioned
         return
     if have:
         raise AdoptRefused(
