@@ -211,7 +211,8 @@ class Bench:
         sim = start_simulator(self.work, rate=rate, symbols=",".join(SYMBOLS), seed=1, ticker_interval=3600)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if mode == "before":
-            env["PYTHONPATH"] = str(a.before)
+            # its schemas folder is elsewhere: the config written here names this checkout's
+            env.update(PYTHONPATH=str(a.before), TICKWIRE_ALLOW_OUTSIDE_PATHS="1")
         command = [sys.executable, "-m", "tickwire.framework.cli", "-c", str(config),
                    "--set", f"sources.binance.url={sim.ws_url}", "--set", f"sources.binance.rest_url={sim.rest_url}"]
         for item in MODES[mode]:
