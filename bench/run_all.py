@@ -1,7 +1,7 @@
 """Run every benchmark in turn (`make bench`); each prints its figures beside its baseline.
 
     python bench/run_all.py            # SQLite, Kafka (with permessage-deflate and the 60 s outage), Spark end to end
-    python bench/run_all.py sqlite     # just one: sqlite | kafka | spark | simulator | market
+    python bench/run_all.py sqlite     # just one: sqlite | kafka | spark | simulator | market | latency | floor
 
 Run them on an otherwise idle machine: they measure CPU per message as well as rates, but the
 rates depend on how much of the two cores each process gets.
@@ -20,6 +20,8 @@ BENCHES = {
     "spark": ["spark_e2e.py", "--rates", "1000,10000", "--seconds", "30", "--warmup", "15"],
     "simulator": ["simulator_bench.py"],
     "market": ["market_bench.py"],
+    "latency": ["latency_bench.py"],
+    "floor": ["floor_bench.py"],
 }
 
 

@@ -213,7 +213,8 @@ BASE_SCHEMA: dict = {
             "description": "Batching and buffering.",
             "properties": {
                 "batch_size": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 1000, "description": "Records per sink batch."},
-                "linger_ms": {"type": "integer", "minimum": 0, "maximum": 60000, "default": 200, "description": "Longest wait before a partial batch is written."},
+                "batching": {"enum": ["adaptive", "linger"], "default": "adaptive", "description": "adaptive: a sink with no write in flight takes whatever records have arrived at once, and while it is busy they gather into bigger batches (up to batch_size): low latency at low rates, full batches under load. linger: a partial batch waits linger_ms (the behaviour before adaptive batching)."},
+                "linger_ms": {"type": "integer", "minimum": 0, "maximum": 60000, "default": 200, "description": "Longest wait before a partial batch is handed to its sink's queue. With batching: adaptive only an upper bound: it matters only while the sink is busy."},
                 "queue_batches": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 8, "description": "Batches buffered per sink before the source is slowed down (backpressure)."},
                 "coalesce_batches": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4, "description": "With a backlog, up to this many queued batches of one stream are written together."},
                 "retry_initial_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60, "default": 0.5, "description": "First delay before a failed sink write is retried (doubles each time)."},

@@ -29,11 +29,13 @@ RAW_KEY = "raw"
 
 
 def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None,
-                   include_raw: bool = False) -> tuple[list[str], str, dict]:
+                   include_raw: bool = False, every_millisecond: list[str] = ()) -> tuple[list[str], str, dict]:
     """The body of the generated normalizer: statement lines, the record's dict display and the
     names they use. ``value_of`` maps a payload field to an expression already holding its value
     (the fused validate → normalize function passes its local variables); other fields are read
-    from ``r``. ``include_raw`` adds the payload itself under ``raw``."""
+    from ``r``. ``include_raw`` adds the payload itself under ``raw``. ``every_millisecond``:
+    statements run when the clock read for ``ingested_at`` (``n``, in ms) is a new millisecond
+    (the fused validator refreshes its clock bound there); ignored without that column."""
     value_of = value_of or {}
     lines, items = [], []
     for i, col in enumerate(stream.columns):
@@ -43,6 +45,7 @@ def normalize_code(stream: StreamSpec, value_of: dict[str, str] | None = None,
                 "n = _time_ns() // 1000000",
                 "if n != _last[0]:",
                 "    _last[0] = n; _last[1] = _iso_ms(n)",
+                *("    " + line for line in every_millisecond),
             ]
             items.append(f"{col.name!r}: _last[1]")
             continue
@@ -89,9 +92,9 @@ class Normalizer:
     def __call__(self, record: dict) -> dict:
         return self.fn(record)
 
-    def code(self, value_of: dict[str, str] | None = None) -> tuple[list[str], str, dict]:
+    def code(self, value_of: dict[str, str] | None = None, every_millisecond: list[str] = ()) -> tuple[list[str], str, dict]:
         """:func:`normalize_code` of this stream with this normalizer's options."""
-        return normalize_code(self.stream, value_of, self.include_raw)
+        return normalize_code(self.stream, value_of, self.include_raw, every_millisecond)
 
     def error_handlers(self, step: int) -> list[str]:
         """The ``except`` clauses that turn a failure of the generated body into

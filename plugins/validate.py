@@ -48,7 +48,9 @@ class Validator:
     def __init__(self, stream: StreamSpec, options: dict | None = None):
         self.stream = stream
         schema = stream.schema
-        self.fields = fields_of(schema, _clock_of(stream, with_defaults(CONFIG_SCHEMA, options)))
+        clock = _clock_of(stream, with_defaults(CONFIG_SCHEMA, options))
+        self.clock = clock[1] if clock else None
+        self.fields = fields_of(schema, clock)
         self.required = list(schema.get("required", []))
         self.event_type = stream.event_type
         self.fn = self._compile()
@@ -133,7 +135,9 @@ class Validator:
             return None
         # only required fields: an optional one's local may hold MISSING, not the value
         value_of = {name: v for name, v in self.names.items() if self.fields[name].required}
-        lines, display, namespace = following.code(value_of)
+        # the clock read normalize makes for ingested_at refreshes the clock bound for free
+        refresh = [self.clock.refresh_line("n")] if self.clock is not None else []
+        lines, display, namespace = following.code(value_of, refresh)
         src = [
             "def validate_normalize(r):",
             "    try:",

@@ -50,6 +50,7 @@ _PY_TYPES = {
 _JSON_TYPE_NAME = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", dict: "object", list: "array"}
 DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 _ANY_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
+SEEN_VALUES = 4096  # per pattern field: matched values remembered (then it starts over)
 
 
 class UnsupportedSchema(Exception):
@@ -96,16 +97,37 @@ def _duration(seconds: float) -> str:
 
 
 class ClockWindow:
-    """How far an event time (ms since the epoch) may be from the local clock."""
+    """How far an event time (ms since the epoch) may be from the local clock.
+
+    The fast path does not read the clock per record: it compares with a cached bound
+    (``_ahead[0]``: "now + max_clock_skew" in ms as of the last refresh). A stale bound is lower
+    than the true one, so a value above it is checked again against a fresh clock read
+    (``_ahead_ok``), which refreshes the bound: the answer is exact either way. The fused
+    validate → normalize function also refreshes it once per millisecond from the clock read it
+    makes anyway (``ingested_at``), so a clock stepped back is followed within a record."""
 
     def __init__(self, ahead_s: float, behind_s: float | None):
         self.ahead_s, self.behind_s = ahead_s, behind_s
+        self.ahead_ms = ahead_s * 1000.0
+        self.bound = [0.0]  # "now + ahead" in ms, as of the last refresh
 
-    def expression(self, v: str) -> str:
-        parts = [f"{v} - _time() * 1000.0 <= {self.ahead_s * 1000.0!r}"]
-        if self.behind_s is not None:
+    def ahead_ok(self, value: int | float) -> bool:
+        """``value`` against a fresh clock read (and the cached bound refreshed)."""
+        bound = self.bound[0] = time.time() * 1000.0 + self.ahead_ms
+        return value <= bound
+
+    def expression(self, v: str, consts: dict) -> str:
+        consts["_time"] = time.time
+        consts["_ahead"] = self.bound
+        consts["_ahead_ok"] = self.ahead_ok
+        parts = [f"({v} <= _ahead[0] or _ahead_ok({v}))"]
+        if self.behind_s is not None:  # off by default; exact, with a clock read
             parts.append(f"_time() * 1000.0 - {v} <= {self.behind_s * 1000.0!r}")
         return " and ".join(parts)
+
+    def refresh_line(self, now_ms: str) -> str:
+        """A statement refreshing the cached bound from an expression holding "now" in ms."""
+        return f"_ahead[0] = {now_ms} + {self.ahead_ms!r}"
 
     def explain(self, value: int) -> str | None:
         offset_s = value / 1000.0 - time.time()
@@ -214,24 +236,23 @@ class Field:
             consts[f"{v}_enum"] = list(p["enum"])
             parts.append(f"{v} in {v}_enum")
         str_parts, num_parts = [], []
-        if self.regex is not None and self.logical in ("text", None) and not ({"minLength", "maxLength"} & set(p)):
-            # text fields repeat (symbols): remember the values that matched, a set lookup
-            # instead of a regex per record; bounded, so arbitrary input cannot grow it
+        if self.regex is not None:
+            # values repeat (symbols; prices and quantities at a price level): remember the
+            # ones that matched, a set lookup instead of a regex per record. Bounded: full, it
+            # starts over, so arbitrary input cannot grow it and a drifting price keeps hitting
             consts[f"{v}_seen"] = seen = set()
             search = self.regex.search
 
             def check(value, seen=seen, search=search):
                 if search(value) is None:
                     return False
-                if len(seen) < 4096:
-                    seen.add(value)
+                if len(seen) >= SEEN_VALUES:
+                    seen.clear()
+                seen.add(value)
                 return True
 
             consts[f"{v}_check"] = check
             str_parts.append(f"({v} in {v}_seen or {v}_check({v}))")
-        elif self.regex is not None:
-            consts[f"{v}_re"] = self.regex.search
-            str_parts.append(f"{v}_re({v}) is not None")
         if "minLength" in p:
             str_parts.append(f"len({v}) >= {int(p['minLength'])}")
         if "maxLength" in p:
@@ -241,8 +262,7 @@ class Field:
         if "maximum" in p:
             num_parts.append(f"{v} <= {p['maximum']!r}")
         if self.clock is not None:
-            consts["_time"] = time.time
-            num_parts.append(self.clock.expression(v))
+            num_parts.append(self.clock.expression(v, consts))
         if str_parts:
             parts.append(" and ".join(str_parts) if is_str else f"(type({v}) is not str or ({' and '.join(str_parts)}))")
         if num_parts:

@@ -84,12 +84,13 @@ def test_a_backlog_is_written_in_merged_batches_in_order():
 
 
 def test_batches_by_time_when_the_source_is_quiet():
+    """batching: linger (the behaviour before adaptive batching): a partial batch waits linger_ms."""
     events: list = []
     engine = make_engine(
         [trade_payload(i) for i in range(5)],
         sink_options={"events": events},
         source_options={"forever": True},
-        settings=EngineSettings(batch_size=1000, linger_ms=50),
+        settings=EngineSettings(batch_size=1000, linger_ms=50, batching="linger"),
     )
 
     async def main():
@@ -105,6 +106,99 @@ def test_batches_by_time_when_the_source_is_quiet():
     elapsed = asyncio.run(main())
     assert events and events[0][2] == 5, "the partial batch was sent before the stop"
     assert 0.04 <= elapsed < 1.0
+
+
+def first_write_after(payloads: int, settings: EngineSettings, sink_spec=RECORDING_SINK) -> tuple[float, list]:
+    """Seconds from the start of a quiet source's records to the first committed write."""
+    events: list = []
+    engine = make_engine([trade_payload(i) for i in range(payloads)], sink_options={"events": events},
+                         source_options={"forever": True}, settings=settings, sink_spec=sink_spec)
+
+    async def main() -> float:
+        task = asyncio.create_task(engine.run())
+        await asyncio.wait_for(engine.ready.wait(), 5)
+        t0 = time.monotonic()
+        while not events and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.001)
+        engine.stop()
+        await task
+        return events[0][1] - t0 if events else float("inf")
+
+    return asyncio.run(main()), events
+
+
+def test_adaptive_batching_writes_a_partial_batch_at_once_when_the_sink_is_idle():
+    """batching: adaptive (the default): an idle sink takes whatever has arrived; linger_ms
+    (here a minute) is only an upper bound."""
+    took, events = first_write_after(5, EngineSettings(batch_size=1000, linger_ms=60_000))
+    assert EngineSettings().batching == "adaptive"
+    assert events[0][2] == 5, "the five records of the burst go out together"
+    assert took < 0.5, f"first write after {took:.3f}s; it must not wait for linger_ms"
+
+
+def test_adaptive_batches_grow_while_the_sink_is_busy_and_keep_the_order():
+    """A steady source and a sink that takes 20 ms per write: records gather while a write
+    runs, so the batches grow past one record, never past batch_size, and arrive in order."""
+    events: list = []
+    payloads = [trade_payload(i) for i in range(600)]
+    engine = make_engine(payloads, sink_options={"delay_s": 0.02, "events": events},
+                         source_options={"delay_s": 0.0005},
+                         settings=EngineSettings(batch_size=100, linger_ms=60_000, queue_batches=2, coalesce_batches=1))
+    sink = run(engine)
+    sizes = [n for _, _, n in events]
+    assert [r["trade_id"] for r in sink.records] == list(range(600))
+    assert sizes[0] < 5, "the first record found the sink idle"
+    assert max(sizes) > 10 and max(sizes) <= 100, sizes
+    assert len(sizes) < 100, "batched while busy, not one write per record"
+
+
+class SlowInFlightSink(RecordingSink):
+    """max_in_flight = 4, 20 ms per write: records its concurrency."""
+
+    max_in_flight = 4
+    active = 0
+    peak = 0
+
+    async def write(self, stream, records):
+        SlowInFlightSink.active += 1
+        SlowInFlightSink.peak = max(SlowInFlightSink.peak, SlowInFlightSink.active)
+        try:
+            await asyncio.sleep(0.02)
+            await super().write(stream, records)
+        finally:
+            SlowInFlightSink.active -= 1
+
+
+def test_adaptive_partial_batches_wait_for_an_idle_sink_full_ones_use_every_slot():
+    """With max_in_flight > 1 a partial batch goes out only when nothing is in flight (so a
+    trickle does not become many tiny writes queued behind each other); full batches still
+    overlap up to max_in_flight. Order of starts is the order of the records."""
+    SlowInFlightSink.active = SlowInFlightSink.peak = 0
+    spec = SinkSpec(name="slowinflight", factory=SlowInFlightSink, description="", plugin="test", supports_dead_letters=True)
+    events: list = []
+    trickle = make_engine([trade_payload(i) for i in range(200)], sink_spec=spec,
+                          sink_options={"events": events}, source_options={"delay_s": 0.001, "forever": True},
+                          settings=EngineSettings(batch_size=1000, linger_ms=60_000))
+
+    async def until_all_written() -> int:
+        task = asyncio.create_task(trickle.run())
+        while sum(n for _, _, n in events) < 200:
+            await asyncio.sleep(0.005)
+        peak = SlowInFlightSink.peak  # before the stop: its flush may overlap a write
+        trickle.stop()
+        await asyncio.wait_for(task, 10)
+        return peak
+
+    assert asyncio.run(asyncio.wait_for(until_all_written(), 20)) == 1, "partial batches: one write at a time"
+    sink = RecordingSink.instances["rec"]
+    assert sorted(r["trade_id"] for r in sink.records) == list(range(200))
+    assert len(events) < 100
+    SlowInFlightSink.active = SlowInFlightSink.peak = 0
+    flood = make_engine([trade_payload(i) for i in range(2000)], sink_spec=spec,
+                        settings=EngineSettings(batch_size=100, linger_ms=60_000, queue_batches=8, coalesce_batches=1))
+    sink = run(flood)
+    assert SlowInFlightSink.peak == 4, "full batches use every slot"
+    assert sorted(r["trade_id"] for r in sink.records) == list(range(2000))
 
 
 @pytest.mark.parametrize("coalesce", [1, 4])

@@ -219,3 +219,46 @@ def test_the_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path):
     asyncio.run(main())
     assert rows(db, "SELECT count(*) FROM trades") == [{"count(*)": 5000}]
     assert not (tmp_path / "data" / "t.db-wal").exists() or (tmp_path / "data" / "t.db-wal").stat().st_size == 0
+
+
+def test_any_batch_size_uses_a_few_cached_statements_and_counts_stay_exact(tmp_path):
+    """Adaptive batching makes batch sizes vary; the sink pads a batch to one of a few statement
+    sizes by repeating its last row, which conflicts with itself on the primary key: the rows
+    stored and the duplicates counted are exactly those of the batch."""
+    from tickwire.plugins.sqlite_sink import statement_rows
+
+    assert [statement_rows(n, 5000) for n in (1, 16, 17, 21, 100, 1000)] == [1, 16, 20, 24, 112, 1024]
+    assert len({statement_rows(n, 5000) for n in range(1, 5001)}) < 60
+    payloads = [trade_payload(i) for i in range(21)]
+
+    async def main():
+        sink, ctx = open_sink(tmp_path)
+        await sink.open()
+        await sink.write(TRADE, normalized(TRADE, payloads))  # padded to 24
+        first = ctx.metrics.value("tickwire_duplicates_dropped_total", stream="trade")
+        await sink.write(TRADE, normalized(TRADE, payloads[15:]))  # 6 rows already stored
+        await sink.close()
+        return first, ctx.metrics.value("tickwire_duplicates_dropped_total", stream="trade"), sink._sql
+
+    first, total, statements = asyncio.run(main())
+    assert [r["trade_id"] for r in rows(tmp_path / "data" / "t.db")] == list(range(21))
+    assert first == 0 and total == 6
+    assert {size for _table, size in statements} == {24, 6}
+
+
+def test_a_table_without_a_primary_key_is_never_padded(tmp_path):
+    db = tmp_path / "data" / "t.db"
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE trades (trade_id INTEGER, symbol TEXT, event_time TEXT, price TEXT, quantity TEXT,"
+                 " trade_time TEXT, buyer_is_maker INTEGER, ingested_at TEXT)")
+    conn.close()
+
+    async def main():
+        sink, _ = open_sink(tmp_path)
+        await sink.open()
+        await sink.write(TRADE, normalized(TRADE, [trade_payload(i) for i in range(21)]))
+        await sink.close()
+
+    asyncio.run(main())
+    assert len(rows(db)) == 21

@@ -295,6 +295,42 @@ def test_event_time_ahead_is_rejected_on_the_fused_path_too():
         fused({**trade_payload(1), "E": now_ms() + 2 * 3600_000})
 
 
+def test_the_cached_clock_bound_follows_the_clock_both_ways():
+    """The fast path compares with a cached "now + skew" bound instead of reading the clock per
+    record: a value past a stale bound is checked against a fresh clock read, and the fused
+    function refreshes the bound every millisecond, so a clock stepped back is followed."""
+    validator = make_validator(TRADE, {"max_clock_skew_seconds": 1})
+    fused = validator.fuse(make_normalizer(TRADE, {}))
+    for check in (validator, fused):
+        check({**trade_payload(1), "E": now_ms()})  # sets the bound
+        time.sleep(0.3)
+        just_inside = {**trade_payload(1), "E": now_ms() + 900}  # past the bound cached 0.3 s ago
+        assert check(just_inside)
+        with pytest.raises(InvalidRecord, match="ahead of the local clock"):
+            check({**trade_payload(1), "E": now_ms() + 1500})
+    validator.clock.bound[0] += 3_600_000  # as if the clock had been an hour ahead, then stepped back
+    time.sleep(0.002)
+    fused({**trade_payload(1), "E": now_ms()})  # a new millisecond: the bound is refreshed
+    with pytest.raises(InvalidRecord, match="ahead of the local clock"):
+        fused({**trade_payload(1), "E": now_ms() + 60_000})
+
+
+def test_matched_pattern_values_are_remembered_within_a_bound():
+    """Prices and quantities repeat: a value that matched its pattern is remembered (a set
+    lookup instead of a regex), at most SEEN_VALUES per field; a bad value is never remembered."""
+    from tickwire.plugins.validate_fields import SEEN_VALUES
+
+    check = make_validator(TRADE, {})
+    for i in range(SEEN_VALUES + 10):
+        check({**trade_payload(1), "p": f"{i + 1}.5"})
+    seen = check.fn.__globals__["v4_seen"]
+    assert 0 < len(seen) <= SEEN_VALUES and "1.5" not in seen  # full, it started over
+    for bad in ("0.000", "1.5\n", "-1.5", "1" * 21):
+        with pytest.raises(InvalidRecord):
+            check({**trade_payload(1), "p": bad})
+        assert bad not in seen
+
+
 @pytest.mark.parametrize("implementation", ["compiled", "fastjsonschema"])
 def test_old_events_from_gap_fills_pass_unless_an_age_bound_is_set(implementation):
     three_days_old = {**trade_payload(1), "E": now_ms() - 3 * 86400_000}

@@ -8,6 +8,13 @@ How a record travels (all in one event loop, no hook calls on the way)::
                     └─ append to one list per (sink, stream) ─ full (batch_size) or old
                        (linger_ms) ─► whole list put on the sink's bounded asyncio.Queue
     sink worker ─► Sink.write(stream, records) ─ returned = committed       workers.py
+                   └─ adaptive batching: queue empty and no write in flight ─► it takes a
+                      partial list itself (the first record into an empty list wakes it)
+
+Adaptive batching (``engine.batching: adaptive``, the default) is what gives low latency: a
+record waits for its sink, never for more records; while a write runs, records gather, so
+batches grow with the rate up to ``batch_size``. ``linger_ms`` only bounds how long a partial
+list waits for a busy sink before it is queued (``batching: linger``: the fixed wait of old).
 
 Guarantees:
 

@@ -143,7 +143,9 @@ def build_route(stream: StreamSpec, transforms: dict[str, TransformSpec], runner
         runner = runners.get(sink_id)
         if runner is None:
             raise EngineError(f"stream {stream.name!r}: sink {sink_id!r} is not configured")
-        route.lanes.append(Lane(runner, stream, route))
+        lane = Lane(runner, stream, route)
+        route.lanes.append(lane)
+        runner.lanes.append(lane)
         route.written[sink_id] = 0
     return route
 

@@ -1,5 +1,6 @@
 """The hot path: a source's payload → its stream's transforms → one buffer per sink → a full
-buffer onto the sink's bounded queue (that wait is the backpressure).
+buffer onto the sink's bounded queue (that wait is the backpressure). With adaptive batching an
+idle sink's worker takes a partial buffer itself: the first record into an empty buffer wakes it.
 
 No hook calls and no lookups by name on the way: a stream's :class:`Route` holds its transform
 chain (or the fused function), its lanes and its counters, all built once by the plan
@@ -73,12 +74,15 @@ async def hand_over(lane: Lane) -> None:
     n = len(batch)
     runner.pending += n
     lane.route.last = batch[-1]
+    runner.handing += 1  # while it waits for room, the worker takes no partial batch (order)
     try:
         await runner.queue.put((lane.stream, batch))
     except asyncio.CancelledError:
         runner.pending -= n
         lane.buf[:0] = batch
         raise
+    finally:
+        runner.handing -= 1
 
 
 def append_derived(route: Route, records: list[dict], batch_size: int, full: list[Lane] | None = None) -> list[Lane] | None:
@@ -165,6 +169,8 @@ class Emitter:
             buf = lane.buf
             if not buf:
                 lane.since = time.monotonic()
+                if lane.runner.waiter is not None:  # an idle sink (adaptive batching): it takes this batch
+                    lane.runner.wake()
             buf.append(rec)
             if len(buf) >= self._batch_size:
                 full = [lane] if full is None else full + [lane]

@@ -25,7 +25,8 @@ class EngineSettings:
     """Batching, buffering, retries and the shutdown bound (docs in the config schema)."""
 
     batch_size: int = _default("batch_size")  # records per sink batch
-    linger_ms: float = _default("linger_ms")  # a non-empty batch older than this is sent anyway
+    batching: str = _default("batching")  # "adaptive": an idle sink takes partial batches at once; "linger"
+    linger_ms: float = _default("linger_ms")  # a non-empty batch older than this is queued anyway
     queue_batches: int = _default("queue_batches")  # batches waiting per sink before sources slow down
     retry_initial_s: float = _default("retry_initial_s")  # first delay after a failed write, doubled…
     retry_max_s: float = _default("retry_max_s")  # … up to this

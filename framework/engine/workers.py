@@ -11,7 +11,14 @@ What a failed write means is the sink's to say (framework/components.py):
 
 Writes in flight: a sink whose ``max_in_flight`` is N > 1 gets up to N writes at once, started
 in queue order; the worker takes a batch from the queue only when a slot is free. Coalescing:
-with a backlog, up to ``coalesce_batches`` consecutive batches of one stream make one write."""
+with a backlog, up to ``coalesce_batches`` consecutive batches of one stream make one write.
+
+Adaptive batching (``engine.batching: adaptive``, the default): when the queue is empty and the
+sink has no write in flight, the worker takes a lane's partial buffer at once (whatever has
+arrived), so at low rates a record waits only for the sink; while a write runs, records gather
+in the lanes, so under load batches grow by themselves up to ``batch_size`` (full ones go through
+the queue as before). Partial buffers are taken only with the queue empty and no hand-over
+waiting for room: a lane's buffer then holds its oldest unwritten records, so order is kept."""
 
 from __future__ import annotations
 
@@ -52,6 +59,8 @@ class SinkWorker:
         queue = runner.queue
         limit = self.settings.batch_size * max(1, self.settings.coalesce_batches)
         max_in_flight = runner.traits.max_in_flight
+        adaptive = self.settings.batching == "adaptive"
+        loop = asyncio.get_running_loop()
         in_flight: set[asyncio.Task] = set()
 
         async def settle(return_when: str) -> None:
@@ -60,16 +69,39 @@ class SinkWorker:
             for task in done:
                 task.result()  # a bug in a write's bookkeeping fails the worker
 
+        def write_ended(_task: asyncio.Task) -> None:
+            if runner.waiter is not None:
+                runner.wake()  # an idle sink may now take a partial batch
+
         try:
             while True:
+                if in_flight:
+                    done = {task for task in in_flight if task.done()}
+                    if done:
+                        in_flight -= done
+                        for task in done:
+                            task.result()
                 if len(in_flight) >= max_in_flight:
                     # a free slot before taking more from the queue: what is in flight counts
                     # toward the memory bound, the queue keeps the backpressure
                     await settle(asyncio.FIRST_COMPLETED)
-                if runner.carry is NOTHING:
-                    item = await queue.get()
-                else:
+                if runner.carry is not NOTHING:
                     item, runner.carry = runner.carry, NOTHING
+                elif not adaptive:
+                    item = await queue.get()
+                elif queue.qsize():
+                    item = queue.get_nowait()
+                else:
+                    # adaptive: a sink with no write in flight takes whatever has arrived; while
+                    # it is busy the records gather in the lanes (bigger batches under load)
+                    item = runner.take_partial() if not in_flight and not runner.handing else None
+                    if item is None:
+                        runner.waiter = loop.create_future()
+                        try:
+                            await runner.waiter
+                        finally:
+                            runner.waiter = None
+                        continue
                 if item is None:
                     if in_flight:
                         await settle(asyncio.ALL_COMPLETED)  # shutdown waits for every write
@@ -90,7 +122,9 @@ class SinkWorker:
                     await self.write_one(stream, records)
                 else:
                     # tasks start in creation order: each write's first step runs in queue order
-                    in_flight.add(asyncio.create_task(self.write_one(stream, records), name=f"tickwire-sink-{runner.id}-write"))
+                    task = asyncio.create_task(self.write_one(stream, records), name=f"tickwire-sink-{runner.id}-write")
+                    task.add_done_callback(write_ended)
+                    in_flight.add(task)
         finally:
             for task in in_flight:
                 task.cancel()  # only when the worker itself is cancelled or failed

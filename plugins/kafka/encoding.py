@@ -68,9 +68,11 @@ class RecordEncoder:
             key_bytes.clear()
             partition_of.clear()
         groups: dict[int | None, list[Message]] = {}
+        # key → (its bytes, its partition's group): one lookup per record for what depends
+        # only on the key (keys repeat: symbols)
+        slots: dict[object, tuple[bytes | None, list[Message]]] = {}
         # Normalize stamps every record of one millisecond with the same ingested_at string,
-        # and keys repeat (symbols), so the headers list and the key bytes are built once and
-        # shared rather than once per record.
+        # so the headers list is built once per string and shared rather than once per record.
         last_ingested = headers = None
         for record in records:
             ingested = record.get("ingested_at", "")
@@ -78,15 +80,18 @@ class RecordEncoder:
                 last_ingested = ingested
                 headers = base_headers + [("tickwire-ingested-at", str(ingested).encode())]
             key = record.get(key_column)
-            if key is None:
-                encoded_key = None
-            else:
-                encoded_key = key_bytes.get(key)
-                if encoded_key is None:
-                    encoded_key = key_bytes[key] = str(key).encode()
-            partition = partition_of.get(encoded_key)
-            group = groups.get(partition)
-            if group is None:
-                group = groups[partition] = []
-            group.append((topic, encoded_key, dumps(record), headers))
+            slot = slots.get(key)
+            if slot is None:
+                if key is None:
+                    encoded_key = None
+                else:
+                    encoded_key = key_bytes.get(key)
+                    if encoded_key is None:
+                        encoded_key = key_bytes[key] = str(key).encode()
+                partition = partition_of.get(encoded_key)
+                group = groups.get(partition)
+                if group is None:
+                    group = groups[partition] = []
+                slot = slots[key] = (encoded_key, group)
+            slot[1].append((topic, slot[0], dumps(record), headers))
         return {(topic, partition) if partition is not None else None: group for partition, group in groups.items()}

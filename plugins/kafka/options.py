@@ -40,8 +40,8 @@ OPTIONS_SCHEMA = {
             "description": "Batch compression; zstd falls back to lz4, then gzip, when its codec is not installed.",
         },
         "linger_ms": {
-            "type": "integer", "minimum": 0, "default": 5,
-            "description": "How long the producer waits to fill a record batch (the engine already batches).",
+            "type": "integer", "minimum": 0, "default": 0,
+            "description": "How long the producer holds a record batch before sending it. 0: at once — the engine's batches are already whole (adaptive batching), and while a request is in flight the next batch waits anyway.",
         },
         "max_batch_bytes": {
             "type": "integer", "minimum": 16384, "maximum": 1000000, "default": 524288,

@@ -144,11 +144,13 @@ class Producer:
         futures = []
         for (topic, partition), group in by_partition.items():
             batch = producer.create_batch()
+            append = batch.append  # the hot loop: one bound method per batch, not per message
             for _topic, key, value, headers in group:
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                if append(key=key, value=value, timestamp=None, headers=headers) is None:
                     futures.append(_retrieved(await producer.send_batch(batch, topic, partition=partition)))
                     batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    append = batch.append
+                    if append(key=key, value=value, timestamp=None, headers=headers) is None:
                         raise KafkaSinkError(f"{self.who}: a message of {len(value)} bytes is larger than max_batch_bytes")
             futures.append(_retrieved(await producer.send_batch(batch, topic, partition=partition)))
         return futures
