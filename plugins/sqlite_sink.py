@@ -130,7 +130,6 @@ class SQLiteSink:
         self._sql: dict[tuple[str, int], str] = {}
         self._chunk = ROWS_PER_STATEMENT
         self._max_vars = 999  # the real limit is read at open
-        self._keyed: set[str] = set()  # tables with a primary key: their statements may be padded
 
     def describe(self) -> str:
         return f"SQLite {self.path}"
@@ -184,9 +183,6 @@ class SQLiteSink:
                     conn.execute(statement)
             conn.execute(DEAD_LETTERS_DDL)
             conn.execute(TRADE_GAPS_DDL)
-            for stream in self.ctx.streams:  # a table made elsewhere may lack one: then no padding
-                if any(column[5] for column in conn.execute(f"PRAGMA table_info({q(stream.table)})")):
-                    self._keyed.add(stream.table)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -223,7 +219,7 @@ class SQLiteSink:
         key = (table, rows)
         sql = self._sql.get(key)
         if sql is None:
-            if len(self._sql) > 256:  # a table without a primary key writes any size: keep the cache small
+            if len(self._sql) > 256:  # upserts (derived rows) are not padded: keep the cache small
                 self._sql.clear()
             one = "(" + ", ".join("?" * len(cols)) + ")"
             conflict = "ON CONFLICT DO NOTHING"
@@ -275,8 +271,10 @@ class SQLiteSink:
     def _insert(self, conn: sqlite3.Connection, table: str, cols: tuple, rows: list[tuple], most: int,
                 upsert_key: tuple = ()) -> int:
         """One multi-row INSERT of ``rows`` (padded to :func:`statement_rows`); rows inserted.
-        An upsert is never padded: a repeated row would count as a second change."""
-        size = statement_rows(len(rows), most) if table in self._keyed and not upsert_key else len(rows)
+        Padding repeats the last row, which its primary key makes a no-op: every table has its
+        schema's key (x-tickwire requires one; _evolve_table refuses a table without it). An
+        upsert is never padded: a repeated row would count as a second change."""
+        size = len(rows) if upsert_key else statement_rows(len(rows), most)
         params = list(chain.from_iterable(rows))
         if size > len(rows):
             params.extend(rows[-1] * (size - len(rows)))

@@ -244,21 +244,3 @@ def test_any_batch_size_uses_a_few_cached_statements_and_counts_stay_exact(tmp_p
     assert [r["trade_id"] for r in rows(tmp_path / "data" / "t.db")] == list(range(21))
     assert first == 0 and total == 6
     assert {size for _table, size in statements} == {24, 6}
-
-
-def test_a_table_without_a_primary_key_is_never_padded(tmp_path):
-    db = tmp_path / "data" / "t.db"
-    db.parent.mkdir(parents=True)
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE trades (trade_id INTEGER, symbol TEXT, event_time TEXT, price TEXT, quantity TEXT,"
-                 " trade_time TEXT, buyer_is_maker INTEGER, ingested_at TEXT)")
-    conn.close()
-
-    async def main():
-        sink, _ = open_sink(tmp_path)
-        await sink.open()
-        await sink.write(TRADE, normalized(TRADE, [trade_payload(i) for i in range(21)]))
-        await sink.close()
-
-    asyncio.run(main())
-    assert len(rows(db)) == 21
