@@ -192,7 +192,9 @@ class CommitLatency:
         if lane is None:
             # a normalized record holds the event time under its column, a raw payload under
             # the Binance field (E)
-            event_keys = tuple(k for k in (stream.event_time, _event_field(stream), "E") if k)
+            # A derived row (a candle) has a window, not an event time: its lag would be the window's age.
+            derived = getattr(stream, "upsert", False)
+            event_keys = () if derived else tuple(k for k in (stream.event_time, _event_field(stream), "E") if k)
             lane = self._lanes[key] = (self.received_to_commit.labels(stream=stream.name, sink=sink),
                                        self.event_to_commit.labels(stream=stream.name, sink=sink), event_keys)
         return lane
