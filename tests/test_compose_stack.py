@@ -190,18 +190,6 @@ def grafana_macros(sql: str, start: dt.datetime, end: dt.datetime, symbol: str) 
     return sql
 
 
-# What the Spark job's candle query writes, computed here from the same trades.
-CANDLES_FROM_TRADES = """
-INSERT INTO candles_1m (symbol, window_start, window_end, open, high, low, close, volume,
-                        quote_volume, trade_count, vwap, updated_at)
-SELECT symbol, date_trunc('minute', trade_time), date_trunc('minute', trade_time) + interval '1 minute',
-       (array_agg(price ORDER BY trade_time, trade_id))[1], max(price), min(price),
-       (array_agg(price ORDER BY trade_time DESC, trade_id DESC))[1], sum(quantity),
-       sum(price * quantity), count(*), sum(price * quantity) / sum(quantity), now()
-FROM trades GROUP BY symbol, date_trunc('minute', trade_time)
-"""
-
-
 def test_dashboard_sql_returns_rows_on_simulator_data(simulator, postgres_tables):
     """Every dashboard query, macros expanded, run as Grafana's read-only role against a database
     migrated by `tickwire db migrate` and filled by `tickwire run --profile postgres` from the
@@ -213,8 +201,6 @@ def test_dashboard_sql_returns_rows_on_simulator_data(simulator, postgres_tables
                           "--metrics-port", "0", "--log-format", "json"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    with psycopg.connect(postgres_tables.dsn) as conn:
-        conn.execute(CANDLES_FROM_TRADES)
     now = dt.datetime.now(dt.timezone.utc)
     queries = _dashboard_sql()
     assert len(queries) >= 10
