@@ -8,8 +8,9 @@ one entry per key seen, is bounded by a watermark, so it never grows without lim
 
 * **event queries** (trades, tickers → their tables): the dedup clock is the micro-batch's
   processing time (``current_timestamp()``: one value per batch, replayed with the batch after a
-  crash), with ``window`` of delay (``--dedup-window``, default 2 minutes). A copy that reaches
-  Spark within that window of the first is dropped here; a later copy (an instance that spooled
+  crash), with ``window`` of delay (``--dedup-window``, default 30 seconds). A copy that reaches
+  Spark within that window of the first is dropped here (active-active instances receive the same
+  event within milliseconds of each other); a later copy (an instance that spooled
   for longer) is still resolved by the writer's ``ON CONFLICT DO NOTHING``. A processing-time
   watermark never declares a row late, so no event is ever dropped for its age: an event-time
   watermark would drop from the table a trade whose only copy arrives after newer trades moved the
@@ -28,15 +29,15 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from tickwire.spark import DEFAULT_DEDUP_WINDOW
 from tickwire.spark.mapping import StreamMapping
 from tickwire.spark.records import KAFKA_POSITION, REASON
 
-DEFAULT_WINDOW = "2 minutes"
 SEEN_AT = "__tw_seen_at"
 LETTER_ID = "__tw_letter_id"
 
 
-def drop_duplicate_events(parsed: DataFrame, stream: StreamMapping, window: str = DEFAULT_WINDOW) -> DataFrame:
+def drop_duplicate_events(parsed: DataFrame, stream: StreamMapping, window: str = DEFAULT_DEDUP_WINDOW) -> DataFrame:
     """``parsed`` (records.parse) with every valid event once per ``window`` of processing time."""
     keyed = parsed.withColumn(SEEN_AT, F.current_timestamp()).withColumn(
         LETTER_ID, F.when(F.col(REASON).isNotNull(), F.col(KAFKA_POSITION))

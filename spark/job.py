@@ -30,7 +30,9 @@ from xml.sax.saxutils import quoteattr
 
 # Run as a file by spark-submit too: these imports then find the installed package (tickwire
 # must be installed in the Python Spark uses, PYSPARK_PYTHON; the executors need nothing).
-from tickwire.spark import DEFAULT_DEDUP_WINDOW, DEFAULT_SHUFFLE_PARTITIONS, DEFAULT_TRIGGER, METRICS_PROPERTIES
+from tickwire.spark import (
+    DEFAULT_DEDUP_WINDOW, DEFAULT_DERIVED_TRIGGER, DEFAULT_SHUFFLE_PARTITIONS, DEFAULT_TRIGGER, METRICS_PROPERTIES,
+)
 from tickwire.spark import candles as candle_queries
 from tickwire.spark import dedup
 from tickwire.spark import mapping as mapping_module
@@ -49,6 +51,7 @@ class JobOptions:
     master: str | None = "local[*]"  # None: keep what spark-submit set
     app_name: str = "tickwire"
     trigger: str = DEFAULT_TRIGGER  # processingTime; "0 seconds" = the next batch as soon as one ends
+    derived_trigger: str | None = DEFAULT_DERIVED_TRIGGER  # the candle queries' interval; None = trigger
     starting_offsets: str = "earliest"
     max_offsets_per_trigger: int | None = 200_000
     shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS
@@ -179,6 +182,7 @@ class Job:
             target = TableTarget(stream.table, stream.column_names, list(stream.primary_key))
             writer = self._writer(name, stream.name, target, stream.event_time, True)
             frame, mode = dedup.drop_duplicate_events(parsed, stream, self.opts.dedup_window), "append"
+            trigger = self.opts.trigger
         else:
             derived = next(d for d in m.derived if d.name == name)
             source = m.stream(derived.source)
@@ -190,6 +194,7 @@ class Job:
             )
             writer = self._writer(name, derived.source, target, EVENT_TIME, False)
             mode = "update"
+            trigger = self.opts.derived_trigger or self.opts.trigger
         sc = self.spark.sparkContext
         sc.setLocalProperty("spark.scheduler.pool", name)
         try:
@@ -197,7 +202,7 @@ class Job:
                 frame.writeStream.queryName(name)
                 .outputMode(mode)
                 .option("checkpointLocation", f"{self.opts.checkpoint_dir.rstrip('/')}/{name}")
-                .trigger(processingTime=self.opts.trigger)
+                .trigger(processingTime=trigger)
                 .foreachBatch(writer)
                 .start()
             )
@@ -261,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", default="spark-checkpoints")
     p.add_argument("--master", default=None, help="default: what spark-submit set, else local[*]")
     p.add_argument("--trigger", default=DEFAULT_TRIGGER, help="micro-batch interval; 0 seconds = back to back")
+    p.add_argument("--derived-trigger", default=DEFAULT_DERIVED_TRIGGER, help="the candle queries' interval")
     p.add_argument("--starting-offsets", default="earliest")
     p.add_argument("--max-offsets-per-trigger", type=int, default=200_000)
     p.add_argument("--shuffle-partitions", type=int, default=DEFAULT_SHUFFLE_PARTITIONS)
@@ -288,7 +294,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         master = "local[*]"  # under spark-submit (gateway set) its --master stands
     return JobOptions(
         mapping=args.mapping, bootstrap=args.bootstrap, dsn=args.dsn,
-        checkpoint_dir=args.checkpoint_dir, master=master, trigger=args.trigger,
+        checkpoint_dir=args.checkpoint_dir, master=master, trigger=args.trigger, derived_trigger=args.derived_trigger,
         starting_offsets=args.starting_offsets, max_offsets_per_trigger=args.max_offsets_per_trigger,
         shuffle_partitions=args.shuffle_partitions, dedup_window=args.dedup_window, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, ui_port=args.ui_port, retry_seconds=args.retry_seconds,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from tickwire.spark.records import KAFKA_TS, RAW, REASON
@@ -95,6 +95,7 @@ class PostgresWriter:
         self.has_dead_letters = has_dead_letters
         self._conn: psycopg.Connection | None = None
         self._payload_sql: sql.Composable | None = None
+        self._aggregates: list[Column] | None = None
         self._lock = threading.Lock()
         self.batches_written = 0
         self.batches_skipped = 0
@@ -124,20 +125,27 @@ class PostgresWriter:
         Rows repeated within the batch are not removed here: ``INSERT … ON CONFLICT DO NOTHING``
         keeps the first of them, and an upsert target stages its rows with ``DISTINCT ON`` the
         key."""
+        if self._aggregates is None:
+            self._aggregates = self.aggregates(REASON in batch_df.columns)
+        (text, count, event_times, dead_rows), = batch_df.agg(*self._aggregates).collect()
+        rows = [(text, None)] if count else []
+        return rows, [tuple(d) for d in dead_rows], count, event_times
+
+    def aggregates(self, has_reason: bool) -> list[Column]:
+        """The batch's four aggregates; built once per writer (the same every batch), as every
+        expression built in Python is a round trip to the JVM."""
         t = self.target
-        reason = F.col(REASON) if REASON in batch_df.columns else F.lit(None).cast("string")
+        reason = F.col(REASON) if has_reason else F.lit(None).cast("string")
         ok = reason.isNull()
         event_time = F.col(self.event_time).cast("double") if self.event_time else F.lit(None).cast("double")
-        dead = (F.col(RAW), F.col(KAFKA_TS)) if REASON in batch_df.columns else (F.lit(None), F.lit(None))
+        dead = (F.col(RAW), F.col(KAFKA_TS)) if has_reason else (F.lit(None), F.lit(None))
         line = F.when(ok, F.to_csv(F.struct(*[F.col(f"`{c}`") for c in t.columns]), CSV_OPTIONS))
-        (text, count, event_times, dead_rows), = batch_df.agg(
+        return [
             F.concat_ws("\n", F.collect_list(line)),  # collect_list skips the NULLs (dead letters)
             F.count(line),
             F.collect_list(F.when(ok, event_time)),
             F.collect_list(F.when(~ok, F.struct(reason.alias("r"), dead[0].alias("v"), dead[1].alias("t")))),
-        ).collect()
-        rows = [(text, None)] if count else []
-        return rows, [tuple(d) for d in dead_rows], count, event_times
+        ]
 
     # -- PostgreSQL side ----------------------------------------------------------------------
 

@@ -141,13 +141,14 @@ def pipeline(kafka_broker, postgres_db, spark_jars, spark_master_args, tmp_path)
         def __init__(self):
             self.topic = topic
 
-        def start(self, ui_port: int = -1, *extra: str) -> JobProcess:
+        def start(self, ui_port: int = -1) -> JobProcess:
             args = [
                 str(TICKWIRE), "-c", str(config), "spark", "submit",
                 "--bootstrap", kafka_broker.bootstrap, "--dsn", writer_dsn,
                 "--checkpoint-dir", str(tmp_path / "checkpoints"), *spark_master_args,
-                "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "auto", "--ui-port", str(ui_port),
-                "--retry-seconds", "180", *extra,
+                "--trigger", "1 second", "--derived-trigger", "1 second", "--shuffle-partitions", "2",
+                "--metrics-port", "auto", "--ui-port", str(ui_port),
+                "--retry-seconds", "180",
             ]
             job = JobProcess(args, tmp_path / f"job-{len(jobs)}.log")
             jobs.append(job)
@@ -307,7 +308,7 @@ def test_active_active_copies_are_stored_once_and_counted_once_in_candles(pipeli
     """Two ingest instances on the same symbols: Kafka holds every trade twice, each copy from its
     own producer with its own ``ingested_at``. Instance B lags A by one chunk, so most copies reach
     Spark in a later micro-batch than the first (the de-duplication state must remember the key),
-    some in the same one; all within the candles' 30 s watermark and the 2-minute dedup window."""
+    some in the same one; all within the candles' 30 s watermark and the 30 s dedup window."""
     p = pipeline
     unique = trades(1, 400, T0, 200)  # 80 s of trade time, 40 per chunk = 8 s of trade time
     copies = [dict(t, ingested_at=tw.iso_ms(T0 + i * 200 + 57)) for i, t in enumerate(unique)]
