@@ -178,7 +178,8 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
     spark = subprocess.Popen(
         [*base, "spark", "submit", "--bootstrap", broker.bootstrap, "--dsn", writer["spark"],
          "--checkpoint-dir", str(work / f"checkpoints-{label}"), "--master", args.master,
-         "--trigger", trigger, "--derived-trigger", derived_trigger, "--shuffle-partitions", str(partitions), "--metrics-port", "auto", "--ui-port", "-1",
+         "--trigger", trigger, "--derived-trigger", derived_trigger, "--shuffle-partitions", str(partitions),
+         "--metrics-port", "auto", "--ui-port", "-1",
          "--starting-offsets", "earliest", *[a for c in args.conf for a in ("--conf", c)]],
         cwd=REPO, stdout=open(spark_log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     procs = [spark]
