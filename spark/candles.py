@@ -10,9 +10,10 @@ numeric division keeps full precision (Spark's DECIMAL(38,18) division keeps onl
 Open and close are the price of the first and last trade ordered by (trade time, trade id), with
 ``min_by``/``max_by`` on a struct. A trade sent twice (a producer retry, or two active-active
 ingest instances) is counted once: :func:`tickwire.spark.dedup.drop_duplicate_trades` drops the
-copies by primary key on this query's event-time watermark, before the aggregation. The query runs in update mode: each batch
-emits the full current value of every candle it touched, so a late trade (within the watermark)
-corrects its candle by an upsert; trades later than the watermark are dropped by Spark.
+copies by primary key on this query's event-time watermark, before the aggregation. The query
+runs in update mode: each batch emits the full current value of every candle it touched, so a
+late trade (within the watermark) corrects its candle by an upsert; trades later than the
+watermark are dropped by Spark (and counted in ``tickwire_spark_late_rows_dropped_total``).
 
 Quote volume is exact for prices below 10^10 and quantities below 10^9 with at most 9 fractional
 digits (Binance sends 8): the product is computed as DECIMAL(19,9) × DECIMAL(18,9) = DECIMAL(38,18).

@@ -8,8 +8,8 @@ mapping), or with a plain spark-submit (``tickwire spark submit --print-command`
         --dsn postgresql://... --checkpoint-dir /var/lib/tickwire/spark-checkpoints
 
 Every query reads its topic, drops the copies of an event it has already seen (by primary key,
-within ``--dedup-window``; :mod:`tickwire.spark.dedup`), writes with :class:`~tickwire.spark.postgres_writer.PostgresWriter` in
-foreachBatch, checkpoints under ``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own
+within ``--dedup-window``; :mod:`tickwire.spark.dedup`), writes with
+:class:`~tickwire.spark.postgres_writer.PostgresWriter` in foreachBatch, checkpoints under ``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own
 name. A query that fails (PostgreSQL down past the writer's retry budget, a broker gone) is
 restarted from its checkpoint with backoff; SIGTERM/SIGINT stop all queries and exit.
 """
