@@ -15,14 +15,25 @@ How each figure is measured, over a window after a warm-up:
                 micro-batch trigger)
   drained       after the simulator stops: seconds until the Spark path holds every trade the
                 direct path holds
+  cold start    seconds from the first trade until the Spark path is less than 3 s behind; the
+                warm-up starts then (the first batches carry JIT, code generation, state stores)
+
+  batches       the trade query's micro-batches in the job's log: how many, and the mean time
+                of their Spark part (read, parse, de-duplicate, render) and PostgreSQL part
+
+Spark settings are compared side by side: ``--triggers``, ``--derived-triggers`` (the candle
+query's) and ``--shuffle-partitions`` take comma-separated lists and every combination runs at
+every rate (the job's defaults when omitted); ``--conf`` applies to all of them.
 
     .venv/bin/python bench/spark_e2e.py                     # 1,000 and 10,000 trades/s, 30 s windows
     .venv/bin/python bench/spark_e2e.py --rates 1000 --seconds 20 --json results.json
+    .venv/bin/python bench/spark_e2e.py --rates 1000 --triggers "1 second,0 seconds" --shuffle-partitions 1,4
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -45,6 +56,7 @@ from tickwire.devservices.kafka_broker import KafkaBroker  # noqa: E402
 from tickwire.devservices.pg_cluster import PostgresCluster  # noqa: E402
 from tests.fixtures.simulator import start_simulator  # noqa: E402
 from tickwire.framework.testing import write_streams_yaml  # noqa: E402
+from tickwire.spark import DEFAULT_DERIVED_TRIGGER, DEFAULT_SHUFFLE_PARTITIONS, DEFAULT_TRIGGER  # noqa: E402
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 TICKWIRE = [sys.executable, "-m", "tickwire.framework.cli"]
@@ -92,12 +104,48 @@ def figures(dsn: str, t0: float, t1: float) -> dict:
     return {"rows_per_s": committed / (t1 - t0), "p50_s": lat[0], "p99_s": lat[1], "max_s": lat[2], "sampled": lat[3]}
 
 
+def newest_age(dsn: str) -> float | None:
+    """Seconds since the newest event time stored (None when empty)."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT extract(epoch FROM now() - max(event_time))::float FROM trades").fetchone()[0]
+
+
 def count(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM trades").fetchone()[0]
 
 
-def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, rate: int) -> dict:
+LOG_TIME = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ INFO tickwire\.spark "
+BATCH_LINE = re.compile(LOG_TIME + r"query trade batch \d+: (\d+) rows, \d+ dead letters: Spark ([\d.]+)s, "
+                        r"PostgreSQL ([\d.]+)s", re.M)
+PROGRESS_LINE = re.compile(LOG_TIME + r"query trade batch \d+: \d+ rows, \d+ ms (\{.*\})", re.M)
+
+
+def batch_figures(spark_log: Path, t0: float, t1: float) -> dict:
+    """The trade query's batches that wrote rows in [t0, t1] (the writer logs one line each), and
+    the mean of Spark's own per-phase durations (the listener logs ``durationMs`` of every batch)."""
+    text = spark_log.read_text(errors="replace")
+
+    def inside(stamp: str) -> bool:  # the job logs local time
+        return t0 <= time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) <= t1
+
+    found = [(int(n), float(a), float(b)) for stamp, n, a, b in BATCH_LINE.findall(text) if inside(stamp)]
+    phases: dict[str, list[int]] = {}
+    for stamp, line in PROGRESS_LINE.findall(text):
+        if not inside(stamp):
+            continue
+        for key, ms in ast.literal_eval(line).items():
+            phases.setdefault(key, []).append(ms)
+    mean_ms = {k: round(sum(v) / len(v)) for k, v in phases.items()}
+    if not found:
+        return {"batches": 0, "rows_per_batch": None, "spark_s": None, "postgres_s": None, "phases_ms": mean_ms}
+    return {"batches": len(found), "rows_per_batch": sum(f[0] for f in found) / len(found),
+            "spark_s": sum(f[1] for f in found) / len(found), "postgres_s": sum(f[2] for f in found) / len(found),
+            "phases_ms": mean_ms}
+
+
+def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, rate: int,
+             trigger: str, derived_trigger: str, partitions: int) -> dict:
     label = f"r{rate}-{uuid.uuid4().hex[:4]}"
     topic = f"bench-spark-{label}.trades"
     dbs = {}
@@ -130,7 +178,8 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
     spark = subprocess.Popen(
         [*base, "spark", "submit", "--bootstrap", broker.bootstrap, "--dsn", writer["spark"],
          "--checkpoint-dir", str(work / f"checkpoints-{label}"), "--master", args.master,
-         "--trigger", args.trigger, "--shuffle-partitions", "2", "--metrics-port", "auto", "--ui-port", "-1",
+         "--trigger", trigger, "--derived-trigger", derived_trigger, "--shuffle-partitions", str(partitions),
+         "--metrics-port", "auto", "--ui-port", "-1",
          "--starting-offsets", "earliest", *[a for c in args.conf for a in ("--conf", c)]],
         cwd=REPO, stdout=open(spark_log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     procs = [spark]
@@ -150,6 +199,15 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
             if ingest.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"nothing reached PostgreSQL directly:\n{ingest_log.read_text()[-3000:]}")
             time.sleep(0.5)
+        # the first batches carry the cold start (JIT, code generation, state stores): measure
+        # the steady state, from when the Spark path is less than 3 s behind, plus the warm-up
+        ingest_started = time.monotonic()
+        while (behind := newest_age(writer["spark"])) is None or behind > 3.0:
+            if time.monotonic() - ingest_started > args.catch_up_timeout:
+                raise SystemExit(f"the Spark path is still {behind} s behind after {args.catch_up_timeout} s:\n"
+                                 f"{spark_log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        cold_start = time.monotonic() - ingest_started
         time.sleep(args.warmup)
         t0 = time.time()
         time.sleep(args.seconds)
@@ -165,7 +223,10 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
         drained = time.monotonic() - drain_start
         spark_total = count(writer["spark"])
         result = {
-            "rate": rate, "window_s": t1 - t0,
+            "rate": rate, "trigger": trigger, "derived_trigger": derived_trigger, "shuffle_partitions": partitions,
+            "window_s": t1 - t0,
+            "cold_start_s": cold_start,
+            "batches": batch_figures(spark_log, t0, t1),
             "direct": figures(writer["direct"], t0, t1), "spark": figures(writer["spark"], t0, t1),
             "direct_total": direct_total, "spark_total": spark_total,
             "spark_drained_s": drained if spark_total >= direct_total else None,
@@ -183,14 +244,26 @@ def fmt(v, spec=".3f") -> str:
 
 
 def report(results: list[dict]) -> str:
-    lines = ["| rate (trades/s) | path | committed rows/s | E→commit p50 (s) | p99 (s) | max (s) | rows | drained after stop (s) |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| rate (trades/s) | path | trigger (candles) | shuffle partitions | committed rows/s | E→commit p50 (s) | p99 (s) "
+             "| max (s) | rows | drained after stop (s) | trade batches (mean rows, Spark s, PostgreSQL s); cold start |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         for path in ("direct", "spark"):
             f = r[path]
-            drained = fmt(r["spark_drained_s"], ".1f") if path == "spark" else ""
-            lines.append(f"| {r['rate']:,} | {path} | {f['rows_per_s']:,.0f} | {fmt(f['p50_s'])} | {fmt(f['p99_s'])} | "
-                         f"{fmt(f['max_s'])} | {r[path + '_total']:,} | {drained} |")
+            setting, drained, batches = "| | |", "", ""
+            if path == "spark":
+                b = r["batches"]
+                setting = f"| {r['trigger']} ({r['derived_trigger']}) | {r['shuffle_partitions']} |"
+                drained = fmt(r["spark_drained_s"], ".1f")
+                batches = (f"{b['batches']} ({fmt(b['rows_per_batch'], '.0f')}, {fmt(b['spark_s'], '.2f')}, "
+                           f"{fmt(b['postgres_s'], '.2f')}); live after {fmt(r['cold_start_s'], '.0f')} s")
+            lines.append(f"| {r['rate']:,} | {path} {setting} {f['rows_per_s']:,.0f} | {fmt(f['p50_s'])} | "
+                         f"{fmt(f['p99_s'])} | {fmt(f['max_s'])} | {r[path + '_total']:,} | {drained} | {batches} |")
+    lines.append("")
+    for r in results:  # where a trade batch's time goes, by Spark's own account
+        phases = ", ".join(f"{k} {v}" for k, v in sorted(r["batches"]["phases_ms"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"{r['rate']:,}/s, trigger {r['trigger']} (candles {r['derived_trigger']}), "
+                     f"{r['shuffle_partitions']} partitions — trade batch phases, mean ms: {phases}")
     return "\n".join(lines)
 
 
@@ -200,8 +273,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="measurement window")
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--drain-timeout", type=float, default=180.0)
+    ap.add_argument("--catch-up-timeout", type=float, default=300.0,
+                    help="how long the Spark path may take to come within 3 s of live after start")
     ap.add_argument("--master", default="local[*]")
-    ap.add_argument("--trigger", default="1 second")
+    ap.add_argument("--triggers", default=DEFAULT_TRIGGER, help="comma-separated processingTime intervals")
+    ap.add_argument("--derived-triggers", default=DEFAULT_DERIVED_TRIGGER, help="the candle query's, comma-separated")
+    ap.add_argument("--shuffle-partitions", default=str(DEFAULT_SHUFFLE_PARTITIONS), help="comma-separated")
     ap.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting for the job")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -220,9 +297,13 @@ def main() -> None:
         cluster.stop()
         cluster.start()
         for rate in [int(r) for r in args.rates.split(",")]:
-            print(f"-- {rate:,} trades/s", file=sys.stderr, flush=True)
-            results.append(run_rate(args, work, broker, cluster, rate))
-            print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
+            settings = [(t.strip(), d.strip(), int(n)) for t in args.triggers.split(",")
+                        for d in args.derived_triggers.split(",") for n in args.shuffle_partitions.split(",")]
+            for trigger, derived_trigger, partitions in settings:
+                print(f"-- {rate:,} trades/s, trigger {trigger}, candles {derived_trigger}, "
+                      f"{partitions} shuffle partitions", file=sys.stderr, flush=True)
+                results.append(run_rate(args, work, broker, cluster, rate, trigger, derived_trigger, partitions))
+                print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
     finally:
         broker.stop()
         cluster.destroy()

@@ -19,6 +19,7 @@ import click
 
 from tickwire.framework.extras import SPARK, requires
 from tickwire.framework.hookspecs import hookimpl
+from tickwire.spark import DEFAULT_DEDUP_WINDOW, DEFAULT_DERIVED_TRIGGER, DEFAULT_SHUFFLE_PARTITIONS, DEFAULT_TRIGGER
 
 
 def _spark_modules():
@@ -72,11 +73,16 @@ def jars_command() -> None:
 @click.option("--checkpoint-dir", envvar="TICKWIRE_SPARK_CHECKPOINT_DIR", show_envvar=True,
               default="spark-checkpoints", show_default=True,
               help="One subfolder per query; a local path or any Hadoop URI (hdfs://, s3a://).")
-@click.option("--trigger", default="5 seconds", show_default=True, help="Micro-batch interval.")
+@click.option("--trigger", default=DEFAULT_TRIGGER, show_default=True,
+              help="Micro-batch interval; '0 seconds' starts the next batch as soon as one ends.")
+@click.option("--derived-trigger", default=DEFAULT_DERIVED_TRIGGER, show_default=True,
+              help="Micro-batch interval of the derived (candle) queries.")
 @click.option("--starting-offsets", default="earliest", show_default=True,
               help="Where a query without a checkpoint starts: earliest or latest.")
 @click.option("--max-offsets-per-trigger", type=int, default=200_000, show_default=True)
-@click.option("--shuffle-partitions", type=int, default=4, show_default=True)
+@click.option("--shuffle-partitions", type=int, default=DEFAULT_SHUFFLE_PARTITIONS, show_default=True)
+@click.option("--dedup-window", default=DEFAULT_DEDUP_WINDOW, show_default=True,
+              help="How long (processing time) an event query remembers a key, to drop its copies.")
 @click.option("--metrics-port", envvar="TICKWIRE_SPARK_METRICS_PORT", show_envvar=True, default="9465", show_default=True,
               help="tickwire_spark_* metrics: auto = any free port, 0 = off.")
 @click.option("--metrics-host", envvar=["TICKWIRE_SPARK_METRICS_HOST", "TICKWIRE_METRICS_HOST"], show_envvar=True,
@@ -88,8 +94,8 @@ def jars_command() -> None:
 @click.option("--conf", "confs", multiple=True, metavar="KEY=VALUE", help="Extra Spark setting (repeatable).")
 @click.option("--print-command", is_flag=True, help="Print the plain spark-submit line and exit.")
 @click.pass_obj
-def submit_command(app, mapping, master, bootstrap, dsn, checkpoint_dir, trigger, starting_offsets,
-                   max_offsets_per_trigger, shuffle_partitions, metrics_port, metrics_host, ui_port,
+def submit_command(app, mapping, master, bootstrap, dsn, checkpoint_dir, trigger, derived_trigger, starting_offsets,
+                   max_offsets_per_trigger, shuffle_partitions, dedup_window, metrics_port, metrics_host, ui_port,
                    retry_seconds, run_seconds, confs, print_command) -> None:
     """Run one streaming query per stream and derived stream of the config, until stopped."""
     job, jars = _spark_modules()
@@ -101,8 +107,10 @@ def submit_command(app, mapping, master, bootstrap, dsn, checkpoint_dir, trigger
     mapping_path = _mapping_file(app, mapping, where)
     args = [
         "--mapping", str(mapping_path), "--bootstrap", bootstrap, "--dsn", dsn,
-        "--checkpoint-dir", checkpoint_dir, "--trigger", trigger, "--starting-offsets", starting_offsets,
+        "--checkpoint-dir", checkpoint_dir, "--trigger", trigger, "--derived-trigger", derived_trigger,
+        "--starting-offsets", starting_offsets,
         "--max-offsets-per-trigger", str(max_offsets_per_trigger), "--shuffle-partitions", str(shuffle_partitions),
+        "--dedup-window", dedup_window,
         "--metrics-port", str(metrics_port), "--metrics-host", metrics_host, "--retry-seconds", str(retry_seconds),
     ]
     if ui_port is not None:

@@ -8,10 +8,12 @@ Output rows (one per symbol and window, the columns of ``candles_1m``)::
 numeric division keeps full precision (Spark's DECIMAL(38,18) division keeps only 6 digits).
 
 Open and close are the price of the first and last trade ordered by (trade time, trade id), with
-``min_by``/``max_by`` on a struct. A trade re-sent within the watermark is counted once
-(``dropDuplicatesWithinWatermark`` on the primary key). The query runs in update mode: each batch
-emits the full current value of every candle it touched, so a late trade (within the watermark)
-corrects its candle by an upsert; trades later than the watermark are dropped by Spark.
+``min_by``/``max_by`` on a struct. A trade sent twice (a producer retry, or two active-active
+ingest instances) is counted once: :func:`tickwire.spark.dedup.drop_duplicate_trades` drops the
+copies by primary key on this query's event-time watermark, before the aggregation. The query
+runs in update mode: each batch emits the full current value of every candle it touched, so a
+late trade (within the watermark) corrects its candle by an upsert; trades later than the
+watermark are dropped by Spark (and counted in ``tickwire_spark_late_rows_dropped_total``).
 
 Quote volume is exact for prices below 10^10 and quantities below 10^9 with at most 9 fractional
 digits (Binance sends 8): the product is computed as DECIMAL(19,9) × DECIMAL(18,9) = DECIMAL(38,18).
@@ -22,6 +24,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from tickwire.spark.dedup import drop_duplicate_trades
 from tickwire.spark.mapping import DerivedMapping, StreamMapping
 
 # Computed by the upsert from the staged row: VWAP with PostgreSQL's numeric division (the
@@ -46,9 +49,7 @@ def candles(valid_trades: DataFrame, derived: DerivedMapping, trades: StreamMapp
     ts = time_column(derived, trades)
     trade_id = "trade_id" if "trade_id" in trades.column_names else ts
     order = F.struct(F.col(ts), F.col(trade_id))
-    deduplicated = valid_trades.withWatermark(ts, derived.watermark).dropDuplicatesWithinWatermark(
-        list(trades.primary_key)
-    )
+    deduplicated = drop_duplicate_trades(valid_trades, trades, ts, derived.watermark)
     quote = F.col("price").cast("decimal(19,9)") * F.col("quantity").cast("decimal(18,9)")
     aggregated = deduplicated.groupBy(F.window(F.col(ts), derived.interval), F.col("symbol")).agg(
         F.min_by("price", order).alias("open"),

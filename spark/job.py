@@ -7,8 +7,9 @@ mapping), or with a plain spark-submit (``tickwire spark submit --print-command`
         <this file, where tickwire is installed> --mapping spark-mapping.json --bootstrap localhost:9092 \
         --dsn postgresql://... --checkpoint-dir /var/lib/tickwire/spark-checkpoints
 
-Every query reads its topic, writes with :class:`~tickwire.spark.postgres_writer.PostgresWriter` in
-foreachBatch, checkpoints under ``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own
+Every query reads its topic, drops the copies of an event it has already seen (by primary key,
+within ``--dedup-window``; :mod:`tickwire.spark.dedup`), writes with
+:class:`~tickwire.spark.postgres_writer.PostgresWriter` in foreachBatch, checkpoints under ``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own
 name. A query that fails (PostgreSQL down past the writer's retry budget, a broker gone) is
 restarted from its checkpoint with backoff; SIGTERM/SIGINT stop all queries and exit.
 """
@@ -29,8 +30,11 @@ from xml.sax.saxutils import quoteattr
 
 # Run as a file by spark-submit too: these imports then find the installed package (tickwire
 # must be installed in the Python Spark uses, PYSPARK_PYTHON; the executors need nothing).
-from tickwire.spark import METRICS_PROPERTIES
+from tickwire.spark import (
+    DEFAULT_DEDUP_WINDOW, DEFAULT_DERIVED_TRIGGER, DEFAULT_SHUFFLE_PARTITIONS, DEFAULT_TRIGGER, METRICS_PROPERTIES,
+)
 from tickwire.spark import candles as candle_queries
+from tickwire.spark import dedup
 from tickwire.spark import mapping as mapping_module
 from tickwire.spark import records
 from tickwire.spark.postgres_writer import EVENT_TIME, PostgresWriter, TableTarget
@@ -46,10 +50,12 @@ class JobOptions:
     checkpoint_dir: str = "spark-checkpoints"
     master: str | None = "local[*]"  # None: keep what spark-submit set
     app_name: str = "tickwire"
-    trigger: str = "5 seconds"
+    trigger: str = DEFAULT_TRIGGER  # processingTime; "0 seconds" = the next batch as soon as one ends
+    derived_trigger: str | None = DEFAULT_DERIVED_TRIGGER  # the candle queries' interval; None = trigger
     starting_offsets: str = "earliest"
     max_offsets_per_trigger: int | None = 200_000
-    shuffle_partitions: int = 4
+    shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS
+    dedup_window: str = DEFAULT_DEDUP_WINDOW
     metrics_host: str = "127.0.0.1"
     metrics_port: int | str = 9465  # "auto" = any free port, 0 = off (as `tickwire run`)
     ui_port: int | None = None  # None = Spark's default (4040, next free); < 0 = no UI
@@ -81,10 +87,14 @@ def spark_conf(opts: JobOptions, queries: list[str], allocation_file: str | None
         "spark.sql.streaming.metricsEnabled": "true",
         "spark.ui.prometheus.enabled": "true",
         "spark.metrics.conf": str(METRICS_PROPERTIES),
+        # no extra batch only to advance a watermark: the event queries' processing-time watermark
+        # (dedup.py) moves every batch, so each data batch was followed by an empty one that took
+        # the next trigger slot (latency); state is evicted at the next data batch instead
+        "spark.sql.streaming.noDataMicroBatches.enabled": "false",
         # micro-batches are small: no adaptive re-planning, no progress bars in the log
         "spark.sql.adaptive.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        # candle state (every trade key within the watermark, for the de-duplication): RocksDB
+        # de-duplication state (every key within its window, in the event and candle queries): RocksDB
         # with changelog checkpoints writes only what changed per batch, where the default
         # provider copies the whole map each batch. Applies to new checkpoints only (Spark keeps
         # a checkpoint's provider).
@@ -137,7 +147,8 @@ class Job:
         if self.metrics is not None:
             from tickwire.spark.listener import MetricsListener
 
-            self.listener = MetricsListener(self.metrics)
+            streams = {s.name: s.name for s in self.mapping.streams} | {d.name: d.source for d in self.mapping.derived}
+            self.listener = MetricsListener(self.metrics, streams)
             self.spark.streams.addListener(self.listener)
         return self.spark
 
@@ -170,7 +181,8 @@ class Job:
             parsed = records.parse(records.read_kafka(self.spark, stream.topic, self.kafka_options()), stream)
             target = TableTarget(stream.table, stream.column_names, list(stream.primary_key))
             writer = self._writer(name, stream.name, target, stream.event_time, True)
-            frame, mode = parsed, "append"
+            frame, mode = dedup.drop_duplicate_events(parsed, stream, self.opts.dedup_window), "append"
+            trigger = self.opts.trigger
         else:
             derived = next(d for d in m.derived if d.name == name)
             source = m.stream(derived.source)
@@ -182,6 +194,7 @@ class Job:
             )
             writer = self._writer(name, derived.source, target, EVENT_TIME, False)
             mode = "update"
+            trigger = self.opts.derived_trigger or self.opts.trigger
         sc = self.spark.sparkContext
         sc.setLocalProperty("spark.scheduler.pool", name)
         try:
@@ -189,7 +202,7 @@ class Job:
                 frame.writeStream.queryName(name)
                 .outputMode(mode)
                 .option("checkpointLocation", f"{self.opts.checkpoint_dir.rstrip('/')}/{name}")
-                .trigger(processingTime=self.opts.trigger)
+                .trigger(processingTime=trigger)
                 .foreachBatch(writer)
                 .start()
             )
@@ -252,10 +265,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dsn", required=True, help="PostgreSQL connection string")
     p.add_argument("--checkpoint-dir", default="spark-checkpoints")
     p.add_argument("--master", default=None, help="default: what spark-submit set, else local[*]")
-    p.add_argument("--trigger", default="5 seconds")
+    p.add_argument("--trigger", default=DEFAULT_TRIGGER, help="micro-batch interval; 0 seconds = back to back")
+    p.add_argument("--derived-trigger", default=DEFAULT_DERIVED_TRIGGER, help="the candle queries' interval")
     p.add_argument("--starting-offsets", default="earliest")
     p.add_argument("--max-offsets-per-trigger", type=int, default=200_000)
-    p.add_argument("--shuffle-partitions", type=int, default=4)
+    p.add_argument("--shuffle-partitions", type=int, default=DEFAULT_SHUFFLE_PARTITIONS)
+    p.add_argument("--dedup-window", default=DEFAULT_DEDUP_WINDOW,
+                   help="how long (processing time) an event query remembers a key to drop its copies")
     p.add_argument("--metrics-port", default="9465", help="auto = any free port, 0 = off")
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--ui-port", type=int, default=None, help="<0 = no Spark UI")
@@ -278,9 +294,9 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         master = "local[*]"  # under spark-submit (gateway set) its --master stands
     return JobOptions(
         mapping=args.mapping, bootstrap=args.bootstrap, dsn=args.dsn,
-        checkpoint_dir=args.checkpoint_dir, master=master, trigger=args.trigger,
+        checkpoint_dir=args.checkpoint_dir, master=master, trigger=args.trigger, derived_trigger=args.derived_trigger,
         starting_offsets=args.starting_offsets, max_offsets_per_trigger=args.max_offsets_per_trigger,
-        shuffle_partitions=args.shuffle_partitions, metrics_port=args.metrics_port,
+        shuffle_partitions=args.shuffle_partitions, dedup_window=args.dedup_window, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, ui_port=args.ui_port, retry_seconds=args.retry_seconds,
         run_seconds=args.run_seconds, jars=[j for j in args.jars.split(",") if j], conf=conf,
     )
@@ -289,13 +305,14 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
 def run(opts: JobOptions) -> int:
     """Run the job in this process until stopped; serve the tickwire metrics meanwhile."""
     from tickwire.framework.metrics import Metrics
+    from tickwire.spark.job_metrics import SparkMetrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = Metrics()
     port = metrics.serve(opts.metrics_host, opts.metrics_port if opts.metrics_port == "auto" else int(opts.metrics_port))
     if port is not None:
         print(f"tickwire spark metrics on http://{opts.metrics_host}:{port}/metrics", flush=True)
-    job = Job(opts, metrics)
+    job = Job(opts, SparkMetrics(metrics))
     signal.signal(signal.SIGTERM, job.request_stop)
     signal.signal(signal.SIGINT, job.request_stop)
     try:

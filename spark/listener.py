@@ -5,9 +5,12 @@ Per query (label ``query`` = the stream or derived-stream name), on every progre
 * ``tickwire_spark_input_rows_per_second`` / ``tickwire_spark_processed_rows_per_second``;
 * ``tickwire_spark_batch_duration_seconds`` — the last micro-batch;
 * ``tickwire_spark_kafka_offset_lag`` — Σ over partitions of latestOffset − endOffset (the
-  records in Kafka the query has not read yet).
+  records in Kafka the query has not read yet);
+* ``tickwire_spark_duplicates_dropped_total`` / ``tickwire_spark_late_rows_dropped_total`` — the
+  batch's de-duplication and watermark drops, from its stateful operators' progress.
 
-``tickwire_e2e_latency_seconds`` is observed by the writer after each commit.
+The commit latency histograms are observed by the writer after each commit
+(:mod:`tickwire.spark.job_metrics`).
 """
 
 from __future__ import annotations
@@ -44,9 +47,22 @@ def kafka_lag(end_offset, latest_offset) -> int | None:
     return lag
 
 
+def state_drops(state_operators) -> tuple[int, int]:
+    """(duplicates dropped, rows dropped by the watermark) over a batch's stateful operators."""
+    duplicates = late = 0
+    for op in state_operators or ():
+        duplicates += int((op.customMetrics or {}).get("numDroppedDuplicateRows", 0) or 0)
+        late += int(op.numRowsDroppedByWatermark or 0)
+    return duplicates, late
+
+
 class MetricsListener(StreamingQueryListener):
-    def __init__(self, metrics):
+    """``metrics``: a :class:`~tickwire.spark.job_metrics.SparkMetrics`; ``streams``: query name →
+    the stream it reads (the ``stream`` label)."""
+
+    def __init__(self, metrics, streams: dict[str, str]):
         self.metrics = metrics
+        self.streams = streams
         self.last_progress: dict[str, object] = {}
 
     def onQueryStarted(self, event) -> None:
@@ -56,7 +72,7 @@ class MetricsListener(StreamingQueryListener):
         p = event.progress
         name = p.name or str(p.id)
         self.last_progress[name] = p
-        m = self.metrics
+        m = self.metrics.shared
         m.spark_input_rows_per_second.labels(query=name).set(p.inputRowsPerSecond or 0.0)
         m.spark_processed_rows_per_second.labels(query=name).set(p.processedRowsPerSecond or 0.0)
         m.spark_batch_duration_seconds.labels(query=name).set((p.batchDuration or 0) / 1000.0)
@@ -72,6 +88,12 @@ class MetricsListener(StreamingQueryListener):
                 lag += one
         if known:
             m.spark_kafka_offset_lag.labels(query=name).set(lag)
+        duplicates, late = state_drops(p.stateOperators)
+        labels = {"stream": self.streams.get(name, name), "query": name}
+        if duplicates:
+            self.metrics.duplicates_dropped.labels(**labels).inc(duplicates)
+        if late:
+            self.metrics.late_rows_dropped.labels(**labels).inc(late)
         if p.numInputRows:
             log.info("query %s batch %s: %d rows, %s ms %s", name, p.batchId, p.numInputRows,
                      p.batchDuration, dict(p.durationMs or {}))

@@ -13,7 +13,9 @@ For each batch of a query (on the driver):
    backoff for up to ``retry_seconds``; only then the batch fails (and the job restarts the query
    from its checkpoint).
 
-After the commit, ``tickwire_e2e_latency_seconds{query}`` observes commit time − event time.
+After the commit, every row's commit time − event time is observed
+(:meth:`tickwire.spark.job_metrics.SparkMetrics.observe_commit`). A batch with nothing to write
+(every row a duplicate, or a no-data batch that only advances a watermark) skips PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from tickwire.spark.records import KAFKA_TS, RAW, REASON
+
+if TYPE_CHECKING:
+    from tickwire.spark.job_metrics import SparkMetrics
 
 log = logging.getLogger("tickwire.spark")
 
@@ -73,7 +79,7 @@ class PostgresWriter:
         event_time: str | None,
         dead_letter_table: str,
         progress_table: str,
-        metrics=None,
+        metrics: SparkMetrics | None = None,
         retry_seconds: float = 600.0,
         has_dead_letters: bool = True,
     ):
@@ -89,6 +95,7 @@ class PostgresWriter:
         self.has_dead_letters = has_dead_letters
         self._conn: psycopg.Connection | None = None
         self._payload_sql: sql.Composable | None = None
+        self._aggregates: list[Column] | None = None
         self._lock = threading.Lock()
         self.batches_written = 0
         self.batches_skipped = 0
@@ -98,17 +105,17 @@ class PostgresWriter:
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         rows, letters, count, event_times = self.collect(batch_df)
+        if not rows and not letters:
+            # nothing to write (a batch whose rows were all duplicates, or one Spark runs only to
+            # advance a watermark): no PostgreSQL round trip, and a replay would write nothing too
+            return
         collected = time.monotonic()
         with self._lock:
             committed = self.write_with_retry(batch_id, rows, letters)
-        if count or letters:
-            log.info("query %s batch %s: %d rows, %d dead letters: Spark %.2fs, PostgreSQL %.2fs",
-                     self.query, batch_id, count, len(letters), collected - started, time.monotonic() - collected)
+        log.info("query %s batch %s: %d rows, %d dead letters: Spark %.2fs, PostgreSQL %.2fs",
+                 self.query, batch_id, count, len(letters), collected - started, time.monotonic() - collected)
         if committed and self.metrics is not None and event_times:
-            now = time.time()
-            observe = self.metrics.e2e_latency_seconds.labels(query=self.query).observe
-            for event_time in event_times:
-                observe(max(0.0, now - event_time))
+            self.metrics.observe_commit(self.stream, self.query, event_times)
 
     def collect(self, batch_df: DataFrame) -> tuple[list[tuple[str, None]], list[tuple], int, list[float]]:
         """One Spark job, aggregated in the JVM: the valid rows come back as ONE string of CSV
@@ -118,20 +125,27 @@ class PostgresWriter:
         Rows repeated within the batch are not removed here: ``INSERT … ON CONFLICT DO NOTHING``
         keeps the first of them, and an upsert target stages its rows with ``DISTINCT ON`` the
         key."""
+        if self._aggregates is None:
+            self._aggregates = self.aggregates(REASON in batch_df.columns)
+        (text, count, event_times, dead_rows), = batch_df.agg(*self._aggregates).collect()
+        rows = [(text, None)] if count else []
+        return rows, [tuple(d) for d in dead_rows], count, event_times
+
+    def aggregates(self, has_reason: bool) -> list[Column]:
+        """The batch's four aggregates; built once per writer (the same every batch), as every
+        expression built in Python is a round trip to the JVM."""
         t = self.target
-        reason = F.col(REASON) if REASON in batch_df.columns else F.lit(None).cast("string")
+        reason = F.col(REASON) if has_reason else F.lit(None).cast("string")
         ok = reason.isNull()
         event_time = F.col(self.event_time).cast("double") if self.event_time else F.lit(None).cast("double")
-        dead = (F.col(RAW), F.col(KAFKA_TS)) if REASON in batch_df.columns else (F.lit(None), F.lit(None))
+        dead = (F.col(RAW), F.col(KAFKA_TS)) if has_reason else (F.lit(None), F.lit(None))
         line = F.when(ok, F.to_csv(F.struct(*[F.col(f"`{c}`") for c in t.columns]), CSV_OPTIONS))
-        (text, count, event_times, dead_rows), = batch_df.agg(
+        return [
             F.concat_ws("\n", F.collect_list(line)),  # collect_list skips the NULLs (dead letters)
             F.count(line),
             F.collect_list(F.when(ok, event_time)),
             F.collect_list(F.when(~ok, F.struct(reason.alias("r"), dead[0].alias("v"), dead[1].alias("t")))),
-        ).collect()
-        rows = [(text, None)] if count else []
-        return rows, [tuple(d) for d in dead_rows], count, event_times
+        ]
 
     # -- PostgreSQL side ----------------------------------------------------------------------
 

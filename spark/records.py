@@ -7,7 +7,9 @@ mapping's ``select`` expressions) and three bookkeeping columns:
   non-null column that is missing, or a value that does not parse as its type (a cast giving
   NULL, on any column);
 * ``__tw_raw`` — the value as text, kept for the dead-letter table;
-* ``__tw_kafka_ts`` — the Kafka record timestamp.
+* ``__tw_kafka_ts`` — the Kafka record timestamp;
+* ``__tw_kafka_pos`` — ``partition:offset``, unique per record (the de-duplication key of a dead
+  letter, which must never be merged with another).
 
 Everything is a JVM expression: no Python UDF, so executors need no Python.
 The session must run with ``spark.sql.ansi.enabled=false``, so a bad cast gives NULL (which we
@@ -27,9 +29,10 @@ from tickwire.spark.mapping import StreamMapping
 REASON = "__tw_reason"
 RAW = "__tw_raw"
 KAFKA_TS = "__tw_kafka_ts"
+KAFKA_POSITION = "__tw_kafka_pos"
 _INPUT = "__tw_in"
 _CORRUPT = "__tw_corrupt"
-BOOKKEEPING = (REASON, RAW, KAFKA_TS)
+BOOKKEEPING = (REASON, RAW, KAFKA_TS, KAFKA_POSITION)
 
 
 def read_kafka(spark: SparkSession, topic: str, options: dict[str, str]) -> DataFrame:
@@ -90,20 +93,21 @@ def parse(kafka_df: DataFrame, stream: StreamMapping) -> DataFrame:
     raw = kafka_df.select(
         F.col("value").cast("string").alias(RAW),
         F.col("timestamp").alias(KAFKA_TS),
+        F.concat_ws(":", F.col("partition"), F.col("offset")).alias(KAFKA_POSITION),
     )
     # from_json is wrapped in a (never false) non-deterministic condition: an optimizer barrier.
     # Without it, a filter on the reason (records.valid, the candle query) is pushed below these
     # projections with from_json inlined into it once per column check, so each value was parsed
     # dozens of times (75 % of the candle query's time); with it, once.
     parsed_json = F.when(F.spark_partition_id() >= 0, F.from_json(F.col(RAW), schema, options))
-    parsed = raw.select(RAW, KAFKA_TS, parsed_json.alias(_INPUT))
+    parsed = raw.select(RAW, KAFKA_TS, KAFKA_POSITION, parsed_json.alias(_INPUT))
     # the generated select expressions name the JSON fields bare: expose them at top level
     flat = parsed.select(
-        RAW, KAFKA_TS, _INPUT,
+        RAW, KAFKA_TS, KAFKA_POSITION, _INPUT,
         F.col(f"{_INPUT}.{_CORRUPT}").alias(_CORRUPT),
         *[F.col(f"{_INPUT}.`{f}`").alias(f) for f in sorted(input_fields)],
     )
-    typed = flat.selectExpr(RAW, KAFKA_TS, _INPUT, _CORRUPT, *stream.select)
+    typed = flat.selectExpr(RAW, KAFKA_TS, KAFKA_POSITION, _INPUT, _CORRUPT, *stream.select)
     missing = set(stream.column_names) - set(typed.columns)
     if missing:
         raise ValueError(f"stream {stream.name!r}: the select expressions produce no {sorted(missing)}")
@@ -112,6 +116,7 @@ def parse(kafka_df: DataFrame, stream: StreamMapping) -> DataFrame:
         _reason(stream, input_fields).alias(REASON),
         RAW,
         KAFKA_TS,
+        KAFKA_POSITION,
     )
 
 

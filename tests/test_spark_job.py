@@ -64,6 +64,22 @@ class JobProcess:
             time.sleep(0.5)
         raise AssertionError(f"the job printed no metrics address:\n{self.tail()}")
 
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the job's /metrics (0 when absent), labels in any order."""
+        text = urllib.request.urlopen(self.metrics_url(), timeout=5).read().decode()
+        for line in text.splitlines():
+            found = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
+            if found and dict(re.findall(r'(\w+)="([^"]*)"', found.group(1))) == labels:
+                return float(found.group(2))
+        return 0.0
+
+    def wait_metric(self, name: str, expected: float, timeout: float = 60, **labels: str) -> None:
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name, **labels)) != expected:
+            assert time.monotonic() < deadline, f"{name}{labels} = {value}, not {expected}:\n{self.tail()}"
+            assert self.alive(), self.tail()
+            time.sleep(0.5)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -130,7 +146,8 @@ def pipeline(kafka_broker, postgres_db, spark_jars, spark_master_args, tmp_path)
                 str(TICKWIRE), "-c", str(config), "spark", "submit",
                 "--bootstrap", kafka_broker.bootstrap, "--dsn", writer_dsn,
                 "--checkpoint-dir", str(tmp_path / "checkpoints"), *spark_master_args,
-                "--trigger", "1 second", "--shuffle-partitions", "2", "--metrics-port", "auto", "--ui-port", str(ui_port),
+                "--trigger", "1 second", "--derived-trigger", "1 second", "--shuffle-partitions", "2",
+                "--metrics-port", "auto", "--ui-port", str(ui_port),
                 "--retry-seconds", "180",
             ]
             job = JobProcess(args, tmp_path / f"job-{len(jobs)}.log")
@@ -240,21 +257,27 @@ def test_events_once_candles_and_dead_letters(pipeline):
     p.wait_for("SELECT count(*) FROM trades", [(300,)], job)
     p.wait_for("SELECT count(*) FROM dead_letters", [(6,)], job)
     p.wait_for("SELECT count(*) FROM candles_1m", [(len(tw.expected_candles(batch)),)], job)
-    # Spark drops a row as late against the watermark of the batch before: wait until the
-    # watermark (advanced by the first batch) is in force, i.e. one more batch has completed
+    # Spark drops a row as late against the watermark its previous batch ran with (and runs no
+    # batch without data, spark_conf): after the first batch, one more trade, so that the
+    # watermark of the first batch is in force for the next
+    p.wait_committed_batches("candles_1m", 1, job)
+    newest = T0 + 299 * 600
+    one_more = tw.trade_record("ETHUSDT", 20_002, "2000.00000001", "0.10000000", newest)
+    p.produce([one_more])
+    p.wait_for("SELECT count(*) FROM trades", [(301,)], job)
     p.wait_committed_batches("candles_1m", 2, job)
     # a late trade within the 30 s watermark corrects its candle; one past it is stored, not counted
-    newest = T0 + 299 * 600
     late = tw.trade_record("BTCUSDT", 20_000, "99999.00000001", "1.50000000", newest - 25_000)
     too_late = tw.trade_record("BTCUSDT", 20_001, "1.00000000", "1.00000000", T0 + 1_000)
     p.produce([late, too_late, late])
-    p.wait_for("SELECT count(*) FROM trades", [(302,)], job)
+    p.wait_for("SELECT count(*) FROM trades", [(303,)], job)
     p.wait_for(
         "SELECT high FROM candles_1m WHERE symbol = 'BTCUSDT' AND window_start = to_timestamp(%d)" % ((newest - 25_000) // 60_000 * 60),
         [(Decimal("99999.00000001"),)], job,
     )
-    assert_trades_exact(p, batch + [late, too_late])
-    assert_candles(p, batch + [late])
+    assert_trades_exact(p, batch + [one_more, late, too_late])
+    assert_candles(p, batch + [one_more, late])
+    job.wait_metric("tickwire_spark_late_rows_dropped_total", 1, stream="trade", query="candles_1m")
     reasons = sorted(r[0] for r in p.query("SELECT reason FROM dead_letters WHERE stream = 'trade' AND plugin = 'spark'"))
     assert len(reasons) == 6
     assert sum(r.startswith("malformed JSON") for r in reasons) == 2, reasons
@@ -267,12 +290,55 @@ def test_events_once_candles_and_dead_letters(pipeline):
     # metrics: the listener's gauges and the end-to-end latency histogram
     text = urllib.request.urlopen(job.metrics_url(), timeout=5).read().decode()
     assert re.search(r'tickwire_e2e_latency_seconds_count\{query="trade"\} [1-9]', text), text
+    # the copies (of the first 120 trades, of the late one) were dropped by the job, before PostgreSQL
+    assert job.metric("tickwire_spark_duplicates_dropped_total", stream="trade", query="trade") == 121
+    # one latency observation per row written: the 303 distinct trades, not the copies
+    assert job.metric("tickwire_spark_event_to_commit_seconds_count", stream="trade", query="trade") == 303
     assert 'tickwire_spark_input_rows_per_second{query="trade"}' in text
     assert 'tickwire_spark_kafka_offset_lag{query="candles_1m"}' in text
     # Spark's own metrics through its PrometheusServlet (metrics.properties, spark.ui.prometheus.enabled)
     for path in ("/metrics/prometheus", "/metrics/executors/prometheus"):
         body = urllib.request.urlopen(f"http://127.0.0.1:{ui_port}{path}", timeout=10).read().decode()
         assert "spark_" in body or "metrics_" in body, (path, body[:500])
+    job.stop()
+    assert job.proc.returncode == 0, job.tail()
+
+
+def test_active_active_copies_are_stored_once_and_counted_once_in_candles(pipeline):
+    """Two ingest instances on the same symbols: Kafka holds every trade twice, each copy from its
+    own producer with its own ``ingested_at``. Instance B lags A by one chunk, so most copies reach
+    Spark in a later micro-batch than the first (the de-duplication state must remember the key),
+    some in the same one; all within the candles' 30 s watermark and the 30 s dedup window."""
+    p = pipeline
+    unique = trades(1, 400, T0, 200)  # 80 s of trade time, 40 per chunk = 8 s of trade time
+    copies = [dict(t, ingested_at=tw.iso_ms(T0 + i * 200 + 57)) for i, t in enumerate(unique)]
+    chunks = [(unique[i:i + 40], copies[i:i + 40]) for i in range(0, 400, 40)]
+    job = p.start()
+    p.wait_for("SELECT count(*) FROM trades", [(0,)], job)
+    p.wait_committed_batches("trade", 1, job)
+    previous_copies: list[dict] = []
+    for i, (first, copy) in enumerate(chunks):
+        if i % 3 == 2:  # now and then B catches up: both copies of a chunk in one batch
+            p.produce(previous_copies + first + copy)
+            previous_copies = []
+        else:
+            p.produce(first)  # instance A
+            p.produce(previous_copies)  # instance B, a chunk behind
+            previous_copies = copy
+        time.sleep(1.2)
+    p.produce(previous_copies)
+    p.wait_for("SELECT count(*) FROM trades", [(400,)], job)
+    p.wait_for("SELECT count(*) FROM candles_1m", [(len(tw.expected_candles(unique)),)], job)
+    job.wait_metric("tickwire_spark_duplicates_dropped_total", 400, stream="trade", query="trade")
+    # the candle query's copies are dropped by its own key state (none was late)
+    job.wait_metric("tickwire_spark_duplicates_dropped_total", 400, stream="trade", query="candles_1m")
+    assert job.metric("tickwire_spark_late_rows_dropped_total", stream="trade", query="candles_1m") == 0
+    time.sleep(3)  # a stray extra batch would land now
+    assert_trades_exact(p, unique)
+    assert_candles(p, unique)  # volume, quote volume, trade count from the 400 distinct trades
+    total = p.query("SELECT sum(trade_count), sum(volume) FROM candles_1m")[0]
+    assert total == (400, sum(Decimal(t["quantity"]) for t in unique))
+    assert p.query("SELECT count(*) FROM dead_letters") == [(0,)]
     job.stop()
     assert job.proc.returncode == 0, job.tail()
 

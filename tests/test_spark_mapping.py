@@ -1,5 +1,5 @@
 """The Spark job's pieces that need no Spark: the generated mapping, jar selection, the listener's
-offset arithmetic, the FAIR pools and the printed spark-submit line."""
+offset and drop arithmetic, the job's metrics, the FAIR pools and the printed spark-submit line."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tickwire.spark import mapping as mapping_module
 from tickwire.spark.jars import artifact_name
 from tickwire.spark.job import JobOptions, fair_scheduler_xml, spark_conf
-from tickwire.spark.listener import kafka_lag
+from tickwire.framework.metrics import Metrics
+from tickwire.spark.job_metrics import SparkMetrics
+from tickwire.spark.listener import kafka_lag, state_drops
 from tickwire.spark.testing import config_yaml, expected_candles, trade_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +87,27 @@ def test_kafka_lag_sums_partitions():
     assert kafka_lag('{"t":{"0":3}}', None) is None
 
 
+def test_state_drops_sum_the_dedup_and_watermark_counts_of_every_operator():
+    dedup = SimpleNamespace(customMetrics={"numDroppedDuplicateRows": 7, "loadedMapCacheHitCount": 3},
+                            numRowsDroppedByWatermark=2)
+    aggregate = SimpleNamespace(customMetrics={}, numRowsDroppedByWatermark=1)
+    assert state_drops([dedup, aggregate]) == (7, 3)
+    assert state_drops(None) == (0, 0)
+
+
+def test_commit_latency_histogram_has_millisecond_to_ten_second_buckets_per_stream():
+    m = SparkMetrics(Metrics())
+    m.observe_commit("trade", "trade", [100.0, 99.5, None, 91.0], now=100.0004)
+    text = m.shared.registry.get_sample_value
+    labels = {"stream": "trade", "query": "trade"}
+    assert text("tickwire_spark_event_to_commit_seconds_count", labels) == 3
+    assert text("tickwire_spark_event_to_commit_seconds_bucket", {**labels, "le": "0.001"}) == 1
+    assert text("tickwire_spark_event_to_commit_seconds_bucket", {**labels, "le": "0.5"}) == 1
+    assert text("tickwire_spark_event_to_commit_seconds_bucket", {**labels, "le": "1.0"}) == 2
+    assert text("tickwire_spark_event_to_commit_seconds_bucket", {**labels, "le": "10.0"}) == 3
+    assert text("tickwire_e2e_latency_seconds_count", {"query": "trade"}) == 3  # the wide one too
+
+
 def test_conf_has_fair_pools_and_the_prometheus_servlet():
     xml = fair_scheduler_xml(["trade", "candles_1m"])
     assert '<pool name="trade">' in xml and '<pool name="candles_1m">' in xml
@@ -93,6 +117,8 @@ def test_conf_has_fair_pools_and_the_prometheus_servlet():
     assert conf["spark.scheduler.mode"] == "FAIR" and conf["spark.scheduler.allocation.file"] == "/tmp/fair.xml"
     assert conf["spark.ui.prometheus.enabled"] == "true" and Path(conf["spark.metrics.conf"]).is_file()
     assert conf["spark.sql.ansi.enabled"] == "false"  # bad values cast to NULL → dead letters
+    # no empty batch only to move the event queries' processing-time watermark (latency)
+    assert conf["spark.sql.streaming.noDataMicroBatches.enabled"] == "false"
 
 
 def test_print_command_is_a_spark_submit_line_without_the_password(tmp_path):
