@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.test_kafka_pipeline import SYMBOLS, Pipeline
+from tests.test_symbols_live import usdt_trading
 
 pytestmark = pytest.mark.kafka
 
@@ -45,6 +46,54 @@ def test_sigkill_and_restart_3s_later_loses_no_trade(kafka_broker, simulator, tm
             missing = sorted(set(range(min(ids), max(ids) + 1)) - set(ids))
             assert not missing, f"{symbol}: {len(missing)} trade ids missing, e.g. {missing[:10]}"
             assert len(ids) == len(set(ids)), f"{symbol}: {len(ids) - len(set(ids))} duplicates"
+    finally:  # no `tickwire run` outlives a failed test
+        for proc in processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_with_a_selector_every_selected_symbol_resumes_from_the_topic(kafka_broker, simulator, tmp_path):
+    """Symbols chosen by a selector are unknown until the source reads exchangeInfo, after the
+    resume points: the Kafka sink reads the newest records of every partition and every symbol
+    found there resumes, so the downtime of each is filled over REST — the topic then holds the
+    simulator's trades of every selected symbol, each once, with no hole."""
+    sim = simulator(universe=24, trade_skew=0, rate=300)
+    selected = usdt_trading(sim)
+    assert len(selected) >= 5, selected
+    pipeline = Pipeline(kafka_broker, sim, tmp_path)
+    pipeline.overrides.append("symbols={select: {quote_assets: [USDT]}}")
+    processes = []
+    try:
+        first = pipeline.start()
+        processes.append(first)
+        time.sleep(6)
+        assert first.poll() is None, pipeline.log()[-3000:]
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        time.sleep(3)
+        downtime_last = {s: v["last_trade_id"] for s, v in sim.stats()["symbols"].items() if s in selected}
+
+        second = pipeline.start("--duration", "6")
+        processes.append(second)
+        pipeline.finish(second, interrupt=False)
+        log = pipeline.log()
+        resumed = [line for line in log.splitlines() if "resuming trade:" in line]
+        assert len(resumed) == 1 and all(f"{s} from id" in resumed[0] for s in selected), resumed
+        assert "symbol(s) found; the symbols are chosen by a selector" not in log, "3 partitions of ~2,000 records: read whole"
+
+        by_symbol: dict[str, list[int]] = {}
+        for message in pipeline.read("trade"):
+            value = orjson.loads(message.value)
+            by_symbol.setdefault(value["symbol"], []).append(value["trade_id"])
+        assert set(by_symbol) == selected
+        for symbol, ids in by_symbol.items():
+            assert max(ids) > downtime_last[symbol], f"{symbol}: the second run streamed past the downtime"
+            assert len(ids) == len(set(ids)), f"{symbol}: {len(ids) - len(set(ids))} duplicates"
+            exchange = {t["id"] for t in sim.trades(symbol, from_id=min(ids), limit=len(ids) + 1000) if t["id"] <= max(ids)}
+            missing = sorted(exchange - set(ids))
+            assert not missing, f"{symbol}: {len(missing)} of the exchange's trades missing, e.g. {missing[:10]}"
+            assert set(ids) <= exchange, f"{symbol}: ids the exchange never had"
     finally:  # no `tickwire run` outlives a failed test
         for proc in processes:
             if proc.poll() is None:
