@@ -78,3 +78,18 @@ def test_a_shard_resumes_only_its_own_symbols_of_a_shared_store():
         points = asyncio.run(read_resume_points([route], log, shard))["trade"]
         assert points == {s: i for s, i in held.items() if shard.owns(s)}
     assert asyncio.run(read_resume_points([route], log))["trade"] == held
+
+
+def test_the_source_names_the_symbols_that_no_store_resumes():
+    from tests.test_binance_source import make_source
+
+    src = make_source(None)
+    src.ctx.resume = {"trade": {"BTCUSDT": 41}}
+    src.gaps.resume_trackers()
+    assert src.channels["btcusdt@trade"].trades.last == 41
+    assert src.channels["ethusdt@trade"].trades.last is None
+    assert "stream 'trade': ETHUSDT, SOLUSDT start from the live stream" in src.ctx.log.text("info")
+
+    nothing_held = make_source(None)  # a first start: nothing to say per symbol
+    nothing_held.gaps.resume_trackers()
+    assert "start from the live stream" not in nothing_held.ctx.log.text()
