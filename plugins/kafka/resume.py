@@ -14,8 +14,9 @@ chunks of ``chunk`` records from its end:
   listing; the engine's log names the symbols that resume, and the source logs the others.
 
 Every symbol found is reported, listed or not: the engine keeps those of its shard, the source
-those it subscribes. Only the sequence and partition fields of each value are decoded. Measured with bench/kafka_resume_bench.py (local
-broker, 1M records of 3 symbols in 3 partitions): 0.40 s including the consumer's start, one
+those it subscribes. Only the sequence and partition fields of each value are decoded.
+Measured with bench/kafka_resume_bench.py (local broker, 1M records of 3 symbols in 3
+partitions): 0.40 s including the consumer's start, one
 5,000-record chunk per partition; with a 4th symbol whose only records are the 100 oldest, its
 partition (~333k records) is read to the start in 6.6 s (~50k records/s). The deadline
 (TAIL_DEADLINE_SECONDS) bounds a topic far larger than that.
@@ -52,6 +53,8 @@ class TopicTail(NamedTuple):
     bounded: list[int]
     """Selector streams: the partitions whose reading stopped at ``scan`` records, not at their
     beginning (a symbol whose last record is older than that is not in ``ids``)."""
+    late: list[int]
+    """Selector streams: the partitions the deadline cut short (read less than ``scan`` back)."""
 
 
 def held_decoder(sequence: tuple[str, str]) -> msgspec.json.Decoder:
@@ -87,7 +90,7 @@ async def read_topic_tail(
     deadline = time.monotonic() + deadline_s
     consumer = AIOKafkaConsumer(**client_settings, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
     await asyncio.wait_for(consumer.start(), deadline_s)
-    tail = TopicTail({}, [], [])
+    tail = TopicTail({}, [], [], [])
     listed = stream.selector is None
     try:
         partitions = sorted(partitions)
@@ -102,11 +105,13 @@ async def read_topic_tail(
             while top > floor and not (listed and wanted <= tail.ids.keys()):
                 if time.monotonic() > deadline:
                     tail.unfinished.extend(sorted(wanted - tail.ids.keys()))
+                    if not listed:
+                        tail.late.append(tp.partition)
                     break
                 low = max(floor, top - chunk)
                 add_ids(tail.ids, await read_range(consumer, tp, low, top, chunk, deadline), stream.sequence, decode)
                 top = low
-            if not listed and top > begin[tp]:
+            if not listed and top == floor > begin[tp]:
                 tail.bounded.append(tp.partition)
     finally:
         await consumer.stop()
@@ -173,6 +178,10 @@ async def last_sequence_ids(producer: Producer, stream: StreamSpec, spooled: dic
     if tail.unfinished:
         log.warning(f"{who}, stream {stream.name!r}: no record of {', '.join(tail.unfinished)} found near the end "
                     f"of topic {stream.topic.name} in time; they start from the live stream")
+    if tail.late:
+        log.warning(f"{who}, stream {stream.name!r}: partition(s) {', '.join(map(str, tail.late))} of topic "
+                    f"{stream.topic.name} not read {TAIL_SCAN_RECORDS} records back within {TAIL_DEADLINE_SECONDS:g}s; "
+                    "a symbol with no record in what was read starts from the live stream")
     bound = (f"; the symbols are chosen by a selector, so the newest {TAIL_SCAN_RECORDS} records of partition(s) "
              f"{', '.join(map(str, tail.bounded))} were read: a symbol with no record among them starts from the live stream"
              if tail.bounded else "")
