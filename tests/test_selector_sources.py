@@ -70,3 +70,13 @@ def test_the_same_streams_with_symbol_lists_are_valid(tmp_path):
     config = project(tmp_path, ["BTCUSDT"], stream_symbols=["ETHUSDT"])
     out = validate(config)
     assert out.returncode == 0, out.stderr
+
+
+def test_malformed_streams_and_sources_next_to_a_selector_are_reported_not_a_traceback(tmp_path):
+    for streams in ("[trade, ticker]", "{trade: {source: [recorded], channel: '{symbol}@trade'}}"):
+        config = tmp_path / "streams.yaml"
+        config.write_text(f"version: 1\nsources: {{recorded: {{type: binance}}}}\nsymbols: {{select: all}}\n"
+                          f"streams: {streams}\nsinks: {{}}\nprofiles: {{}}\n")
+        out = validate(config)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "is not of type" in out.stderr, out.stderr
