@@ -60,7 +60,7 @@ async def main(records: int) -> None:
         settings = {"bootstrap_servers": broker.bootstrap}
         for symbols in (["BTCUSDT", "ETHUSDT", "SOLUSDT"], ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]):
             t0 = time.perf_counter()
-            ids, unfinished = await read_topic_tail(settings, stream("bench.trades", symbols), [0, 1, 2])
+            ids, unfinished, *_ = await read_topic_tail(settings, stream("bench.trades", symbols), [0, 1, 2])
             took = time.perf_counter() - t0
             print(f"{len(symbols)} symbols: {took:.2f}s, last ids {({s: max(v) for s, v in ids.items()})}, unfinished {unfinished}")
     finally:

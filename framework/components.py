@@ -363,6 +363,9 @@ class SourceSpec(_Spec):
     """``factory(name: str, options: dict, ctx: RunContext) -> Source``"""
 
     kind = "source"
+    # Resolves a ``symbols: {select: …}`` selector (StreamSpec.selector) into symbols itself; a
+    # stream with a selector on a source without it is a config error.
+    resolves_selectors: bool = False
 
 
 @dataclass(frozen=True)

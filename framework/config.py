@@ -245,7 +245,7 @@ def _cross_check(config: Config) -> list[Problem]:
         source = block.get("source")
         if source is None and len(sources) > 1:
             problem(base, f"several sources are declared ({', '.join(sources)}): say which one with 'source:'")
-        elif source is not None and source not in sources:
+        elif isinstance(source, str) and source not in sources:  # another type: the schema check says
             problem(base + ("source",), f"no source '{source}' (declared: {', '.join(sources) or 'none'})")
         if isinstance(block.get("table"), str):
             claim(tables, block["table"], base + ("table",), "table")
@@ -274,6 +274,7 @@ def _cross_check(config: Config) -> list[Problem]:
                     problems.extend(_transform_problems(config, spec, block, schema_doc))
 
     problems += _selector_problems(doc, data)
+    problems += _unresolvable_selectors(doc, data, manager)
 
     for name, spec in config.streams.items():
         time_column = spec.partition_time or spec.event_time
@@ -391,6 +392,29 @@ def _selector_problems(doc: Document, data: dict) -> list[Problem]:
             if symbol in rule["include"]:
                 at = path + ("select", "exclude", i)
                 problems.append(Problem(doc.mark(at), dotted(at), f"{symbol} is both included and excluded"))
+    return problems
+
+
+def _unresolvable_selectors(doc: Document, data: dict, manager) -> list[Problem]:
+    """A stream whose ``symbols:`` (its own or the top-level one) is a selector, on a source type
+    that cannot resolve one: it would get no symbol at all."""
+    sources = data.get("sources") if isinstance(data.get("sources"), dict) else {}
+    streams = data.get("streams") if isinstance(data.get("streams"), dict) else {}  # else the schema check says
+    problems = []
+    for name, block in streams.items():
+        if not isinstance(block, dict):
+            continue
+        own = block.get("symbols")
+        path = ("streams", name, "symbols") if own else ("symbols",)
+        if not isinstance(own or data.get("symbols"), dict):
+            continue
+        source = block.get("source") or next(iter(sources), None)
+        options = sources.get(source) if isinstance(source, str) else None
+        spec = manager.sources.get(options.get("type")) if isinstance(options, dict) else None
+        if spec is not None and not spec.resolves_selectors:
+            able = ", ".join(sorted(n for n, s in manager.sources.items() if s.resolves_selectors)) or "none installed"
+            problems.append(Problem(doc.mark(path), dotted(path), f"stream '{name}': source '{source}' (type {spec.name}) "
+                                    f"cannot resolve a selector (source types that can: {able}); list the symbols instead"))
     return problems
 
 

@@ -13,6 +13,7 @@ from tickwire.framework.components import CodegenSpec
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.schemas import Column
 from tickwire.plugins.codegen_postgres import CANDLE_KEY, DEAD_LETTER_TABLE, PROGRESS_TABLE
+from tickwire.plugins.kafka.formats import topic_format
 
 DECIMAL_TYPE = "DECIMAL(38,18)"
 JSON_TYPES = {  # how the value JSON carries each logical type (see docs/architecture.md)
@@ -49,6 +50,7 @@ def mapping(config) -> dict:
         streams.append({
             "name": stream.name,
             "topic": stream.topic.name,
+            "format": topic_format(stream),
             "table": stream.table,
             "primary_key": stream.primary_key,
             "event_time": stream.event_time,

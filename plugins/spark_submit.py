@@ -17,8 +17,10 @@ from pathlib import Path
 
 import click
 
+from tickwire.framework.documents import DocumentError, Problem, dotted
 from tickwire.framework.extras import SPARK, requires
 from tickwire.framework.hookspecs import hookimpl
+from tickwire.plugins.kafka.formats import topic_format
 from tickwire.spark import DEFAULT_DEDUP_WINDOW, DEFAULT_DERIVED_TRIGGER, DEFAULT_SHUFFLE_PARTITIONS, DEFAULT_TRIGGER
 
 
@@ -27,6 +29,21 @@ def _spark_modules():
     from tickwire.spark import jars, job
 
     return job, jars
+
+
+def refuse_unreadable_topics(config) -> None:
+    """Before Spark starts: a stream whose topic the job cannot parse (``format: binance``) is a
+    config error at its ``format:`` line — else every record of it would be a dead letter."""
+    from tickwire.spark.mapping import unreadable_format
+
+    problems = []
+    for name, stream in config.streams.items():
+        refused = unreadable_format(name, stream.topic.name, topic_format(stream)) if stream.topic is not None else None
+        if refused:
+            path = ("streams", name, "topic", "format")
+            problems.append(Problem(config.doc.mark(path), dotted(path), refused))
+    if problems:
+        raise DocumentError(problems)
 
 
 def _mapping_file(app, mapping: Path | None, where: Path) -> Path:
@@ -98,6 +115,16 @@ def submit_command(app, mapping, master, bootstrap, dsn, checkpoint_dir, trigger
                    max_offsets_per_trigger, shuffle_partitions, dedup_window, metrics_port, metrics_host, ui_port,
                    retry_seconds, run_seconds, confs, print_command) -> None:
     """Run one streaming query per stream and derived stream of the config, until stopped."""
+    from tickwire.spark.mapping import MappingError, load
+
+    # before Spark starts (and before the jars are fetched): refuse what the job could not read
+    if mapping is None:
+        refuse_unreadable_topics(app.config)
+    else:
+        try:
+            load(mapping)
+        except MappingError as error:
+            raise click.ClickException(str(error)) from error
     job, jars = _spark_modules()
     try:
         jar_paths = [str(p) for p in jars.fetch_jars()]

@@ -2,7 +2,7 @@
 
 Shape (JSON)::
 
-    {"streams": [{"name", "topic", "table", "primary_key": [...], "event_time",
+    {"streams": [{"name", "topic", "format"?: "normalized", "table", "primary_key": [...], "event_time",
                   "value_schema": <StructType.jsonValue()>, "select": ["CAST(...) AS col", ...],
                   "columns": [{"name", "logical", "nullable"}]}],
      "derived": [{"name", "kind": "candles", "from", "interval", "watermark", "table",
@@ -22,6 +22,16 @@ from typing import Any
 
 LOGICAL_TYPES = {"decimal", "bigint", "integer", "text", "boolean", "timestamp_ms"}
 DERIVED_KINDS = {"candles"}
+READABLE_FORMAT = "normalized"  # the Kafka value format (plugins/kafka/formats.py) the job parses
+
+
+def unreadable_format(stream: str, topic: str, value_format: str) -> str | None:
+    """Why the job cannot read ``topic`` (of ``stream``) in ``value_format``; None when it can."""
+    if value_format == READABLE_FORMAT:
+        return None
+    return (f"stream '{stream}': topic {topic} carries format '{value_format}' (the Binance payload), but the Spark job "
+            f"reads only '{READABLE_FORMAT}' topics: every record would go to the dead letters; set the topic's "
+            f"format: {READABLE_FORMAT} (docs/migrating.md)")
 
 
 class MappingError(ValueError):
@@ -115,6 +125,9 @@ def _stream(obj: dict, where: str) -> StreamMapping:
         select=tuple(_require(obj, "select", where, list)),
         columns=tuple(columns),
     )
+    refused = unreadable_format(stream.name, stream.topic, obj.get("format", READABLE_FORMAT))
+    if refused:
+        raise MappingError(f"{where}: {refused}")
     names = set(stream.column_names)
     for key in (*stream.primary_key, stream.event_time):
         if key not in names:

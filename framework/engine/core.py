@@ -287,7 +287,7 @@ class Engine:
     # -- resume points and lost ranges -------------------------------------------------------
 
     async def _read_resume_points(self) -> None:
-        self._resume = await read_resume_points(self._routes.values(), self.log)
+        self._resume = await read_resume_points(self._routes.values(), self.log, self.shard)
         await self._recover_derived()
 
     async def _recover_derived(self) -> None:

@@ -14,11 +14,14 @@ from tickwire.framework.engine.runner import GAPS
 from tickwire.framework.engine.settings import EngineError
 from tickwire.framework.metrics import Metrics
 from tickwire.framework.resume import combine, gap_dead_letter
+from tickwire.framework.sharding import Shard
 
 
-async def read_resume_points(routes: Iterable[Route], log: Any) -> dict[str, dict[str, int]]:
+async def read_resume_points(routes: Iterable[Route], log: Any, shard: Shard | None = None) -> dict[str, dict[str, int]]:
     """Stream → symbol → last id held: every resumable sink of each sequenced stream is asked;
-    per symbol the minimum over the sinks that could tell wins (the least complete store)."""
+    per symbol the minimum over the sinks that could tell wins (the least complete store).
+    With a ``shard``, only its symbols: the stores (a shared Kafka topic, say) also hold the
+    other shards'."""
     resume: dict[str, dict[str, int]] = {}
     for route in routes:
         stream = route.stream
@@ -30,9 +33,10 @@ async def read_resume_points(routes: Iterable[Route], log: Any) -> dict[str, dic
             if not runner.traits.resumable:
                 continue
             try:
-                answers[runner.id] = await runner.sink.last_sequence_ids(stream)
+                answer = await runner.sink.last_sequence_ids(stream)
             except Exception as exc:
                 raise EngineError(f"{runner.who}, stream {stream.name!r}: cannot read what it holds: {exc}") from exc
+            answers[runner.id] = answer if answer is None or shard is None else {s: i for s, i in answer.items() if shard.owns(s)}
         points = combine(answers)
         told = sorted(sink_id for sink_id, answer in answers.items() if answer is not None)
         if not points:

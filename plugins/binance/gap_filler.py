@@ -64,10 +64,17 @@ class GapFiller:
         symbol that trades rarely is filled when it trades, and nothing is lost meanwhile: the
         stores still say where to resume."""
         resume = self.ctx.resume
+        fresh: dict[str, list[str]] = {}  # stream → symbols its stores hold nothing of
         for ch in self.channels.values() if channels is None else channels:
             last = resume.get(ch.stream, {}).get(ch.symbol)
             if ch.trades is not None and last is not None:
                 ch.trades.resume_from(int(last))
+            elif ch.trades is not None and ch.stream in resume:
+                fresh.setdefault(ch.stream, []).append(ch.symbol)
+        for stream, symbols in fresh.items():  # the stores resume others: say which start afresh, and why
+            self.log.info(f"{self.source}, stream {stream!r}: {', '.join(sorted(symbols))} start from the live stream "
+                          "(no store holds a recent trade of them: new, or silent for longer than the stores read back)",
+                          stream=stream, symbols=sorted(symbols))
 
     def start(self, rest: BinanceRest, emit: Emitter) -> None:
         """From now on gaps are fetched with ``rest`` and their trades handed to ``emit``."""

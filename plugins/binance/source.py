@@ -400,6 +400,7 @@ def tickwire_register_sources(register) -> None:
             description="Binance spot WebSocket market streams (trades, tickers) with reconnects, "
             "rotation, dedup and REST gap filling.",
             config_schema=CONFIG_SCHEMA,
+            resolves_selectors=True,
         )
     )
 
