@@ -33,13 +33,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from tickwire.devservices.pg_server_programs import ClusterError, find_server_bindir, server_os_user
 from tickwire.devservices.ports import free_port
+from tickwire.devservices.processes import wait_for_exit
 
 STATE_FILE = "cluster.json"
 DEFAULT_SUPERUSER = "tickwire_admin"
@@ -207,7 +207,7 @@ class PostgresCluster:
             pid = self._postmaster_pid()
             if pid:
                 os.kill(pid, signal.SIGKILL)
-                _wait_for_exit(pid, timeout=10)
+                wait_for_exit(pid, timeout=10)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def is_running(self) -> bool:
@@ -303,16 +303,6 @@ class PostgresCluster:
                 f"{program} {' '.join(args[:2])} failed (exit {result.returncode}) for cluster "
                 f"{self.base_dir}:\n{result.stdout}{result.stderr}{log_tail}"
             )
-
-
-def _wait_for_exit(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None, default_dir: Path | None = None) -> int:
