@@ -3,7 +3,8 @@
 The jars come from Maven Central through the pom.xml next to this module and are cached in
 `${TICKWIRE_CACHE:-~/.cache/tickwire}/kafka/<version>/libs`, so there is no tarball, no Docker and
 no download after the first run. Used by the test fixture (tests/fixtures/kafka.py), the
-benchmarks, `make kafka` and by hand (`python -m tickwire.devservices.kafka_broker` is the same):
+benchmarks, `make kafka` and by hand, through its command line :mod:`.kafka_broker_cli`
+(`python -m tickwire.devservices.kafka_broker_cli` is the same):
 
     python scripts/kafka_broker.py fetch                          # jars only; prints the libs dir
     python scripts/kafka_broker.py start [--port 9092] [--dir DIR] [--foreground]
@@ -21,17 +22,14 @@ it runs in a run-time install without extras.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import ctypes
 import json
-import os
 import re
 import shutil
 import signal
 import struct
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -332,100 +330,3 @@ class KafkaBroker:
             "bootstrap": self.bootstrap,
         }
         (self.directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-
-
-def default_dir(port: int) -> Path:
-    return cache_root() / "kafka" / f"broker-{port}"
-
-
-def _stop_from_state(directory: Path, crash: bool = False) -> None:
-    """Stop the broker recorded in ``directory``: SIGTERM (SIGKILL after 30 s), or at once
-    with SIGKILL when ``crash`` (what the outage tests do; start it again on the same port)."""
-    state_path = directory / STATE_FILE
-    if not state_path.exists():
-        print(f"no broker state in {directory}; nothing to stop", file=sys.stderr)
-        return
-    pid = json.loads(state_path.read_text())["pid"]
-    try:
-        os.kill(pid, signal.SIGKILL if crash else signal.SIGTERM)
-    except ProcessLookupError:
-        print(f"broker process {pid} is not running", file=sys.stderr)
-        state_path.unlink()
-        return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    state_path.unlink()
-    print(f"{'killed' if crash else 'stopped'} broker process {pid}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("fetch", help="fetch the jars into the cache and print the directory")
-    start = commands.add_parser("start", help="start a broker on 127.0.0.1")
-    start.add_argument("--port", type=int, default=9092)
-    start.add_argument("--controller-port", type=int, default=None)
-    start.add_argument("--dir", type=Path, default=None, help="broker directory (data, log, config)")
-    start.add_argument("--heap", default=DEFAULT_HEAP)
-    start.add_argument("--foreground", action="store_true", help="run until Ctrl-C, then stop cleanly")
-    stop = commands.add_parser("stop", help="stop a broker started with `start`")
-    stop.add_argument("--port", type=int, default=9092)
-    stop.add_argument("--dir", type=Path, default=None)
-    kill = commands.add_parser("kill", help="SIGKILL a broker started with `start`, as a crash would")
-    kill.add_argument("--port", type=int, default=9092)
-    kill.add_argument("--dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-
-    try:
-        if args.command == "fetch":
-            print(fetch_jars())
-            return 0
-        directory = args.dir or default_dir(args.port)
-        if args.command in ("stop", "kill"):
-            _stop_from_state(directory, crash=args.command == "kill")
-            return 0
-        broker = KafkaBroker(directory, port=args.port, controller_port=args.controller_port, heap=args.heap)
-        started = time.monotonic()
-        broker.start()
-        print(
-            f"Kafka broker ready on {broker.bootstrap} in {time.monotonic() - started:.1f}s "
-            f"(dir {directory}, log {broker.log_path})",
-            file=sys.stderr,
-        )
-        print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}")
-        if not args.foreground:
-            return 0
-        stopping = False
-
-        def request_stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-        while not stopping and broker.is_running():
-            time.sleep(0.5)
-        if not broker.is_running():
-            print(f"the broker exited by itself; last lines of its log:\n{broker.log_tail()}", file=sys.stderr)
-            return 1
-        print("stopping the Kafka broker", file=sys.stderr)
-        broker.stop()
-        return 0
-    except BrokerError as error:
-        print(f"kafka_broker: {error}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,6 +32,7 @@ from tickwire.devservices.kafka_broker import (
 from tickwire.devservices.kafka_probe import broker_count
 from tickwire.devservices.maven import cache_root
 from tickwire.devservices.ports import free_port
+from tickwire.devservices.processes import stop_requested_on_signals
 
 
 def cluster_settings(size: int) -> dict[str, str]:
@@ -171,21 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     # (nodes are formatted, with the cluster id, only on their first start).
     directory = args.dir or cache_root() / "kafka" / f"cluster-{args.port}"
     cluster = KafkaCluster(directory, size=args.nodes, base_port=args.port, heap=args.heap)
-    stopping = False
-
-    def request_stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop_requested = stop_requested_on_signals()
     try:
         started = time.monotonic()
         cluster.start()
         print(f"Kafka cluster of {args.nodes} ready in {time.monotonic() - started:.1f}s (dir {directory})",
               file=sys.stderr)
         print(f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap}", flush=True)
-        while not stopping and all(node.is_running() for node in cluster.nodes):
+        while not stop_requested() and all(node.is_running() for node in cluster.nodes):
             time.sleep(0.5)
         dead = [node for node in cluster.nodes if not node.is_running()]
         for node in dead:

@@ -13,9 +13,9 @@ The cluster is tuned for tests, not durability: fsync and full_page_writes are o
 TEST_SETTINGS for why synchronous_commit is not). Every connection (TCP and the unix socket) needs the superuser's password.
 
 initdb and the server refuse to run as root. When we are root (CI, this dev box) every server
-program runs as an unprivileged OS user instead: `postgres` when the Debian package created it,
-otherwise a system user `tickwire-pg` created on first use. The cluster directory is chowned to
-that user; as a normal user nothing is switched.
+program runs as an unprivileged OS user instead (which one, and where the programs are:
+:mod:`.pg_server_programs`). The cluster directory is chowned to that user; as a normal user
+nothing is switched.
 
 Besides the standard library it needs only tickwire.devservices (free ports), so it runs in a
 run-time install without extras.
@@ -24,7 +24,6 @@ run-time install without extras.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import pwd
@@ -34,16 +33,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from tickwire.devservices.pg_server_programs import ClusterError, find_server_bindir, server_os_user
 from tickwire.devservices.ports import free_port
+from tickwire.devservices.processes import wait_for_exit
 
 STATE_FILE = "cluster.json"
 DEFAULT_SUPERUSER = "tickwire_admin"
-FALLBACK_OS_USER = "tickwire-pg"
 
 # Trade durability for speed: a test cluster is recreated, never recovered from an OS crash.
 # fsync=off only skips flushing the OS page cache, so a killed server still recovers every
@@ -62,54 +61,6 @@ TEST_SETTINGS = {
     "log_timezone": "'UTC'",
     "timezone": "'UTC'",
 }
-
-
-class ClusterError(RuntimeError):
-    """initdb, pg_ctl or the OS user set-up failed; the message says which and why."""
-
-
-def find_server_bindir() -> Path:
-    """The directory holding initdb and pg_ctl: $TICKWIRE_PG_BINDIR, else the newest
-    /usr/lib/postgresql/<version>/bin (Debian), else wherever initdb is on PATH."""
-    override = os.environ.get("TICKWIRE_PG_BINDIR")
-    candidates = [Path(override)] if override else []
-    debian_dirs = glob.glob("/usr/lib/postgresql/*/bin")
-    candidates += sorted((Path(d) for d in debian_dirs), key=_version_key, reverse=True)
-    on_path = shutil.which("initdb")
-    if on_path:
-        candidates.append(Path(on_path).resolve().parent)
-    for bindir in candidates:
-        if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists():
-            return bindir
-    raise ClusterError(
-        "no PostgreSQL server binaries (initdb, pg_ctl) found in /usr/lib/postgresql/*/bin or on "
-        "PATH; run `sudo scripts/install_system_deps.sh` or set TICKWIRE_PG_BINDIR"
-    )
-
-
-def _version_key(bindir: Path) -> tuple[int, ...]:
-    version = bindir.parent.name
-    return tuple(int(part) for part in version.split(".") if part.isdigit())
-
-
-def server_os_user() -> pwd.struct_passwd | None:
-    """The unprivileged user to run the server as, or None when we are not root."""
-    if os.geteuid() != 0:
-        return None
-    wanted = os.environ.get("TICKWIRE_PG_OS_USER")
-    for name in ([wanted] if wanted else ["postgres", FALLBACK_OS_USER]):
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    if wanted:
-        raise ClusterError(f"TICKWIRE_PG_OS_USER={wanted!r} names no OS user")
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_OS_USER],
-        check=True,
-        capture_output=True,
-    )
-    return pwd.getpwnam(FALLBACK_OS_USER)
 
 
 @dataclass
@@ -256,7 +207,7 @@ class PostgresCluster:
             pid = self._postmaster_pid()
             if pid:
                 os.kill(pid, signal.SIGKILL)
-                _wait_for_exit(pid, timeout=10)
+                wait_for_exit(pid, timeout=10)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def is_running(self) -> bool:
@@ -352,16 +303,6 @@ class PostgresCluster:
                 f"{program} {' '.join(args[:2])} failed (exit {result.returncode}) for cluster "
                 f"{self.base_dir}:\n{result.stdout}{result.stderr}{log_tail}"
             )
-
-
-def _wait_for_exit(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None, default_dir: Path | None = None) -> int:

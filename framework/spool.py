@@ -3,7 +3,7 @@
 A sink that cannot reach its store (Kafka while the broker is down) writes batches here and
 replays them, in order, once the store is back. The spool is generic: a record is opaque bytes.
 
-On disk, in the spool directory::
+On disk, in the spool directory (framework/spool_files.py)::
 
     00000000000000000001.seg   segment files, named by a growing sequence number
     00000000000000000002.seg
@@ -31,15 +31,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from tickwire.framework.spool_files import (
+    Position, Segment, fsync_directory, load_ack, save_ack, segment_numbers, segment_path,
+)
 from tickwire.framework.spool_format import (  # noqa: F401  the format's names, re-exported
-    CURRENT, LEGACY_HEADER, RECORD_HEADER, RECORD_MAGIC, SEGMENT_HEADER, Layout, frame_records, recover_segment,
+    CURRENT, LEGACY_HEADER, RECORD_HEADER, RECORD_MAGIC, SEGMENT_HEADER, frame_records, recover_segment,
 )
 
-SEGMENT_SUFFIX = ".seg"
-ACK_FILE = "acked"
 FSYNC_POLICIES = ("always", "batch", "never")
 ON_FULL_POLICIES = ("block", "drop_oldest")
 
@@ -50,25 +50,6 @@ class SpoolError(Exception):
 
 class SpoolFull(SpoolError):
     """``on_full: block`` and the spool holds ``max_bytes``: retry after some replay."""
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Position:
-    """A place in the spool: a segment's number and a byte offset inside it."""
-
-    segment: int
-    offset: int
-
-
-@dataclass(slots=True)
-class _Segment:
-    number: int
-    path: Path
-    size: int  # valid bytes
-    records: int
-    layout: Layout = CURRENT
-    # damaged ranges found at open, start → end: readers jump over them (offsets stay as written)
-    holes: dict[int, int] | None = None
 
 
 class Spool:
@@ -94,7 +75,7 @@ class Spool:
         self.fsync = fsync
         self.on_full = on_full
         self.log = log or logging.getLogger(__name__)
-        self._segments: list[_Segment] = []  # oldest first; the last one is written to
+        self._segments: list[Segment] = []  # oldest first; the last one is written to
         self._acked = Position(0, 0)
         self._read = Position(0, 0)
         self._pending = 0  # unacknowledged records
@@ -117,10 +98,9 @@ class Spool:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise SpoolError(f"cannot create spool directory {self.directory}: {error}") from error
-        numbers = sorted(int(p.stem) for p in self.directory.glob(f"*{SEGMENT_SUFFIX}") if p.stem.isdigit())
-        self._acked = self._load_ack()
-        for number in numbers:
-            path = self._segment_path(number)
+        self._acked = load_ack(self.directory, self.log)
+        for number in segment_numbers(self.directory):
+            path = segment_path(self.directory, number)
             if number < self._acked.segment or path.stat().st_size == 0:
                 path.unlink()  # acknowledged before the crash (deletion did not happen), or empty
                 continue
@@ -194,7 +174,7 @@ class Spool:
         if self.fsync == "always":
             os.fsync(self._write_fd)
 
-    def _writable_segment(self) -> _Segment:
+    def _writable_segment(self) -> Segment:
         if not self._segments or self._write_fd is None:
             if self._segments and self._segments[-1].layout is CURRENT:
                 segment = self._segments[-1]
@@ -209,12 +189,12 @@ class Spool:
                 os.fsync(self._write_fd)
             os.close(self._write_fd)
         number = self._segments[-1].number + 1 if self._segments else max(1, self._acked.segment)
-        path = self._segment_path(number)
+        path = segment_path(self.directory, number)
         self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         os.write(self._write_fd, SEGMENT_HEADER)
-        self._segments.append(_Segment(number, path, len(SEGMENT_HEADER), 0))
+        self._segments.append(Segment(number, path, len(SEGMENT_HEADER), 0))
         if self.fsync != "never":
-            self._fsync_directory()  # the new file's name must survive a crash too
+            fsync_directory(self.directory)  # the new file's name must survive a crash too
         if self._acked.segment < self._segments[0].number:
             self._acked = Position(self._segments[0].number, 0)
         if self._read < self._acked:
@@ -240,7 +220,7 @@ class Spool:
             # Reads in flight from the dropped segment can no longer be acknowledged.
             self._read = max(self._read, self._acked)
             self._outstanding.clear()
-            self._save_ack()
+            save_ack(self.directory, self._acked, self.fsync != "never")
         self._pending -= dropped
         if dropped:
             self.log.warning("spool %s full: dropped the %d oldest records", self.directory, dropped)
@@ -311,7 +291,7 @@ class Spool:
             self._delete_segment(last)
             self._acked = Position(last.number + 1, 0)
             self._read = self._acked
-        self._save_ack()
+        save_ack(self.directory, self._acked, self.fsync != "never")
 
     # -- state -------------------------------------------------------------------------------
 
@@ -352,34 +332,21 @@ class Spool:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _segment_path(self, number: int) -> Path:
-        return self.directory / f"{number:020d}{SEGMENT_SUFFIX}"
-
-    def _recover_segment(self, number: int, path: Path) -> _Segment:
+    def _recover_segment(self, number: int, path: Path) -> Segment:
         found = recover_segment(path, self.log, self.directory)
         self.lost_records += found.lost_records
         self.lost_bytes += found.lost_bytes
-        return _Segment(number, path, found.size, found.records, found.layout, found.holes)
+        return Segment(number, path, found.size, found.records, found.layout, found.holes)
 
-    def _unacked_records_in(self, segment: _Segment) -> int:
+    def _unacked_records_in(self, segment: Segment) -> int:
         if segment.number < self._acked.segment:
             return 0
-        layout = segment.layout
-        if segment.number > self._acked.segment or self._acked.offset <= layout.start:
+        if segment.number > self._acked.segment or self._acked.offset <= segment.layout.start:
             return segment.records
         # Partly acknowledged: count what lies after the ack offset.
-        reader = self._reader_for(segment)
-        offset, count = self._acked.offset, 0
-        while offset < segment.size:
-            if segment.holes and offset in segment.holes:
-                offset = segment.holes[offset]
-                continue
-            reader.seek(offset)
-            offset += layout.header.size + layout.header.unpack(reader.read(layout.header.size))[layout.length_at]
-            count += 1
-        return count
+        return segment.records_from(self._reader_for(segment), self._acked.offset)
 
-    def _reader_for(self, segment: _Segment):
+    def _reader_for(self, segment: Segment):
         if self._read_file_segment != segment.number:
             self._close_reader()
             self._read_file = open(segment.path, "rb", buffering=256 * 1024)
@@ -392,7 +359,7 @@ class Spool:
         self._read_file = None
         self._read_file_segment = -1
 
-    def _delete_segment(self, segment: _Segment) -> None:
+    def _delete_segment(self, segment: Segment) -> None:
         if self._read_file_segment == segment.number:
             self._close_reader()
         if self._segments and segment is self._segments[-1] and self._write_fd is not None:
@@ -400,31 +367,3 @@ class Spool:
             self._write_fd = None
         segment.path.unlink(missing_ok=True)
         self._segments.remove(segment)
-
-    def _load_ack(self) -> Position:
-        try:
-            text = (self.directory / ACK_FILE).read_text().split()
-            return Position(int(text[0]), int(text[1]))
-        except FileNotFoundError:
-            return Position(0, 0)
-        except (ValueError, IndexError):
-            self.log.warning("spool %s: unreadable ack file, replaying everything", self.directory)
-            return Position(0, 0)
-
-    def _save_ack(self) -> None:
-        # Write-then-rename: a crash leaves the old or the new position, never half of one.
-        temporary = self.directory / (ACK_FILE + ".tmp")
-        with open(temporary, "w") as ack_file:
-            ack_file.write(f"{self._acked.segment} {self._acked.offset}\n")
-            if self.fsync != "never":
-                ack_file.flush()
-                os.fsync(ack_file.fileno())
-        os.replace(temporary, self.directory / ACK_FILE)
-
-    def _fsync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-

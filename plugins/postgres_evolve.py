@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tickwire.framework.config import outside_paths_allowed
+from tickwire.framework.config_checks import outside_paths_allowed
 from tickwire.framework.schemas import ANNOTATION
 from tickwire.plugins.table_evolution import POSTGRESQL, TablePlan, TableShape, plan_table
 

@@ -17,10 +17,11 @@ forever, so after such an error the batch is written row by row and the rejected
 ``dead_letters`` with PostgreSQL's reason, in the same transaction.
 
 Resume: ``last_sequence_ids`` reads, per symbol, the last trade id the table holds
-(framework/resume.py); ``write_gaps`` records trades lost for good in ``trade_gaps``.
+(framework/resume.py); ``write_gaps`` records trades lost for good in ``trade_gaps`` (both
+queries: plugins/postgres_gaps.py).
 
 Tables come from ``tickwire db migrate`` (plugins/postgres_migrate.py); ``open()`` checks they
-exist and says so if not. A day-partitioned table (plugins/postgres_partitions.py) gets the
+exist and says so if not (plugins/postgres_table_checks.py). A day-partitioned table (plugins/postgres_partitions.py) gets the
 partition of a day the first time a batch holds a row of that day; until then, or if creating it
 fails, such rows land in its DEFAULT partition: a missing partition never fails a batch. Connect as the ``tickwire_writer`` role, never as a superuser.
 
@@ -40,17 +41,15 @@ import time
 from datetime import date, datetime, timedelta, timezone
 
 from tickwire.framework.backoff import Backoff
-from tickwire.framework.components import DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap
+from tickwire.framework.components import DeadLetter, RunContext, SinkSpec, TradeGap
 from tickwire.framework.derived import keep_last_per_key
 from tickwire.framework.extras import POSTGRES
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.options import with_defaults
-from tickwire.framework.resume import (
-    TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql, range_ids_sql,
-    recorded_gaps_sql, stored_by_others_text, unstored_parts, window_ids_sql,
-)
 from tickwire.framework.schemas import StreamSpec, quote_identifier as q
 from tickwire.framework.timestamps import iso_ns
+from tickwire.plugins.postgres_gaps import last_sequence_ids, record_gaps
+from tickwire.plugins.postgres_table_checks import PostgresSinkError, check_tables
 from tickwire.plugins.postgres_writer import (
     DEAD_LETTER_TABLE, TableWriter, copy_dead_letters, first_line, is_configuration_failure, psycopg, sql,
 )
@@ -102,11 +101,6 @@ OPTIONS_SCHEMA = {
         },
     },
 }
-
-
-class PostgresSinkError(PermanentError):
-    """A problem retrying cannot fix (missing table or privilege, wrong credentials); names sink
-    and stream. The engine stops the run with it (framework/components.py)."""
 
 
 class PostgresSink:
@@ -188,21 +182,7 @@ class PostgresSink:
         if stream.sequence is None:
             return None
         async with self._lock:
-            return await self._call_with_reconnect(stream.name, lambda conn: self._read_held(conn, stream))
-
-    async def _read_held(self, conn: psycopg.AsyncConnection, stream: StreamSpec) -> dict[str, int]:
-        table = f"{q(self.schema)}.{q(stream.table)}"
-        gaps = f"{q(self.schema)}.{q(TRADE_GAPS_TABLE)}"
-        out = {}
-        rows = await (await conn.execute(held_sql(table, stream.sequence))).fetchall()
-        for part, hi, count, lowest in rows:
-            if incomplete(hi, count, lowest):
-                cursor = await conn.execute(window_ids_sql(table, stream.sequence, "%s"), [part, lowest])
-                ids = [i for (i,) in await cursor.fetchall()]
-                cursor = await conn.execute(recorded_gaps_sql(gaps, "%s"), [stream.name, part, lowest])
-                hi = complete_up_to(hi, holes_in(ids), await cursor.fetchall())
-            out[part] = int(hi)
-        return out
+            return await self._call_with_reconnect(stream.name, lambda conn: last_sequence_ids(conn, self.schema, stream))
 
     async def tail_records(self, stream: StreamSpec, column: str, span_ms: int) -> list[dict]:
         """Sink protocol (optional, framework/derived.py): the stored records of ``stream``
@@ -230,27 +210,10 @@ class PostgresSink:
         ids the table does not hold: a redundant instance may have stored the others."""
         if not gaps:
             return
-        table = f"{q(self.schema)}.{q(TRADE_GAPS_TABLE)}"
-
-        async def insert(conn: psycopg.AsyncConnection) -> None:
-            async with conn.transaction():
-                rows = [gap_row(part) for gap in gaps for part in await self._unstored_parts(conn, gap)]
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(insert_gaps_sql(table, "%s"), rows)
-
         async with self._lock:
-            await self._call_with_reconnect(gaps[0].stream, insert)
-
-    async def _unstored_parts(self, conn: psycopg.AsyncConnection, gap: TradeGap) -> list[TradeGap]:
-        stream = next((s for s in self.ctx.streams if s.name == gap.stream), None)
-        if stream is None or stream.sequence is None:
-            return [gap]
-        table = f"{q(self.schema)}.{q(stream.table)}"
-        cursor = await conn.execute(range_ids_sql(table, stream.sequence, "%s"), [gap.symbol, gap.first_id, gap.last_id])
-        parts = unstored_parts(gap, (i for (i,) in await cursor.fetchall()))
-        if parts != [gap]:
-            self.log.info(stored_by_others_text(gap, parts), stream=gap.stream, symbol=gap.symbol)
-        return parts
+            await self._call_with_reconnect(
+                gaps[0].stream, lambda conn: record_gaps(conn, self.schema, self.ctx.streams, gaps, self.log)
+            )
 
     async def close(self) -> None:
         async with self._lock:
@@ -342,47 +305,8 @@ class PostgresSink:
             await copy_dead_letters(conn, self._dead_letter_table, letters)
 
     async def _check_tables(self, conn: psycopg.AsyncConnection) -> None:
-        wanted = {stream.name: stream.table for stream in self._my_streams()}
-        wanted[None] = DEAD_LETTER_TABLE
-        for stream_name, table in wanted.items():
-            cursor = await conn.execute(
-                "SELECT has_table_privilege(c.oid, 'INSERT') FROM pg_class c"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-                [self.schema, table],
-            )
-            found = await cursor.fetchone()
-            about = f"sink {self.name!r} (postgres)" + (f", stream {stream_name!r}" if stream_name else "")
-            if found is None:
-                raise PostgresSinkError(
-                    f"{about}: table {self.schema}.{table} does not exist; create the tables with "
-                    "`tickwire db migrate`"
-                )
-            if not found[0]:
-                raise PostgresSinkError(
-                    f"{about}: the connecting role may not INSERT into {self.schema}.{table}; connect "
-                    "as tickwire_writer (granted by `tickwire db migrate`)"
-                )
-            if stream_name is not None:
-                await self._check_columns(conn, stream_name, table, about)
+        await check_tables(conn, self.name, self.schema, self._my_streams())
         self._tables_checked = True
-
-    async def _check_columns(self, conn: psycopg.AsyncConnection, stream_name: str, table: str, about: str) -> None:
-        """A schema that gained a column before `tickwire db migrate` added it: say so at start
-        rather than fail every batch (docs/schema-evolution.md)."""
-        cursor = await conn.execute(
-            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
-            [self.schema, table],
-        )
-        present = {name for (name,) in await cursor.fetchall()}
-        stream = next(s for s in self.ctx.streams if s.name == stream_name)
-        missing = [c.name for c in stream.columns if c.name not in present]
-        if missing:
-            raise PostgresSinkError(
-                f"{about}: table {self.schema}.{table} has no column {', '.join(missing)} (schema "
-                f"{stream.schema_path.name} version {stream.schema_version}); add it with `tickwire db migrate`"
-            )
 
     def _my_streams(self) -> list[StreamSpec]:
         return [stream for stream in self.ctx.streams if not stream.sinks or self.name in stream.sinks]

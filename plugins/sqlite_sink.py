@@ -11,11 +11,12 @@
   overlap (reconnect, gap fill) never duplicates a row; skipped rows are counted in
   ``tickwire_duplicates_dropped_total``.
 * One transaction per batch — a single multi-row ``INSERT`` (far cheaper on the GIL than
-  ``executemany``, see ``ROWS_PER_STATEMENT``) — on one connection owned by one dedicated
-  thread, so the event loop keeps reading while SQLite writes.
+  ``executemany``; the statements: plugins/sqlite_inserts.py) — on one connection owned by one
+  dedicated thread, so the event loop keeps reading while SQLite writes.
 * Decimals are TEXT, stored exactly as received and read back equal.
 * Dead letters go to the ``dead_letters`` table; trades lost for good to ``trade_gaps``.
-* Resume: ``last_sequence_ids`` reads, per symbol, the last trade id held (framework/resume.py).
+* Resume: ``last_sequence_ids`` reads, per symbol, the last trade id held (framework/resume.py;
+  the queries on this file, and the recording of ``trade_gaps``: plugins/sqlite_gaps.py).
 * Retention: streams with ``retention:`` lose their expired rows at start and every
   ``retention_interval_s``, in bounded DELETE batches queued between the writes
   (plugins/sqlite_retention.py); each pass is logged with its count.
@@ -27,8 +28,6 @@ import asyncio
 import sqlite3
 import threading
 from datetime import datetime, timezone
-from itertools import chain
-from operator import itemgetter
 from pathlib import Path
 
 from tickwire.framework.components import BadRecords, DeadLetter, PermanentError, RunContext, SinkSpec, TradeGap, TransientError
@@ -37,38 +36,12 @@ from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.options import with_defaults
 from tickwire.framework.threads import DedicatedThread
 from tickwire.framework.schemas import StreamSpec, quote_identifier as q
-from tickwire.framework.resume import (
-    TRADE_GAPS_TABLE, complete_up_to, gap_row, held_sql, holes_in, incomplete, insert_gaps_sql, range_ids_sql,
-    recorded_gaps_sql, stored_by_others_text, unstored_parts, window_ids_sql,
-)
 from tickwire.framework.timestamps import iso_ms, ms_of_iso
 from tickwire.plugins.codegen_sqlite import DEAD_LETTERS_DDL, TRADE_GAPS_DDL, ddl_for
 from tickwire.plugins.sqlite_evolve import plan_for
+from tickwire.plugins.sqlite_gaps import last_sequence_ids, record_gaps
+from tickwire.plugins.sqlite_inserts import InsertStatements
 from tickwire.plugins.sqlite_retention import DELETE_BATCH_ROWS, delete_batches, expiring_streams
-
-# Rows per INSERT statement. executemany() releases and re-takes the GIL around every row's
-# sqlite3_step, and while the event loop thread is busy each re-take can wait up to a whole
-# switch interval (5 ms): a 1,000-row batch then takes seconds of wall time. A batch of up to
-# ROWS_PER_STATEMENT rows is therefore ONE multi-row INSERT in autocommit mode (one statement is
-# one transaction): one GIL round trip per batch. Measured with a busy event loop: executemany
-# 17k rows/s (p99 1.25 s per 1,000 rows); 250-row statements in BEGIN/COMMIT 56k rows/s; one
-# statement per batch the best in the full pipeline (bench/sqlite_bench.py).
-ROWS_PER_STATEMENT = 5000
-
-
-def statement_rows(n: int, most: int) -> int:
-    """The row count of the statement that writes ``n`` rows: ``n`` up to 16, above that ``n``
-    rounded up to a quarter of its power of two (20, 24, 28, 32, 40, 48…), at most ``most``.
-
-    Adaptive batching makes batch sizes vary, and preparing a multi-row INSERT costs about twice
-    running it (~1.8 µs per row measured): with a handful of sizes every statement stays in the
-    connection's statement cache. The rows past ``n`` repeat the last row; on a table with a
-    primary key they conflict with it and insert nothing, so the count inserted stays exact."""
-    if n <= 16:
-        return n
-    step = 1 << ((n - 1).bit_length() - 3)
-    return min(most, -(-n // step) * step)
-
 
 CONFIG_SCHEMA = {
     "type": "object",
@@ -125,11 +98,8 @@ class SQLiteSink:
         self._checkpointer: WalCheckpointer | None = None
         self._conn: sqlite3.Connection | None = None
         self._thread = DedicatedThread(f"sqlite-{name}")
-        self._statements: dict[str, tuple[str, itemgetter, tuple]] = {}
+        self._inserts = InsertStatements()
         self._dup_counters: dict[str, object] = {}
-        self._sql: dict[tuple[str, int], str] = {}
-        self._chunk = ROWS_PER_STATEMENT
-        self._max_vars = 999  # the real limit is read at open
 
     def describe(self) -> str:
         return f"SQLite {self.path}"
@@ -174,7 +144,7 @@ class SQLiteSink:
         if mode.lower() != "wal":
             raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        self._max_vars = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._inserts.max_vars = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         conn.execute("BEGIN IMMEDIATE")  # two processes creating the tables at once take turns
         try:
             for stream in self.ctx.streams:
@@ -207,34 +177,10 @@ class SQLiteSink:
         if plan.changes_anything or plan.kept:
             self.ctx.log.info(f"table {stream.table}: {plan.summary()}", stream=stream.name, sink=self.name)
 
-    def _statement(self, stream: StreamSpec) -> tuple[str, itemgetter, tuple]:
-        st = self._statements.get(stream.name)
-        if st is None:
-            cols = tuple(c.name for c in stream.columns)
-            getter = itemgetter(*cols) if len(cols) > 1 else (lambda r, c=cols[0]: (r[c],))
-            st = self._statements[stream.name] = (stream.table, getter, cols)
-        return st
-
-    def _insert_sql(self, table: str, cols: tuple, rows: int, upsert_key: tuple = ()) -> str:
-        key = (table, rows)
-        sql = self._sql.get(key)
-        if sql is None:
-            if len(self._sql) > 256:  # upserts (derived rows) are not padded: keep the cache small
-                self._sql.clear()
-            one = "(" + ", ".join("?" * len(cols)) + ")"
-            conflict = "ON CONFLICT DO NOTHING"
-            if upsert_key:  # a derived stream: its rows are recomputed values (framework/derived.py)
-                updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in cols if c not in upsert_key)
-                conflict = f"ON CONFLICT ({', '.join(map(q, upsert_key))}) DO UPDATE SET {updates}"
-            sql = self._sql[key] = (
-                f'INSERT INTO {q(table)} ({", ".join(map(q, cols))}) VALUES {", ".join([one] * rows)} {conflict}'
-            )
-        return sql
-
     async def write(self, stream: StreamSpec, records: list[dict]) -> None:
         records = keep_last_per_key(stream, records)
         try:
-            inserted = await self._thread.call(self._write_sync, stream, records)
+            inserted = await self._thread.call(self._inserts.insert, self._conn, stream, records)
         except sqlite3.Error as exc:
             raise classified(exc, self.path) from exc
         duplicates = len(records) - inserted
@@ -243,42 +189,6 @@ class SQLiteSink:
             if counter is None:
                 counter = self._dup_counters[stream.name] = self.ctx.metrics.duplicates_dropped.labels(stream=stream.name)
             counter.inc(duplicates)
-
-    def _write_sync(self, stream: StreamSpec, records: list[dict]) -> int:
-        table, getter, cols = self._statement(stream)
-        try:
-            rows = list(map(getter, records))
-        except KeyError:  # a record without every column (no normalize in the chain?): NULLs
-            rows = [tuple(r.get(c) for c in cols) for r in records]
-        conn = self._conn
-        upsert_key = tuple(stream.primary_key) if getattr(stream, "upsert", False) else ()
-        per_statement = max(1, min(self._chunk, self._max_vars // max(1, len(cols))))
-        if len(rows) <= per_statement:
-            # one statement in autocommit mode is one transaction: a single GIL round trip
-            return self._insert(conn, table, cols, rows, per_statement, upsert_key)
-        inserted = 0
-        conn.execute("BEGIN")
-        try:
-            for i in range(0, len(rows), per_statement):
-                inserted += self._insert(conn, table, cols, rows[i : i + per_statement], per_statement, upsert_key)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return inserted
-
-    def _insert(self, conn: sqlite3.Connection, table: str, cols: tuple, rows: list[tuple], most: int,
-                upsert_key: tuple = ()) -> int:
-        """One multi-row INSERT of ``rows`` (padded to :func:`statement_rows`); rows inserted.
-        Padding repeats the last row, which its primary key makes a no-op: every table has its
-        schema's key (x-tickwire requires one; _evolve_table refuses a table without it). An
-        upsert is never padded: a repeated row would count as a second change."""
-        size = len(rows) if upsert_key else statement_rows(len(rows), most)
-        params = list(chain.from_iterable(rows))
-        if size > len(rows):
-            params.extend(rows[-1] * (size - len(rows)))
-        return conn.execute(self._insert_sql(table, cols, size, upsert_key), params).rowcount
 
     async def write_dead_letters(self, letters: list[DeadLetter]) -> None:
         try:
@@ -305,19 +215,7 @@ class SQLiteSink:
         hole below it; None for a stream without a sequence."""
         if stream.sequence is None:
             return None
-        return await self._thread.call(self._last_sequence_ids_sync, stream)
-
-    def _last_sequence_ids_sync(self, stream: StreamSpec) -> dict[str, int]:
-        conn = self._conn
-        table = q(stream.table)
-        out = {}
-        for part, hi, count, lowest in conn.execute(held_sql(table, stream.sequence)).fetchall():
-            if incomplete(hi, count, lowest):
-                ids = [i for (i,) in conn.execute(window_ids_sql(table, stream.sequence, "?"), (part, lowest))]
-                recorded = conn.execute(recorded_gaps_sql(TRADE_GAPS_TABLE, "?"), (stream.name, part, lowest)).fetchall()
-                hi = complete_up_to(hi, holes_in(ids), recorded)
-            out[part] = hi
-        return out
+        return await self._thread.call(last_sequence_ids, self._conn, stream)
 
     async def tail_records(self, stream: StreamSpec, column: str, span_ms: int) -> list[dict]:
         """Sink protocol (optional, framework/derived.py): the stored records of ``stream``
@@ -337,35 +235,9 @@ class SQLiteSink:
     async def write_gaps(self, gaps: list[TradeGap]) -> None:
         """Sink protocol (optional): record trades lost for good in ``trade_gaps``."""
         try:
-            await self._thread.call(self._write_gaps_sync, gaps)
+            await self._thread.call(record_gaps, self._conn, self.ctx.streams, gaps, self.ctx.log)
         except sqlite3.Error as exc:
             raise classified(exc, self.path) from exc
-
-    def _write_gaps_sync(self, gaps: list[TradeGap]) -> None:
-        conn = self._conn
-        streams = {stream.name: stream for stream in self.ctx.streams}
-        # IMMEDIATE: it reads before it writes, and a deferred transaction whose snapshot another
-        # process (a redundant instance on the same file) wrote past fails at once instead of
-        # waiting busy_timeout_ms
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rows = []
-            for gap in gaps:
-                stream = streams.get(gap.stream)
-                parts = [gap]
-                if stream is not None and stream.sequence is not None:  # record only what the file lacks
-                    stored = conn.execute(range_ids_sql(q(stream.table), stream.sequence, "?"),
-                                          (gap.symbol, gap.first_id, gap.last_id))
-                    parts = unstored_parts(gap, (i for (i,) in stored))
-                    if parts != [gap]:
-                        self.ctx.log.info(stored_by_others_text(gap, parts), stream=gap.stream, symbol=gap.symbol)
-                rows += [gap_row(part) for part in parts]
-            conn.executemany(insert_gaps_sql(TRADE_GAPS_TABLE, "?"), rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     async def close(self) -> None:
         if self._retention_task is not None:

@@ -72,7 +72,8 @@ def test_the_kill_command_sigkills_the_recorded_broker_process(tmp_path):
     import threading
     import time
 
-    from tickwire.devservices.kafka_broker import STATE_FILE, main
+    from tickwire.devservices.kafka_broker import STATE_FILE
+    from tickwire.devservices.kafka_broker_cli import main
 
     stand_in = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
     try:

@@ -16,7 +16,8 @@ import tickwire.plugins.validate
 from tickwire import plugins
 from tickwire.framework.engine import Engine, EngineSettings
 from tickwire.framework.testing import LIST_SOURCE, make_context, normalized, stream_spec, trade_payload
-from tickwire.plugins.sqlite_sink import ROWS_PER_STATEMENT, SQLiteSink
+from tickwire.plugins.sqlite_inserts import ROWS_PER_STATEMENT
+from tickwire.plugins.sqlite_sink import SQLiteSink
 
 TRADE = stream_spec("trade")
 
@@ -225,7 +226,7 @@ def test_any_batch_size_uses_a_few_cached_statements_and_counts_stay_exact(tmp_p
     """Adaptive batching makes batch sizes vary; the sink pads a batch to one of a few statement
     sizes by repeating its last row, which conflicts with itself on the primary key: the rows
     stored and the duplicates counted are exactly those of the batch."""
-    from tickwire.plugins.sqlite_sink import statement_rows
+    from tickwire.plugins.sqlite_inserts import statement_rows
 
     assert [statement_rows(n, 5000) for n in (1, 16, 17, 21, 100, 1000)] == [1, 16, 20, 24, 112, 1024]
     assert len({statement_rows(n, 5000) for n in range(1, 5001)}) < 60
@@ -238,7 +239,7 @@ def test_any_batch_size_uses_a_few_cached_statements_and_counts_stay_exact(tmp_p
         first = ctx.metrics.value("tickwire_duplicates_dropped_total", stream="trade")
         await sink.write(TRADE, normalized(TRADE, payloads[15:]))  # 6 rows already stored
         await sink.close()
-        return first, ctx.metrics.value("tickwire_duplicates_dropped_total", stream="trade"), sink._sql
+        return first, ctx.metrics.value("tickwire_duplicates_dropped_total", stream="trade"), sink._inserts.sql
 
     first, total, statements = asyncio.run(main())
     assert [r["trade_id"] for r in rows(tmp_path / "data" / "t.db")] == list(range(21))

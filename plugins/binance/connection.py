@@ -3,7 +3,7 @@
 It connects to ``<url>/stream``, subscribes its channels in chunks (every client message paced by
 one token bucket, so the connection stays under Binance's 5 messages per second), and feeds
 every frame to the shared :class:`~tickwire.plugins.binance.frames.FrameRouter`. Reconnecting, rotating
-and backoff are the supervisor's job (``source.py``); a connection lives once.
+and backoff are the slot keeper's job (``slot_keeper.py``); a connection lives once.
 
 The client is aiohttp's: its frame reader is compiled, and receiving costs ~2.5 µs per frame
 here against ~8.6 µs with the ``websockets`` library (measured against the simulator at full

@@ -32,14 +32,14 @@ What it does, so the limits Binance enforces are never hit:
   events, a symbol that is not the channel's, wrong JSON types, error replies) to the
   dead-letter destination and keeps reading.
 
-This module holds the connections (connect, reconnect, rotate); the options and their
+This module spreads the channels over the connections and follows the symbol changes; keeping
+each connection up (connect, reconnect, rotate) is :mod:`.slot_keeper`'s, the options and their
 defaults are in :mod:`.options`, the gap filling and loss reporting in :mod:`.gap_filler`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 
 import aiohttp
@@ -48,14 +48,13 @@ from tickwire.framework.backoff import Backoff
 from tickwire.framework.components import GAP_TOO_MANY, Emitter, RunContext, SourceSpec
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.plugins.binance.clock import ClockOffset
-from tickwire.plugins.binance.connection import Connection, HandshakeRefused
-from tickwire.plugins.binance.failures import connect_failure, describe_failure
-from tickwire.plugins.binance.frames import Channel, FrameRouter, ServerShutdown, build_channels
+from tickwire.plugins.binance.connection import Connection
+from tickwire.plugins.binance.frames import Channel, FrameRouter, build_channels
 from tickwire.plugins.binance.gap_filler import GapFiller
 from tickwire.framework.options import with_defaults
 from tickwire.plugins.binance.options import CONFIG_SCHEMA
-from tickwire.plugins.binance.ratelimit import SlidingWindowLimiter
-from tickwire.plugins.binance.rest import BinanceRest, retry_after_seconds
+from tickwire.plugins.binance.rest import BinanceRest
+from tickwire.plugins.binance.slot_keeper import SlotKeeper
 from tickwire.plugins.binance.subscriptions import SubscriptionPlan
 from tickwire.plugins.binance.symbol_watch import SymbolWatch
 
@@ -84,12 +83,8 @@ class BinanceSource:
         )
         # which channels each connection carries now; filled at start (see run)
         self.plan = SubscriptionPlan([], int(self.opts["max_streams_per_connection"]))
-        self._slot_conns: dict[int, set[Connection]] = {}  # slot → its live connections (2 while rotating)
         self._tasks: set[asyncio.Task] = set()  # slot supervisors and live (un)subscriptions
         self._failed: asyncio.Future | None = None  # a slot supervisor's error ends run() with it
-        self.attempts = SlidingWindowLimiter(int(self.opts["max_connection_attempts_per_5min"]), 300.0)
-        self.connections: dict[int, Connection] = {}  # slot → current connection
-        self._live: set[Connection] = set()  # every connection not closed yet (2 per slot while rotating)
         self.stats = {
             "connects": 0,
             "reconnects": 0,
@@ -103,10 +98,13 @@ class BinanceSource:
             "implausible_ids": 0,
         }
         self.gaps = GapFiller(name, self.opts, ctx, self.channels, self.stats)
+        self.slots = SlotKeeper(
+            name, self.opts, self.log, self.metrics, self.stats, self.gaps,
+            channels_of=lambda slot: self.plan.slots[slot],
+            on_stale=lambda slot, conn: self._spawn(self._sync(slot, conn), f"{self.name}-sync{slot}"),
+        )
         self.router: FrameRouter | None = None
         self.rest: BinanceRest | None = None
-        self._open = 0
-        self._retry_after_capped = False  # warned that a Retry-After exceeded retry_after_max_seconds
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -115,6 +113,11 @@ class BinanceSource:
         """The channels of each connection."""
         return self.plan.slots
 
+    @property
+    def connections(self) -> dict[int, Connection]:
+        """Slot → its current connection."""
+        return self.slots.connections
+
     async def run(self, emit: Emitter) -> None:
         if not self.streams:
             self.log.warning("no stream uses this Binance source; it stays idle", source=self.name)
@@ -122,9 +125,10 @@ class BinanceSource:
         o = self.opts
         self._failed = asyncio.get_running_loop().create_future()
         self.plan = SubscriptionPlan([], self.plan.cap)  # a restarted run() opens every connection again
-        self._slot_conns.clear()
+        self.slots.reset()
         self.gaps.resume_trackers()
-        self.router = FrameRouter(self.channels, emit, int(o["max_frame_bytes"]), self.gaps.on_gap, self.gaps.on_too_far)
+        self.router = self.slots.router = FrameRouter(self.channels, emit, int(o["max_frame_bytes"]), self.gaps.on_gap,
+                                                      self.gaps.on_too_far)
         timeout = aiohttp.ClientTimeout(total=30, connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self.rest = BinanceRest(
@@ -140,7 +144,7 @@ class BinanceSource:
             tasks.append(asyncio.create_task(ClockOffset(self.name, [s.name for s in self.ctx.streams], o["rest_url"], session,
                                                          self.metrics, self.rest, self.log).run()))
             try:
-                self.apply(await self.watch.initial(self.rest, self._new_backoff()))
+                self.apply(await self.watch.initial(self.rest, self.slots.new_backoff()))
                 if self.watch.refresh_seconds is not None:
                     tasks.append(asyncio.create_task(self._refresh_forever(self.watch.refresh_seconds), name=f"{self.name}-symbols"))
                 await asyncio.gather(*tasks, self._failed)
@@ -150,26 +154,9 @@ class BinanceSource:
                     task.cancel()
                 fillers = self.gaps.cancel()
                 await asyncio.gather(*tasks, *fillers, return_exceptions=True)
-                await asyncio.gather(*(c.close(drain_timeout=0.5) for c in list(self._live)), return_exceptions=True)
+                await self.slots.close_all()
                 self._flush_metrics()
                 self.gaps.report_unfilled()
-                self.metrics.connections_open.labels(source=self.name).dec(self._open)
-                self._open = 0
-
-    # -- connections ---------------------------------------------------------------------------
-
-    def _new_backoff(self) -> Backoff:
-        o = self.opts
-        return Backoff(
-            float(o["backoff_initial_seconds"]),
-            float(o["backoff_max_seconds"]),
-            float(o["backoff_factor"]),
-            float(o["backoff_jitter"]),
-        )
-
-    def _set_open(self, delta: int) -> None:
-        self._open += delta
-        self.metrics.connections_open.labels(source=self.name).inc(delta)
 
     # -- symbols -------------------------------------------------------------------------------
 
@@ -207,9 +194,9 @@ class BinanceSource:
         for slot in sorted(changed):
             self._gauge_subscribed(slot)
             if slot >= slots_before:
-                self._spawn(self._slot(slot), f"{self.name}-conn{slot}")
+                self._spawn(self.slots.keep(slot), f"{self.name}-conn{slot}")
             else:
-                for conn in self._slot_conns.get(slot, ()):
+                for conn in self.slots.live_in(slot):
                     self._spawn(self._sync(slot, conn), f"{self.name}-sync{slot}")
 
     def _gauge_subscribed(self, slot: int) -> None:
@@ -232,144 +219,6 @@ class BinanceSource:
             self.log.info(f"connection {slot}: subscribed {len(added)} streams, unsubscribed {len(removed)}",
                           source=self.name, connection=slot, subscribed=len(added), unsubscribed=len(removed),
                           streams=len(conn.channels))
-
-    # -- connections (continued) -----------------------------------------------------------------
-
-    async def _connect(self, slot: int, backoff: Backoff, delay: float) -> Connection:
-        """Connect (retrying until it works) and start reading; return the live connection."""
-        o = self.opts
-        while True:
-            if delay > 0:
-                await asyncio.sleep(delay)
-            waited = await self.attempts.acquire()
-            if waited > 1:
-                self.log.warning(
-                    f"waited {waited:.0f}s: at most {self.attempts.limit} connection attempts per 5 minutes",
-                    source=self.name,
-                )
-            channels = list(self.plan.slots[slot])
-            conn = Connection(
-                conn_id=f"{self.name}#{slot}",
-                url=o["url"],
-                channels=channels,
-                router=self.router,
-                log=self.log,
-                max_messages_per_second=float(o["max_messages_per_second"]),
-                subscribe_chunk_size=int(o["subscribe_chunk_size"]),
-                max_frame_bytes=int(o["max_frame_bytes"]),
-                open_timeout=float(o["open_timeout_seconds"]),
-                ping_interval=o["ping_interval_seconds"],
-                ping_timeout=o["ping_timeout_seconds"],
-                compression=o["compression"],
-            )
-            try:
-                await conn.connect()
-            except ValueError as exc:  # aiohttp.InvalidURL is one
-                raise ValueError(f"source {self.name}: invalid url {o['url']!r}: {exc}") from None
-            except (OSError, aiohttp.ClientError, HandshakeRefused, asyncio.TimeoutError, TimeoutError) as exc:
-                delay = backoff.next_delay()
-                retry = None
-                if isinstance(exc, HandshakeRefused) and exc.status in (429, 418):
-                    retry = retry_after_seconds(exc.headers.get("Retry-After"), delay)
-                    delay = max(delay, self._cap_retry_after(retry, slot))
-                self.log.warning(connect_failure(exc, conn.url, delay, retry), source=self.name, connection=slot)
-                continue
-            conn.task = asyncio.create_task(conn.run(), name=f"{self.name}-read{slot}")
-            self._live.add(conn)
-            peers = self._slot_conns.setdefault(slot, set())
-            peers.add(conn)
-            conn.task.add_done_callback(lambda _t, conn=conn, peers=peers: (self._live.discard(conn), peers.discard(conn)))
-            self.stats["connects"] += 1
-            self._set_open(+1)
-            self.log.info(f"connected to {conn.url}", source=self.name, connection=slot, streams=len(channels))
-            if set(channels) != set(self.plan.slots[slot]):  # symbols changed while connecting
-                self._spawn(self._sync(slot, conn), f"{self.name}-sync{slot}")
-            return conn
-
-    def _cap_retry_after(self, seconds: float, slot: int) -> float:
-        """``seconds`` of a handshake's Retry-After, at most retry_after_max_seconds (warned once)."""
-        cap = float(self.opts["retry_after_max_seconds"])
-        if seconds <= cap:
-            return seconds
-        if not self._retry_after_capped:
-            self._retry_after_capped = True
-            self.log.warning(
-                f"Binance asks to wait {seconds:g}s before reconnecting (Retry-After); waiting at most "
-                f"retry_after_max_seconds={cap:g}s",
-                source=self.name, connection=slot, retry_after=seconds,
-            )
-        return cap
-
-    async def _slot(self, slot: int) -> None:
-        """Keep one group of channels connected forever: reconnect, rotate.
-
-        The reconnect delay grows (with jitter) while connections keep ending soon after they
-        opened — a repeated policy close (1008) or a server that drops us right after the
-        SUBSCRIBE is answered must not become a reconnect loop — and starts over only after a
-        connection stayed up ``backoff_reset_after_seconds``."""
-        o = self.opts
-        rotate_after = float(o["rotate_after_seconds"])
-        healthy_after = float(o["backoff_reset_after_seconds"])
-        backoff = self._new_backoff()
-        conn = await self._connect(slot, backoff, 0.0)
-        self.connections[slot] = conn
-        while True:
-            due = conn.opened_at + rotate_after - time.monotonic()
-            done, _ = await asyncio.wait({conn.task}, timeout=max(0.0, due))
-            if conn.task in done:
-                exc = None if conn.task.cancelled() else conn.task.exception()
-                self._set_open(-1)
-                await conn.close(drain_timeout=0)
-                healthy = conn.ready.is_set() and time.monotonic() - conn.opened_at >= healthy_after
-                if healthy:
-                    backoff.reset()
-                # Binance's restart notice is answered at once (the connection attempts limiter
-                # still bounds a server that repeats it); it does not reset the backoff
-                immediate = isinstance(exc, ServerShutdown)
-                delay = 0.0 if immediate else backoff.next_delay()
-                reason = describe_failure(exc) if exc is not None else "connection ended"
-                self.stats["reconnects"] += 1
-                self.metrics.reconnects.labels(source=self.name).inc()
-                self.log.warning(
-                    f"connection lost: {reason}; reconnecting {'now' if immediate else f'in {delay:.1f}s'}",
-                    source=self.name, connection=slot,
-                )
-                conn = await self._connect(slot, backoff, delay)
-                self.connections[slot] = conn
-                continue
-            if conn.ready.is_set() and time.monotonic() - conn.opened_at >= healthy_after:
-                backoff.reset()
-            conn = await self._rotate(slot, conn, backoff)
-
-    async def _rotate(self, slot: int, old: Connection, backoff: Backoff) -> Connection:
-        """Open the replacement, let both run until it is subscribed (+ overlap), close the old."""
-        age = time.monotonic() - old.opened_at
-        self.log.info(
-            f"rotating connection after {age / 3600:.2f} h (Binance closes at 24 h): opening its replacement first",
-            source=self.name, connection=slot,
-        )
-        self.gaps.overlap_started()
-        try:
-            return await self._rotate_overlapping(slot, old, backoff)
-        finally:
-            self.gaps.overlap_done()
-
-    async def _rotate_overlapping(self, slot: int, old: Connection, backoff: Backoff) -> Connection:
-        o = self.opts
-        new = await self._connect(slot, backoff, 0.0)
-        self.connections[slot] = new
-        ready_wait = asyncio.ensure_future(new.ready.wait())
-        try:
-            await asyncio.wait({ready_wait, new.task}, timeout=30.0, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready_wait.cancel()
-        if new.ready.is_set():
-            await asyncio.sleep(float(o["rotate_overlap_seconds"]))
-        await old.close()
-        self._set_open(-1)
-        self.stats["rotations"] += 1
-        self.log.info("rotation done: old connection closed", source=self.name, connection=slot)
-        return new
 
     # -- metrics -------------------------------------------------------------------------------
 
