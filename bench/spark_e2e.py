@@ -25,7 +25,8 @@ Spark settings are compared side by side: ``--triggers``, ``--derived-triggers``
 query's) and ``--shuffle-partitions`` take comma-separated lists and every combination runs at
 every rate (the job's defaults when omitted); ``--conf`` applies to all of them, and
 ``--variants`` adds a list of Spark setting sets to compare (``|`` between sets, ``;`` between
-the KEY=VALUE of a set, an empty set = the job's defaults).
+the KEY=VALUE of a set, an empty set = the job's defaults; ``--option=value`` is a job option
+such as ``--dedup-window=5 seconds``).
 
     .venv/bin/python bench/spark_e2e.py                     # 1,000 and 10,000 trades/s, 30 s windows
     .venv/bin/python bench/spark_e2e.py --rates 1000 --seconds 20 --json results.json
@@ -147,6 +148,15 @@ def batch_figures(spark_log: Path, t0: float, t1: float) -> dict:
             "phases_ms": mean_ms}
 
 
+def variant_args(settings: list[str]) -> list[str]:
+    """``tickwire spark submit`` arguments: ``--option=value`` as is (a job option such as
+    ``--dedup-window=5 seconds``), anything else as ``--conf KEY=VALUE``."""
+    out = []
+    for setting in settings:
+        out += setting.split("=", 1) if setting.startswith("--") else ["--conf", setting]
+    return out
+
+
 def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, rate: int,
              trigger: str, derived_trigger: str, partitions: int, variant: tuple[str, ...] = ()) -> dict:
     label = f"r{rate}-{uuid.uuid4().hex[:4]}"
@@ -183,7 +193,7 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
          "--checkpoint-dir", str(work / f"checkpoints-{label}"), "--master", args.master,
          "--trigger", trigger, "--derived-trigger", derived_trigger, "--shuffle-partitions", str(partitions),
          "--metrics-port", "auto", "--ui-port", "-1",
-         "--starting-offsets", "earliest", *[a for c in [*args.conf, *variant] for a in ("--conf", c)]],
+         "--starting-offsets", "earliest", *variant_args([*args.conf, *variant])],
         cwd=REPO, stdout=open(spark_log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     procs = [spark]
     sim = None
