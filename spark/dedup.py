@@ -26,6 +26,8 @@ record.
 
 from __future__ import annotations
 
+import re
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -37,8 +39,17 @@ SEEN_AT = "__tw_seen_at"
 LETTER_ID = "__tw_letter_id"
 
 
+def is_off(window: str) -> bool:
+    """True for a zero window ("0 seconds"): the event queries keep no state, PostgreSQL's key
+    (``ON CONFLICT DO NOTHING``) drops every copy, and the writer counts them."""
+    return re.fullmatch(r"\s*0+(\.0*)?\s*[A-Za-z]*\s*", window) is not None
+
+
 def drop_duplicate_events(parsed: DataFrame, stream: StreamMapping, window: str = DEFAULT_DEDUP_WINDOW) -> DataFrame:
-    """``parsed`` (records.parse) with every valid event once per ``window`` of processing time."""
+    """``parsed`` (records.parse) with every valid event once per ``window`` of processing time;
+    ``parsed`` as is when the window is zero (:func:`is_off`)."""
+    if is_off(window):
+        return parsed
     keyed = parsed.withColumn(SEEN_AT, F.current_timestamp()).withColumn(
         LETTER_ID, F.when(F.col(REASON).isNotNull(), F.col(KAFKA_POSITION))
     )
