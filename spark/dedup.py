@@ -14,7 +14,8 @@ one entry per key seen, is bounded by a watermark, so it never grows without lim
   for longer) is still resolved by the writer's ``ON CONFLICT DO NOTHING``. A processing-time
   watermark never declares a row late, so no event is ever dropped for its age: an event-time
   watermark would drop from the table a trade whose only copy arrives after newer trades moved the
-  watermark past it.
+  watermark past it. A zero window (``--dedup-window "0 seconds"``) keeps no state at all: the
+  writer's key drops every copy and counts it (the lowest per-batch cost, spark/README.md).
 * **candles**: :func:`drop_duplicate_trades` on the candle's own event-time watermark
   (``derived.watermark`` on trade time), in the same query as the aggregation; a trade behind that
   watermark is not counted (it is still stored by the event query), and is counted in
