@@ -23,11 +23,15 @@ How each figure is measured, over a window after a warm-up:
 
 Spark settings are compared side by side: ``--triggers``, ``--derived-triggers`` (the candle
 query's) and ``--shuffle-partitions`` take comma-separated lists and every combination runs at
-every rate (the job's defaults when omitted); ``--conf`` applies to all of them.
+every rate (the job's defaults when omitted); ``--conf`` applies to all of them, and
+``--variants`` adds a list of Spark setting sets to compare (``|`` between sets, ``;`` between
+the KEY=VALUE of a set, an empty set = the job's defaults; ``--option=value`` is a job option
+such as ``--dedup-window=5 seconds``).
 
     .venv/bin/python bench/spark_e2e.py                     # 1,000 and 10,000 trades/s, 30 s windows
     .venv/bin/python bench/spark_e2e.py --rates 1000 --seconds 20 --json results.json
     .venv/bin/python bench/spark_e2e.py --rates 1000 --triggers "1 second,0 seconds" --shuffle-partitions 1,4
+    .venv/bin/python bench/spark_e2e.py --rates 1000 --variants "|spark.sql.streaming.metricsEnabled=false"
 """
 
 from __future__ import annotations
@@ -144,8 +148,17 @@ def batch_figures(spark_log: Path, t0: float, t1: float) -> dict:
             "phases_ms": mean_ms}
 
 
+def variant_args(settings: list[str]) -> list[str]:
+    """``tickwire spark submit`` arguments: ``--option=value`` as is (a job option such as
+    ``--dedup-window=5 seconds``), anything else as ``--conf KEY=VALUE``."""
+    out = []
+    for setting in settings:
+        out += setting.split("=", 1) if setting.startswith("--") else ["--conf", setting]
+    return out
+
+
 def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, rate: int,
-             trigger: str, derived_trigger: str, partitions: int) -> dict:
+             trigger: str, derived_trigger: str, partitions: int, variant: tuple[str, ...] = ()) -> dict:
     label = f"r{rate}-{uuid.uuid4().hex[:4]}"
     topic = f"bench-spark-{label}.trades"
     dbs = {}
@@ -180,7 +193,7 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
          "--checkpoint-dir", str(work / f"checkpoints-{label}"), "--master", args.master,
          "--trigger", trigger, "--derived-trigger", derived_trigger, "--shuffle-partitions", str(partitions),
          "--metrics-port", "auto", "--ui-port", "-1",
-         "--starting-offsets", "earliest", *[a for c in args.conf for a in ("--conf", c)]],
+         "--starting-offsets", "earliest", *variant_args([*args.conf, *variant])],
         cwd=REPO, stdout=open(spark_log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     procs = [spark]
     sim = None
@@ -224,7 +237,7 @@ def run_rate(args, work: Path, broker: KafkaBroker, cluster: PostgresCluster, ra
         spark_total = count(writer["spark"])
         result = {
             "rate": rate, "trigger": trigger, "derived_trigger": derived_trigger, "shuffle_partitions": partitions,
-            "window_s": t1 - t0,
+            "variant": ";".join(variant), "window_s": t1 - t0,
             "cold_start_s": cold_start,
             "batches": batch_figures(spark_log, t0, t1),
             "direct": figures(writer["direct"], t0, t1), "spark": figures(writer["spark"], t0, t1),
@@ -253,7 +266,8 @@ def report(results: list[dict]) -> str:
             setting, drained, batches = "| | |", "", ""
             if path == "spark":
                 b = r["batches"]
-                setting = f"| {r['trigger']} ({r['derived_trigger']}) | {r['shuffle_partitions']} |"
+                variant = f" {r['variant']}" if r.get("variant") else ""
+                setting = f"| {r['trigger']} ({r['derived_trigger']}){variant} | {r['shuffle_partitions']} |"
                 drained = fmt(r["spark_drained_s"], ".1f")
                 batches = (f"{b['batches']} ({fmt(b['rows_per_batch'], '.0f')}, {fmt(b['spark_s'], '.2f')}, "
                            f"{fmt(b['postgres_s'], '.2f')}); live after {fmt(r['cold_start_s'], '.0f')} s")
@@ -263,7 +277,7 @@ def report(results: list[dict]) -> str:
     for r in results:  # where a trade batch's time goes, by Spark's own account
         phases = ", ".join(f"{k} {v}" for k, v in sorted(r["batches"]["phases_ms"].items(), key=lambda kv: -kv[1]))
         lines.append(f"{r['rate']:,}/s, trigger {r['trigger']} (candles {r['derived_trigger']}), "
-                     f"{r['shuffle_partitions']} partitions — trade batch phases, mean ms: {phases}")
+                     f"{r['shuffle_partitions']} partitions{' ' + r['variant'] if r.get('variant') else ''} — trade batch phases, mean ms: {phases}")
     return "\n".join(lines)
 
 
@@ -280,6 +294,8 @@ def main() -> None:
     ap.add_argument("--derived-triggers", default=DEFAULT_DERIVED_TRIGGER, help="the candle query's, comma-separated")
     ap.add_argument("--shuffle-partitions", default=str(DEFAULT_SHUFFLE_PARTITIONS), help="comma-separated")
     ap.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting for the job")
+    ap.add_argument("--variants", default="", metavar="K=V;K=V|K=V",
+                    help="Spark setting sets compared side by side: | between sets, ; within one")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
@@ -297,12 +313,14 @@ def main() -> None:
         cluster.stop()
         cluster.start()
         for rate in [int(r) for r in args.rates.split(",")]:
-            settings = [(t.strip(), d.strip(), int(n)) for t in args.triggers.split(",")
-                        for d in args.derived_triggers.split(",") for n in args.shuffle_partitions.split(",")]
-            for trigger, derived_trigger, partitions in settings:
+            settings = [(t.strip(), d.strip(), int(n), v) for t in args.triggers.split(",")
+                        for d in args.derived_triggers.split(",") for n in args.shuffle_partitions.split(",")
+                        for v in args.variants.split("|")]
+            for trigger, derived_trigger, partitions, variant in settings:
+                confs = tuple(c.strip() for c in variant.split(";") if c.strip())
                 print(f"-- {rate:,} trades/s, trigger {trigger}, candles {derived_trigger}, "
-                      f"{partitions} shuffle partitions", file=sys.stderr, flush=True)
-                results.append(run_rate(args, work, broker, cluster, rate, trigger, derived_trigger, partitions))
+                      f"{partitions} shuffle partitions {';'.join(confs)}", file=sys.stderr, flush=True)
+                results.append(run_rate(args, work, broker, cluster, rate, trigger, derived_trigger, partitions, confs))
                 print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
     finally:
         broker.stop()

@@ -14,7 +14,8 @@ one entry per key seen, is bounded by a watermark, so it never grows without lim
   for longer) is still resolved by the writer's ``ON CONFLICT DO NOTHING``. A processing-time
   watermark never declares a row late, so no event is ever dropped for its age: an event-time
   watermark would drop from the table a trade whose only copy arrives after newer trades moved the
-  watermark past it.
+  watermark past it. A zero window (``--dedup-window "0 seconds"``) keeps no state at all: the
+  writer's key drops every copy and counts it (the lowest per-batch cost, spark/README.md).
 * **candles**: :func:`drop_duplicate_trades` on the candle's own event-time watermark
   (``derived.watermark`` on trade time), in the same query as the aggregation; a trade behind that
   watermark is not counted (it is still stored by the event query), and is counted in
@@ -25,6 +26,8 @@ record.
 """
 
 from __future__ import annotations
+
+import re
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -37,8 +40,17 @@ SEEN_AT = "__tw_seen_at"
 LETTER_ID = "__tw_letter_id"
 
 
+def is_off(window: str) -> bool:
+    """True for a zero window ("0 seconds"): the event queries keep no state, PostgreSQL's key
+    (``ON CONFLICT DO NOTHING``) drops every copy, and the writer counts them."""
+    return re.fullmatch(r"\s*0+(\.0*)?\s*[A-Za-z]*\s*", window) is not None
+
+
 def drop_duplicate_events(parsed: DataFrame, stream: StreamMapping, window: str = DEFAULT_DEDUP_WINDOW) -> DataFrame:
-    """``parsed`` (records.parse) with every valid event once per ``window`` of processing time."""
+    """``parsed`` (records.parse) with every valid event once per ``window`` of processing time;
+    ``parsed`` as is when the window is zero (:func:`is_off`)."""
+    if is_off(window):
+        return parsed
     keyed = parsed.withColumn(SEEN_AT, F.current_timestamp()).withColumn(
         LETTER_ID, F.when(F.col(REASON).isNotNull(), F.col(KAFKA_POSITION))
     )

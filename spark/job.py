@@ -271,7 +271,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-offsets-per-trigger", type=int, default=200_000)
     p.add_argument("--shuffle-partitions", type=int, default=DEFAULT_SHUFFLE_PARTITIONS)
     p.add_argument("--dedup-window", default=DEFAULT_DEDUP_WINDOW,
-                   help="how long (processing time) an event query remembers a key to drop its copies")
+                   help="how long (processing time) an event query remembers a key to drop its copies; "
+                        "0 seconds = no state, PostgreSQL's key drops them")
     p.add_argument("--metrics-port", default="9465", help="auto = any free port, 0 = off")
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--ui-port", type=int, default=None, help="<0 = no Spark UI")

@@ -99,6 +99,7 @@ class PostgresWriter:
         self._lock = threading.Lock()
         self.batches_written = 0
         self.batches_skipped = 0
+        self.inserted = 0  # rows the last committed batch inserted (the others were copies)
 
     # -- Spark side ---------------------------------------------------------------------------
 
@@ -116,6 +117,9 @@ class PostgresWriter:
                  self.query, batch_id, count, len(letters), collected - started, time.monotonic() - collected)
         if committed and self.metrics is not None and event_times:
             self.metrics.observe_commit(self.stream, self.query, event_times)
+        if committed and self.metrics is not None and count > self.inserted and not self.target.upsert:
+            # copies the de-duplication stage did not see (a zero or passed window): dropped by the key
+            self.metrics.duplicates_dropped.labels(stream=self.stream, query=self.query).inc(count - self.inserted)
 
     def collect(self, batch_df: DataFrame) -> tuple[list[tuple[str, None]], list[tuple], int, list[float]]:
         """One Spark job, aggregated in the JVM: the valid rows come back as ONE string of CSV
@@ -183,8 +187,7 @@ class PostgresWriter:
                 self.batches_skipped += 1
                 log.info("query %s batch %s: already committed, skipped", self.query, batch_id)
                 return False
-            if rows:
-                self._copy_and_insert(cur, rows)
+            self.inserted = self._copy_and_insert(cur, rows) if rows else 0
             if letters:
                 self._dead_letters(cur, letters)
             cur.execute(
@@ -195,7 +198,8 @@ class PostgresWriter:
         self.batches_written += 1
         return True
 
-    def _copy_and_insert(self, cur: psycopg.Cursor, rows) -> None:
+    def _copy_and_insert(self, cur: psycopg.Cursor, rows) -> int:
+        """COPY the batch into a staging table, then insert it by key; the rows inserted."""
         t = self.target
         stage = sql.Identifier(f"tw_stage_{t.table}")
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
@@ -232,6 +236,7 @@ class PostgresWriter:
                 stage, target, conflict,
             )
         )
+        return cur.rowcount
 
     def _dead_letters(self, cur: psycopg.Cursor, letters) -> None:
         if self._payload_sql is None:

@@ -141,14 +141,14 @@ def pipeline(kafka_broker, postgres_db, spark_jars, spark_master_args, tmp_path)
         def __init__(self):
             self.topic = topic
 
-        def start(self, ui_port: int = -1) -> JobProcess:
+        def start(self, ui_port: int = -1, extra: tuple[str, ...] = ()) -> JobProcess:
             args = [
                 str(TICKWIRE), "-c", str(config), "spark", "submit",
                 "--bootstrap", kafka_broker.bootstrap, "--dsn", writer_dsn,
                 "--checkpoint-dir", str(tmp_path / "checkpoints"), *spark_master_args,
                 "--trigger", "1 second", "--derived-trigger", "1 second", "--shuffle-partitions", "2",
                 "--metrics-port", "auto", "--ui-port", str(ui_port),
-                "--retry-seconds", "180",
+                "--retry-seconds", "180", *extra,
             ]
             job = JobProcess(args, tmp_path / f"job-{len(jobs)}.log")
             jobs.append(job)
@@ -304,16 +304,19 @@ def test_events_once_candles_and_dead_letters(pipeline):
     assert job.proc.returncode == 0, job.tail()
 
 
-def test_active_active_copies_are_stored_once_and_counted_once_in_candles(pipeline):
+@pytest.mark.parametrize("dedup_window", ["30 seconds", "0 seconds"])
+def test_active_active_copies_are_stored_once_and_counted_once_in_candles(pipeline, dedup_window):
     """Two ingest instances on the same symbols: Kafka holds every trade twice, each copy from its
     own producer with its own ``ingested_at``. Instance B lags A by one chunk, so most copies reach
     Spark in a later micro-batch than the first (the de-duplication state must remember the key),
-    some in the same one; all within the candles' 30 s watermark and the 30 s dedup window."""
+    some in the same one; all within the candles' 30 s watermark and the 30 s dedup window. With a
+    zero dedup window the trade query keeps no state: PostgreSQL's key drops the copies, and the
+    writer counts them the same."""
     p = pipeline
     unique = trades(1, 400, T0, 200)  # 80 s of trade time, 40 per chunk = 8 s of trade time
     copies = [dict(t, ingested_at=tw.iso_ms(T0 + i * 200 + 57)) for i, t in enumerate(unique)]
     chunks = [(unique[i:i + 40], copies[i:i + 40]) for i in range(0, 400, 40)]
-    job = p.start()
+    job = p.start(extra=("--dedup-window", dedup_window))
     p.wait_for("SELECT count(*) FROM trades", [(0,)], job)
     p.wait_committed_batches("trade", 1, job)
     previous_copies: list[dict] = []
