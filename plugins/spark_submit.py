@@ -99,8 +99,9 @@ def jars_command() -> None:
 @click.option("--max-offsets-per-trigger", type=int, default=200_000, show_default=True)
 @click.option("--shuffle-partitions", type=int, default=DEFAULT_SHUFFLE_PARTITIONS, show_default=True)
 @click.option("--dedup-window", default=DEFAULT_DEDUP_WINDOW, show_default=True,
-              help="How long (processing time) an event query remembers a key, to drop its copies; "
-              "0 seconds = no state, PostgreSQL's key drops them.")
+              help="How long (processing time) an event query remembers a key, to drop its copies in "
+              "Spark; 0 seconds = no state, PostgreSQL's key drops them (the lowest latency). A "
+              "checkpoint keeps the kind it started with.")
 @click.option("--metrics-port", envvar="TICKWIRE_SPARK_METRICS_PORT", show_envvar=True, default="9465", show_default=True,
               help="tickwire_spark_* metrics: auto = any free port, 0 = off.")
 @click.option("--metrics-host", envvar=["TICKWIRE_SPARK_METRICS_HOST", "TICKWIRE_METRICS_HOST"], show_envvar=True,

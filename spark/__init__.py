@@ -33,5 +33,9 @@ DEFAULT_DERIVED_TRIGGER = "5 seconds"
 # One task and one state store per stateful stage: the lowest per-batch cost; raise it on a
 # cluster for throughput (a checkpoint keeps the number it was created with).
 DEFAULT_SHUFFLE_PARTITIONS = 1
-# How long an event query remembers a key to drop its copies (spark/dedup.py).
-DEFAULT_DEDUP_WINDOW = "30 seconds"
+# How long an event query remembers a key to drop its copies (spark/dedup.py). Zero: no state,
+# PostgreSQL's key drops the copies; half the per-batch cost of a stateful window (spark/README.md).
+DEFAULT_DEDUP_WINDOW = "0 seconds"
+# The window a checkpoint started with state keeps when the job is now asked for none (the
+# default before it became zero): Spark cannot remove a stateful operator from a checkpoint.
+STATEFUL_CHECKPOINT_WINDOW = "30 seconds"

@@ -14,7 +14,8 @@ For each batch of a query (on the driver):
    from its checkpoint).
 
 After the commit, every row's commit time − event time is observed
-(:meth:`tickwire.spark.job_metrics.SparkMetrics.observe_commit`). A batch with nothing to write
+(:meth:`tickwire.spark.job_metrics.SparkMetrics.observe_commit`): for an event table, of the
+rows the insert added (``RETURNING`` their event time), not of the copies the key dropped. A batch with nothing to write
 (every row a duplicate, or a no-data batch that only advances a watermark) skips PostgreSQL.
 """
 
@@ -100,6 +101,10 @@ class PostgresWriter:
         self.batches_written = 0
         self.batches_skipped = 0
         self.inserted = 0  # rows the last committed batch inserted (the others were copies)
+        # an event table tells which rows it took (the copies are not commits to time); an
+        # upserted candle row is always written, its time comes from Spark
+        self._returns_event_time = not target.upsert and event_time is not None and event_time in target.columns
+        self.inserted_event_times: list[float] = []
 
     # -- Spark side ---------------------------------------------------------------------------
 
@@ -115,6 +120,8 @@ class PostgresWriter:
             committed = self.write_with_retry(batch_id, rows, letters)
         log.info("query %s batch %s: %d rows, %d dead letters: Spark %.2fs, PostgreSQL %.2fs",
                  self.query, batch_id, count, len(letters), collected - started, time.monotonic() - collected)
+        if self._returns_event_time:
+            event_times = self.inserted_event_times
         if committed and self.metrics is not None and event_times:
             self.metrics.observe_commit(self.stream, self.query, event_times)
         if committed and self.metrics is not None and count > self.inserted and not self.target.upsert:
@@ -141,7 +148,8 @@ class PostgresWriter:
         t = self.target
         reason = F.col(REASON) if has_reason else F.lit(None).cast("string")
         ok = reason.isNull()
-        event_time = F.col(self.event_time).cast("double") if self.event_time else F.lit(None).cast("double")
+        timed = self.event_time and not self._returns_event_time  # else PostgreSQL returns them
+        event_time = F.col(self.event_time).cast("double") if timed else F.lit(None).cast("double")
         dead = (F.col(RAW), F.col(KAFKA_TS)) if has_reason else (F.lit(None), F.lit(None))
         line = F.when(ok, F.to_csv(F.struct(*[F.col(f"`{c}`") for c in t.columns]), CSV_OPTIONS))
         return [
@@ -187,7 +195,7 @@ class PostgresWriter:
                 self.batches_skipped += 1
                 log.info("query %s batch %s: already committed, skipped", self.query, batch_id)
                 return False
-            self.inserted = self._copy_and_insert(cur, rows) if rows else 0
+            self.inserted, self.inserted_event_times = self._copy_and_insert(cur, rows) if rows else (0, [])
             if letters:
                 self._dead_letters(cur, letters)
             cur.execute(
@@ -198,8 +206,9 @@ class PostgresWriter:
         self.batches_written += 1
         return True
 
-    def _copy_and_insert(self, cur: psycopg.Cursor, rows) -> int:
-        """COPY the batch into a staging table, then insert it by key; the rows inserted."""
+    def _copy_and_insert(self, cur: psycopg.Cursor, rows) -> tuple[int, list[float]]:
+        """COPY the batch into a staging table, then insert it by key; the number of rows inserted
+        and, for an event table, their event times (epoch seconds)."""
         t = self.target
         stage = sql.Identifier(f"tw_stage_{t.table}")
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
@@ -227,16 +236,21 @@ class PostgresWriter:
         # DO NOTHING names no target: on a day-partitioned table the key also holds the
         # partition column (plugins/postgres_partitions.py), on an older plain table it does not
         target = sql.SQL("({}) ").format(key) if t.upsert else sql.SQL("")
+        returning = (sql.SQL(" RETURNING extract(epoch FROM {})::float8").format(sql.Identifier(self.event_time))
+                     if self._returns_event_time else sql.SQL(""))
         cur.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {}{} FROM {} ON CONFLICT {}{}").format(
+            sql.SQL("INSERT INTO {} ({}) SELECT {}{} FROM {} ON CONFLICT {}{}{}").format(
                 sql.Identifier(t.table),
                 sql.SQL(", ").join(sql.Identifier(c) for c in insert_cols),
                 distinct,
                 sql.SQL(", ").join(select_items),
-                stage, target, conflict,
+                stage, target, conflict, returning,
             )
         )
-        return cur.rowcount
+        if self._returns_event_time:
+            times = [row[0] for row in cur.fetchall()]
+            return len(times), times
+        return cur.rowcount, []
 
     def _dead_letters(self, cur: psycopg.Cursor, letters) -> None:
         if self._payload_sql is None:

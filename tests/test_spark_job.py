@@ -290,7 +290,7 @@ def test_events_once_candles_and_dead_letters(pipeline):
     # metrics: the listener's gauges and the end-to-end latency histogram
     text = urllib.request.urlopen(job.metrics_url(), timeout=5).read().decode()
     assert re.search(r'tickwire_e2e_latency_seconds_count\{query="trade"\} [1-9]', text), text
-    # the copies (of the first 120 trades, of the late one) were dropped by the job, before PostgreSQL
+    # the copies (of the first 120 trades, of the late one) were dropped by the key and counted
     assert job.metric("tickwire_spark_duplicates_dropped_total", stream="trade", query="trade") == 121
     # one latency observation per row written: the 303 distinct trades, not the copies
     assert job.metric("tickwire_spark_event_to_commit_seconds_count", stream="trade", query="trade") == 303
@@ -346,11 +346,15 @@ def test_active_active_copies_are_stored_once_and_counted_once_in_candles(pipeli
     assert job.proc.returncode == 0, job.tail()
 
 
-def test_killed_job_restarts_from_checkpoint_without_duplicates(pipeline):
+@pytest.mark.parametrize("first_window", [None, "30 seconds"])
+def test_killed_job_restarts_from_checkpoint_without_duplicates(pipeline, first_window):
+    """Killed mid-stream and restarted with the default options. Started with a de-duplication
+    window (the default before it became zero), the trade query's checkpoint holds state, which
+    Spark cannot drop: the restarted query keeps a window, says so, and loses nothing."""
     p = pipeline
     first = trades(1, 200, T0, 500)
     p.produce(first + ["{bad 1"])
-    job = p.start()
+    job = p.start(extra=("--dedup-window", first_window) if first_window else ())
     p.wait_for("SELECT count(*) FROM trades", [(200,)], job)
     # keep producing while the job runs, kill it in the middle
     second = trades(201, 400, T0 + 100_000, 500)
@@ -368,6 +372,8 @@ def test_killed_job_restarts_from_checkpoint_without_duplicates(pipeline):
     assert_trades_exact(p, first + second)
     assert_candles(p, first + second)
     assert p.query("SELECT count(*) FROM dead_letters") == [(2,)]
+    kept = "query trade: its checkpoint holds de-duplication state" in job.log_path.read_text()
+    assert kept == (first_window is not None), job.tail()
     job.stop()
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from tickwire.spark import mapping as mapping_module
 from tickwire.spark.jars import artifact_name
+from tickwire.spark.dedup import window_for_checkpoint
 from tickwire.spark.job import JobOptions, fair_scheduler_xml, spark_conf
 from tickwire.framework.metrics import Metrics
 from tickwire.spark.job_metrics import SparkMetrics
@@ -95,6 +96,22 @@ def test_state_drops_sum_the_dedup_and_watermark_counts_of_every_operator():
     assert state_drops(None) == (0, 0)
 
 
+@pytest.mark.parametrize("asked, has_offsets, has_state, runs, warns", [
+    ("0 seconds", False, False, "0 seconds", False),  # a new checkpoint: as asked
+    ("30 seconds", False, False, "30 seconds", False),
+    ("0 seconds", True, False, "0 seconds", False),  # restarted as it started
+    ("30 seconds", True, True, "30 seconds", False),
+    ("0 seconds", True, True, "30 seconds", True),  # started with state (the former default): kept
+    ("5 seconds", True, False, "0 seconds", True),  # started without: Spark could not add it
+])
+def test_a_checkpoint_keeps_the_kind_of_dedup_plan_it_started_with(asked, has_offsets, has_state, runs, warns):
+    window, why = window_for_checkpoint(asked, has_offsets, has_state)
+    assert window == runs
+    assert (why is not None) == warns
+    if warns:
+        assert "--checkpoint-dir" in why
+
+
 def test_commit_latency_histogram_has_millisecond_to_ten_second_buckets_per_stream():
     m = SparkMetrics(Metrics())
     m.observe_commit("trade", "trade", [100.0, 99.5, None, 91.0], now=100.0004)
@@ -119,6 +136,11 @@ def test_conf_has_fair_pools_and_the_prometheus_servlet():
     assert conf["spark.sql.ansi.enabled"] == "false"  # bad values cast to NULL → dead letters
     # no empty batch only to move the event queries' processing-time watermark (latency)
     assert conf["spark.sql.streaming.noDataMicroBatches.enabled"] == "false"
+    # local checkpoint logs without .crc files (latency); a setting of the user's still wins
+    assert conf["spark.hadoop.fs.AbstractFileSystem.file.impl"] == "org.apache.hadoop.fs.local.RawLocalFs"
+    theirs = JobOptions(mapping="m", bootstrap="b", dsn="d",
+                        conf={"spark.hadoop.fs.AbstractFileSystem.file.impl": "org.apache.hadoop.fs.local.LocalFs"})
+    assert spark_conf(theirs, ["trade"])["spark.hadoop.fs.AbstractFileSystem.file.impl"].endswith(".LocalFs")
 
 
 def test_print_command_is_a_spark_submit_line_without_the_password(tmp_path):
