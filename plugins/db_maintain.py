@@ -5,13 +5,17 @@ PostgreSQL (when an admin DSN is given: ``--dsn`` or ``TICKWIRE_PG_ADMIN_DSN``),
 day-partitioned table (plugins/postgres_partitions.py), in one transaction per table: expired
 day partitions dropped (``retention:`` of the stream or derived block), rows waiting in the
 DEFAULT partition moved to a partition of their day, partitions for today and ``--days-ahead``
-days created. SQLite (every ``sqlite`` sink of the profile): expired rows deleted in bounded
-batches. Every drop and delete is reported with its row count.
+days created; the Spark job's batch ledger (``stream_progress``) kept to its recent rows. SQLite
+(every ``sqlite`` sink of the profile): expired rows deleted in bounded batches. Every drop and
+delete is reported with its row count. ``--every SECONDS`` keeps it running (the compose stack's
+``db-maintain`` service).
 """
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +23,8 @@ import click
 
 from tickwire.framework.extras import POSTGRES, optional_module
 from tickwire.framework.options import with_defaults
-from tickwire.plugins.postgres_maintain import MaintenanceSummary, maintain
+from tickwire.plugins.codegen_postgres import PROGRESS_TABLE
+from tickwire.plugins.postgres_maintain import MaintenanceSummary, maintain, prune_progress
 from tickwire.plugins.postgres_partitions import plans
 from tickwire.plugins.sqlite_retention import delete_batches, expiring_streams
 
@@ -38,6 +43,8 @@ def maintain_postgres(conn: psycopg.Connection, config, now: datetime, days_ahea
     for plan in plans(config):
         with conn.transaction():
             done[plan.table] = maintain(conn, plan, now, days_ahead, report)
+    with conn.transaction():
+        prune_progress(conn, PROGRESS_TABLE, report)
     return done
 
 
@@ -74,22 +81,51 @@ def _sqlite_paths(app, profile_name: str | None) -> list[Path]:
 @click.option("--days-ahead", type=click.IntRange(0, 366), default=DEFAULT_DAYS_AHEAD, show_default=True,
               help="Create the partitions of today and this many following days (UTC).")
 @click.option("--profile", "profile_name", metavar="NAME", help="Whose sqlite sinks to expire (default: the default profile).")
+@click.option("--every", type=click.IntRange(min=60), metavar="SECONDS",
+              help="Keep running and maintain again this many seconds after each run (a service "
+              "instead of cron); a failed run is reported and tried again at the next. SIGTERM stops it.")
+@click.option("--heartbeat", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="With --every: touch this file after every successful run (what a health check looks at).")
 @click.pass_obj
-def maintain_command(app, dsn: str | None, days_ahead: int, profile_name: str | None) -> None:
+def maintain_command(app, dsn: str | None, days_ahead: int, profile_name: str | None, every: int | None,
+                     heartbeat: Path | None) -> None:
     """Create partitions ahead and apply `retention:` (PostgreSQL and SQLite).
 
     \b
     PostgreSQL: day partitions for today + --days-ahead, expired partitions dropped, rows of the
-    DEFAULT partition moved to their day. SQLite: expired rows deleted in batches.
+    DEFAULT partition moved to their day, old rows of the Spark job's batch ledger deleted.
+    SQLite: expired rows deleted in batches.
     Idempotent. Exit code 2 when there is nothing to maintain, 1 when PostgreSQL refuses.
     """
+    if every is None:
+        status = maintain_once(app, dsn, days_ahead, profile_name)
+        if status:
+            raise SystemExit(status)
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set():
+            status = maintain_once(app, dsn, days_ahead, profile_name)
+            if status == EXIT_USAGE:
+                raise SystemExit(status)  # nothing to maintain will not change by waiting
+            if not status and heartbeat is not None:
+                heartbeat.touch()
+            click.echo(f"tickwire db maintain: {'failed' if status else 'done'}; next run in {every} s", err=bool(status))
+            stop.wait(every)
+    except KeyboardInterrupt:
+        pass
+
+
+def maintain_once(app, dsn: str | None, days_ahead: int, profile_name: str | None) -> int:
+    """One maintenance run; the exit status (0, EXIT_USAGE, EXIT_FAILED)."""
     config = app.config
     now = datetime.now(timezone.utc)
     sqlite_paths = [path for path in _sqlite_paths(app, profile_name) if path.exists()]
     if not dsn and not sqlite_paths:
         click.echo(f"tickwire db maintain: nothing to maintain: set {ADMIN_DSN_VARIABLE} or pass --dsn for "
                    "PostgreSQL; no SQLite database of the profile exists yet", err=True)
-        raise SystemExit(EXIT_USAGE)
+        return EXIT_USAGE
     for path in sqlite_paths:
         maintain_sqlite(path, config.profile_streams(config.profile(profile_name)), now, click.echo)
     if dsn:
@@ -98,4 +134,5 @@ def maintain_command(app, dsn: str | None, days_ahead: int, profile_name: str | 
                 maintain_postgres(conn, config, now, days_ahead, click.echo)
         except psycopg.Error as error:
             click.echo(f"tickwire db maintain: PostgreSQL refused: {error}".rstrip(), err=True)
-            raise SystemExit(EXIT_FAILED)
+            return EXIT_FAILED
+    return 0

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
@@ -117,6 +121,67 @@ def test_maintain_is_idempotent(postgres_tables):
     assert second.exit_code == 0, second.output
     assert "table trades: 0 partitions created, 0 dropped (0 rows), 11 day partitions kept" in second.output
     assert day_partitions(postgres_tables.dsn, "trades") == before
+
+
+def test_maintain_keeps_only_the_recent_rows_of_the_spark_batch_ledger(tmp_path, postgres_db):
+    """stream_progress gets a row per Spark micro-batch forever; a replay only ever needs a query's
+    newest, so maintain deletes what is both older than a day and 1,000 batches behind."""
+    config = project_with_retention(tmp_path)
+    assert run_db_migrate(postgres_db, config).exit_code == 0
+    with psycopg.connect(postgres_db.dsn, autocommit=True) as conn:
+        conn.execute("""INSERT INTO stream_progress (query, batch_id, committed_at)
+                        SELECT 'trade', b, now() - interval '3 days' + b * interval '1 s' FROM generate_series(0, 1499) b
+                        UNION ALL SELECT 'candles_1m', b, now() - interval '1 hour' FROM generate_series(0, 1499) b""")
+    result = tickwire(config, "db", "maintain", env={"TICKWIRE_PG_ADMIN_DSN": postgres_db.dsn})
+    assert result.exit_code == 0, result.output
+    assert "table stream_progress: 500 rows of old Spark batches deleted" in result.output
+    with psycopg.connect(postgres_db.dsn) as conn:
+        kept = dict(conn.execute("SELECT query, min(batch_id) FROM stream_progress GROUP BY query").fetchall())
+    assert kept == {"trade": 500, "candles_1m": 0}  # the newest 1,000 of the old; every recent one
+
+
+def maintain_every(config: Path, *args: str) -> tuple[subprocess.Popen, list[str]]:
+    """`tickwire db maintain --every 60 …` started, and its output up to its first wait."""
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tickwire"), "-c", str(config), "db", "maintain", "--every", "60", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TICKWIRE_PG_ADMIN_DSN": ""})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "next run in 60 s" in line:
+            break
+    return proc, lines
+
+
+def test_maintain_every_keeps_running_through_a_failed_run_and_stops_on_sigterm(tmp_path):
+    config = project_with_retention(tmp_path)
+    heartbeat = tmp_path / "maintained"
+    proc, lines = maintain_every(config, "--heartbeat", str(heartbeat),
+                                 "--dsn", "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
+    try:
+        assert any("PostgreSQL refused" in line for line in lines), lines
+        assert "failed; next run in 60 s" in lines[-1]
+        assert not heartbeat.exists()  # the health check sees the failure
+        assert proc.poll() is None  # still running, waiting for the next run
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+
+
+def test_maintain_every_touches_its_heartbeat_after_a_successful_run(tmp_path):
+    config = project_with_retention(tmp_path)
+    (tmp_path / "data").mkdir()
+    sqlite_trades(tmp_path / "data" / "tickwire.db", dataclasses.replace(TRADE, retention_days=30), [(TODAY, 3)])
+    heartbeat = tmp_path / "maintained"
+    proc, lines = maintain_every(config, "--heartbeat", str(heartbeat))
+    try:
+        assert "done; next run in 60 s" in lines[-1], lines
+        assert heartbeat.exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
 
 
 def test_maintain_without_any_database_is_a_usage_error(tmp_path):
