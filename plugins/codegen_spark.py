@@ -12,8 +12,9 @@ import json
 from tickwire.framework.components import CodegenSpec
 from tickwire.framework.hookspecs import hookimpl
 from tickwire.framework.schemas import Column
-from tickwire.plugins.codegen_postgres import CANDLE_KEY, DEAD_LETTER_TABLE, PROGRESS_TABLE
+from tickwire.plugins.codegen_postgres import CANDLE_KEY, DEAD_LETTER_TABLE, PROGRESS_TABLE, TRADE_GAPS_TABLE
 from tickwire.plugins.kafka.formats import topic_format
+from tickwire.plugins.kafka.topics import dead_letter_topic
 
 DECIMAL_TYPE = "DECIMAL(38,18)"
 JSON_TYPES = {  # how the value JSON carries each logical type (see docs/architecture.md)
@@ -63,7 +64,8 @@ def mapping(config) -> dict:
          "watermark": block["watermark"], "table": block["table"], "primary_key": CANDLE_KEY}
         for name, block in config.derived.items()
     ]
-    return {"streams": streams, "derived": derived, "dead_letter_table": DEAD_LETTER_TABLE, "progress_table": PROGRESS_TABLE}
+    return {"streams": streams, "derived": derived, "dead_letter_table": DEAD_LETTER_TABLE, "progress_table": PROGRESS_TABLE,
+            "trade_gaps_table": TRADE_GAPS_TABLE, "dead_letter_topic": dead_letter_topic(config)}
 
 
 def generate(config) -> dict[str, str]:

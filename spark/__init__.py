@@ -9,6 +9,7 @@ One Spark application runs one streaming query per stream of the generated mappi
 * :mod:`tickwire.spark.dedup` — every event once: copies dropped by key within a bounded window;
 * :mod:`tickwire.spark.candles` — OHLCV candles over event-time windows with a watermark;
 * :mod:`tickwire.spark.postgres_writer` — the foreachBatch writer: COPY, upsert, progress, retries;
+* :mod:`tickwire.spark.dead_letter_topic` — ingest's dead letters and lost ranges, from Kafka into the tables;
 * :mod:`tickwire.spark.listener` — StreamingQueryListener → the tickwire Prometheus metrics;
 * :mod:`tickwire.spark.job_metrics` — the job's own metrics (commit latency, duplicates, late rows);
 * :mod:`tickwire.spark.job` — the application: session, queries, supervision (`python -m tickwire.spark.job`).

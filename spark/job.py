@@ -7,10 +7,12 @@ mapping), or with a plain spark-submit (``tickwire spark submit --print-command`
         <this file, where tickwire is installed> --mapping spark-mapping.json --bootstrap localhost:9092 \
         --dsn postgresql://... --checkpoint-dir /var/lib/tickwire/spark-checkpoints
 
-Every query reads its topic, drops the copies of an event it has already seen (by primary key,
-within ``--dedup-window``; :mod:`tickwire.spark.dedup`), writes with
-:class:`~tickwire.spark.postgres_writer.PostgresWriter` in foreachBatch, checkpoints under ``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own
-name. A query that fails (PostgreSQL down past the writer's retry budget, a broker gone) is
+Every query reads its topic, drops the copies of an event it has already seen (by primary key:
+the table's, or first in Spark within ``--dedup-window``; :mod:`tickwire.spark.dedup`), writes
+with :class:`~tickwire.spark.postgres_writer.PostgresWriter` in foreachBatch, checkpoints under
+``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own name. One more query copies the
+Kafka sink's dead-letter topic into ``dead_letters`` and ``trade_gaps``
+(:mod:`tickwire.spark.dead_letter_topic`). A query that fails (PostgreSQL down past the writer's retry budget, a broker gone) is
 restarted from its checkpoint with backoff; SIGTERM/SIGINT stop all queries and exit.
 """
 
@@ -34,7 +36,7 @@ from tickwire.spark import (
     DEFAULT_DEDUP_WINDOW, DEFAULT_DERIVED_TRIGGER, DEFAULT_SHUFFLE_PARTITIONS, DEFAULT_TRIGGER, METRICS_PROPERTIES,
 )
 from tickwire.spark import candles as candle_queries
-from tickwire.spark import dedup
+from tickwire.spark import dead_letter_topic, dedup
 from tickwire.spark import mapping as mapping_module
 from tickwire.spark import records
 from tickwire.spark.postgres_writer import EVENT_TIME, PostgresWriter, TableTarget
@@ -153,6 +155,7 @@ class Job:
             from tickwire.spark.listener import MetricsListener
 
             streams = {s.name: s.name for s in self.mapping.streams} | {d.name: d.source for d in self.mapping.derived}
+            streams[dead_letter_topic.QUERY] = ""  # every stream's
             self.listener = MetricsListener(self.metrics, streams)
             self.spark.streams.addListener(self.listener)
         return self.spark
@@ -198,7 +201,16 @@ class Job:
         """Start (or restart, from its checkpoint) the query called ``name``."""
         m = self.mapping
         stream = next((s for s in m.streams if s.name == name), None)
-        if stream is not None:
+        if name == dead_letter_topic.QUERY:
+            frame, mode = dead_letter_topic.read(self.spark, m.dead_letter_topic, self.kafka_options()), "append"
+            writer = self.writers.get(name)
+            if writer is None:
+                writer = self.writers[name] = dead_letter_topic.DeadLetterTopicWriter(
+                    self.opts.dsn, m.dead_letter_table, m.progress_table, m.trade_gaps_table,
+                    metrics=self.metrics, retry_seconds=self.opts.retry_seconds)
+            # rare records: the candles' slower pace, fewer idle offset polls
+            trigger = self.opts.derived_trigger or self.opts.trigger
+        elif stream is not None:
             parsed = records.parse(records.read_kafka(self.spark, stream.topic, self.kafka_options()), stream)
             target = TableTarget(stream.table, stream.column_names, list(stream.primary_key))
             writer = self._writer(name, stream.name, target, stream.event_time, True)

@@ -85,6 +85,8 @@ class Mapping:
     derived: tuple[DerivedMapping, ...] = ()
     dead_letter_table: str = "dead_letters"
     progress_table: str = "stream_progress"
+    trade_gaps_table: str = "trade_gaps"
+    dead_letter_topic: str | None = None  # the Kafka sink's; copied into the tables (dead_letter_topic.py)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def stream(self, name: str) -> StreamMapping:
@@ -95,7 +97,10 @@ class Mapping:
 
     @property
     def query_names(self) -> list[str]:
-        return [s.name for s in self.streams] + [d.name for d in self.derived]
+        from tickwire.spark.dead_letter_topic import QUERY as DEAD_LETTER_QUERY
+
+        return ([s.name for s in self.streams] + [d.name for d in self.derived]
+                + ([DEAD_LETTER_QUERY] if self.dead_letter_topic else []))
 
 
 def _require(obj: dict, key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
@@ -174,6 +179,8 @@ def parse(obj: dict, origin: str = "mapping") -> Mapping:
         derived=tuple(derived),
         dead_letter_table=obj.get("dead_letter_table") or "dead_letters",
         progress_table=obj.get("progress_table") or "stream_progress",
+        trade_gaps_table=obj.get("trade_gaps_table") or "trade_gaps",
+        dead_letter_topic=obj.get("dead_letter_topic") or None,
         raw=obj,
     )
 

@@ -140,7 +140,7 @@ class PostgresWriter:
             self._aggregates = self.aggregates(REASON in batch_df.columns)
         (text, count, event_times, dead_rows), = batch_df.agg(*self._aggregates).collect()
         rows = [(text, None)] if count else []
-        return rows, [tuple(d) for d in dead_rows], count, event_times
+        return rows, [(self.stream, d.r, "spark", d.v, d.t) for d in dead_rows], count, event_times
 
     def aggregates(self, has_reason: bool) -> list[Column]:
         """The batch's four aggregates; built once per writer (the same every batch), as every
@@ -253,6 +253,7 @@ class PostgresWriter:
         return cur.rowcount, []
 
     def _dead_letters(self, cur: psycopg.Cursor, letters) -> None:
+        """``letters``: (stream, reason, plugin, raw value, received at) each."""
         if self._payload_sql is None:
             cur.execute(
                 "SELECT data_type FROM information_schema.columns "
@@ -268,9 +269,9 @@ class PostgresWriter:
             }.get(kind, sql.SQL("%s"))
         cur.executemany(
             sql.SQL(
-                "INSERT INTO {} (stream, reason, plugin, payload, received_at) VALUES (%s, %s, 'spark', {}, COALESCE(%s, now()))"
+                "INSERT INTO {} (stream, reason, plugin, payload, received_at) VALUES (%s, %s, %s, {}, COALESCE(%s::timestamptz, now()))"
             ).format(sql.Identifier(self.dead_letter_table), self._payload_sql),
-            [(self.stream, _text(reason), _text(raw), received) for reason, raw, received in letters],
+            [(stream, _text(reason), plugin, _text(raw), received) for stream, reason, plugin, raw, received in letters],
         )
 
     def _connection(self) -> psycopg.Connection:

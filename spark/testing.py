@@ -20,7 +20,8 @@ from tickwire.framework.schemas import shipped_schemas
 
 def config_yaml(topic: str, derived: str = "candles_1m: {kind: candles, from: trade, interval: 1 minute, "
                 "watermark: 30 seconds, table: candles_1m}") -> str:
-    """A streams.yaml with just the trade stream (on ``topic``) and its candles."""
+    """A streams.yaml with just the trade stream (on ``topic``, dead letters on
+    ``<topic>.dead-letter``) and its candles."""
     return f"""\
 version: 1
 default_profile: compose
@@ -36,7 +37,7 @@ streams:
 derived:
   {derived}
 sinks:
-  kafka: {{type: kafka, bootstrap_servers: "127.0.0.1:9"}}
+  kafka: {{type: kafka, bootstrap_servers: "127.0.0.1:9", dead_letter_topic: {topic}.dead-letter}}
 profiles:
   compose: {{sinks: [kafka]}}
 """
@@ -88,15 +89,25 @@ def expected_candles(trades: list[dict], interval_seconds: int = 60) -> dict[tup
 
 
 async def _produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:
+    await _send(bootstrap, [(topic, k, v, None) for k, v in values])
+
+
+async def _send(bootstrap: str, messages: list[tuple[str, bytes | None, bytes, list | None]]) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value=v, key=k) for k, v in values]
+        futures = [await producer.send(topic, value=v, key=k, headers=h) for topic, k, v, h in messages]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+def produce_messages(bootstrap: str, messages: list[tuple[str, bytes | None, bytes, list | None]]) -> None:
+    """Send (topic, key, value, headers) messages as they are, e.g. the Kafka sink's dead letters
+    (plugins/kafka/dead_letters.py, ``dead_letter_messages``)."""
+    asyncio.run(_send(bootstrap, messages))
 
 
 def produce(bootstrap: str, topic: str, values: list[dict | bytes | str]) -> None:

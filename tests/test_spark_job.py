@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,6 +27,9 @@ import psutil
 import psycopg
 import pytest
 
+from tickwire.framework.components import DeadLetter, TradeGap
+from tickwire.framework.resume import gap_dead_letter, gap_reason_text
+from tickwire.plugins.kafka.dead_letters import dead_letter_messages
 from tickwire.spark import testing as tw
 from tickwire.spark.jars import fetch_jars
 from tests.fixtures.kafka import create_topics
@@ -123,6 +127,7 @@ def pipeline(kafka_broker, postgres_db, spark_jars, spark_master_args, tmp_path)
     """A fresh topic, config, database (migrated by `tickwire db migrate`) and checkpoint folder."""
     topic = f"spark-trades-{uuid.uuid4().hex[:8]}"
     asyncio.run(create_topics(kafka_broker.bootstrap, topic, partitions=2))
+    asyncio.run(create_topics(kafka_broker.bootstrap, f"{topic}.dead-letter", partitions=1))
     config = tmp_path / "streams.yaml"
     config.write_text(tw.config_yaml(topic))
     migrate = subprocess.run(
@@ -167,6 +172,9 @@ def pipeline(kafka_broker, postgres_db, spark_jars, spark_master_args, tmp_path)
 
         def produce(self, values) -> None:
             tw.produce(kafka_broker.bootstrap, topic, values)
+
+        def send(self, messages) -> None:
+            tw.produce_messages(kafka_broker.bootstrap, messages)
 
         def query(self, statement: str, params=()) -> list[tuple]:
             with psycopg.connect(postgres_db.dsn) as conn:
@@ -252,10 +260,23 @@ def test_events_once_candles_and_dead_letters(pipeline):
         b"\x00\x01 binary garbage",
     ]
     p.produce(batch + batch[:120] + invalid)
+    # what ingest could not store, on the Kafka sink's dead-letter topic: a frame that failed
+    # validation, and a range of trades lost for good (twice: a producer retry)
+    gap = TradeGap("trade", "ETHUSDT", 501, 540, "not_served", "2026-11-29T10:00:00.000Z")
+    rejected = DeadLetter("trade", "p: not a decimal", "validate", '{"e":"trade","p":"x"}', "2026-11-29T10:00:01.500Z")
+    p.send(dead_letter_messages([rejected, gap_dead_letter(gap, "kafka:kafka")] * 2, p.topic + ".dead-letter"))
     ui_port = free_port()
     job = p.start(ui_port=ui_port)
     p.wait_for("SELECT count(*) FROM trades", [(300,)], job)
-    p.wait_for("SELECT count(*) FROM dead_letters", [(6,)], job)
+    p.wait_for("SELECT count(*) FROM dead_letters WHERE plugin = 'spark'", [(6,)], job)
+    p.wait_for("SELECT count(*) FROM trade_gaps", [(1,)], job)
+    # the lost range once, as ingest recorded it; every dead-letter record, with the plugin that made it
+    assert p.query("SELECT stream, symbol, first_id, last_id, count, reason, detected_at FROM trade_gaps") == [
+        ("trade", "ETHUSDT", 501, 540, 40, "not_served", datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc))]
+    copied = p.query("SELECT stream, plugin, reason, payload, received_at FROM dead_letters WHERE plugin <> 'spark' ORDER BY id")
+    assert [row[:3] for row in copied] == [("trade", "validate", "p: not a decimal"),
+                                           ("trade", "kafka:kafka", gap_reason_text(gap))] * 2
+    assert copied[0][3:] == ('{"e":"trade","p":"x"}', datetime(2026, 11, 29, 10, 0, 1, 500000, tzinfo=timezone.utc))
     p.wait_for("SELECT count(*) FROM candles_1m", [(len(tw.expected_candles(batch)),)], job)
     # Spark drops a row as late against the watermark its previous batch ran with (and runs no
     # batch without data, spark_conf): after the first batch, one more trade, so that the

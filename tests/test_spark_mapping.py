@@ -14,6 +14,9 @@ import pytest
 
 from tickwire.spark import mapping as mapping_module
 from tickwire.spark.jars import artifact_name
+from tickwire.framework.components import TradeGap
+from tickwire.framework.resume import gap_as_dict, gap_reason_text
+from tickwire.spark.dead_letter_topic import lost_range
 from tickwire.spark.dedup import window_for_checkpoint
 from tickwire.spark.job import JobOptions, fair_scheduler_xml, spark_conf
 from tickwire.framework.metrics import Metrics
@@ -22,6 +25,7 @@ from tickwire.spark.listener import kafka_lag, state_drops
 from tickwire.spark.testing import config_yaml, expected_candles, trade_record
 
 REPO = Path(__file__).resolve().parent.parent
+GAP = TradeGap("trade", "ETHUSDT", 5, 9, "too_large", "2026-11-29T10:00:00.000Z")
 TICKWIRE = Path(sys.executable).parent / "tickwire"
 
 
@@ -36,7 +40,9 @@ def generated(tmp_path: Path, config_text: str | None = None) -> dict:
 
 def test_the_generated_mapping_loads(tmp_path):
     m = mapping_module.parse(generated(tmp_path))
-    assert m.query_names == ["trade", "candles_1m"]
+    # and one query for the Kafka sink's dead-letter topic
+    assert m.query_names == ["trade", "candles_1m", "dead-letters"]
+    assert m.dead_letter_topic == "t1.dead-letter" and m.trade_gaps_table == "trade_gaps"
     trade = m.stream("trade")
     assert trade.topic == "t1" and trade.primary_key == ("symbol", "trade_id")
     assert trade.column("price").logical == "decimal" and not trade.column("price").nullable
@@ -47,7 +53,7 @@ def test_a_derived_stream_added_in_the_config_is_a_query(tmp_path):
     both = ("candles_1m: {kind: candles, from: trade, interval: 1 minute, watermark: 30 seconds, table: candles_1m}\n"
             "  candles_5m: {kind: candles, from: trade, interval: 5 minutes, watermark: 1 minute, table: candles_5m}")
     m = mapping_module.parse(generated(tmp_path, config_yaml("t1", derived=both)))
-    assert m.query_names == ["trade", "candles_1m", "candles_5m"]
+    assert m.query_names == ["trade", "candles_1m", "candles_5m", "dead-letters"]
     assert m.derived[1].interval == "5 minutes"
 
 
@@ -110,6 +116,18 @@ def test_a_checkpoint_keeps_the_kind_of_dedup_plan_it_started_with(asked, has_of
     assert (why is not None) == warns
     if warns:
         assert "--checkpoint-dir" in why
+
+
+@pytest.mark.parametrize("reason, payload, row", [
+    (gap_reason_text(GAP), json.dumps(gap_as_dict(GAP)),
+     ("trade", "ETHUSDT", 5, 9, 5, "too_large", "2026-11-29T10:00:00.000Z")),
+    ("p: not a decimal", '{"p":"x"}', None),  # an ordinary dead letter
+    (gap_reason_text(GAP), "{not json", None),  # a range that is not tickwire's JSON: a dead letter only
+    (gap_reason_text(GAP), json.dumps(dict(gap_as_dict(GAP), first_id="5")), None),
+    (gap_reason_text(GAP), None, None),
+])
+def test_a_lost_range_on_the_dead_letter_topic_becomes_a_trade_gaps_row(reason, payload, row):
+    assert lost_range(reason, payload) == row
 
 
 def test_commit_latency_histogram_has_millisecond_to_ten_second_buckets_per_stream():

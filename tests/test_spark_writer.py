@@ -55,7 +55,8 @@ def count(db, table: str) -> int:
 def test_a_replayed_batch_is_skipped_whole(db):
     w = writer(db)
     rows = [trade_line(i) for i in range(5)]
-    letters = [("price: cannot parse \"x\" as decimal", '{"price":"x"}', None), ("malformed JSON", "\x00bad", None)]
+    letters = [("trade", "price: cannot parse \"x\" as decimal", "spark", '{"price":"x"}', None),
+               ("trade", "malformed JSON", "spark", "\x00bad", None)]
     assert w.write_with_retry(7, rows, letters) is True
     assert w.write_with_retry(7, rows, letters) is False  # the same batch after a crash
     assert w.write_with_retry(8, rows[:2] + [trade_line(9)], []) is True  # overlapping events
