@@ -197,4 +197,8 @@ def _apply_overrides(doc: Document, overrides: list[str]) -> list[Problem]:
             for known in [p for p in doc.value_marks if p[: len(path)] == path]:
                 doc.value_marks[known] = where
             doc.value_marks[path] = where
+            # an unknown field is reported at its key: the key it names is the one on --set
+            for i in range(len(parts)):
+                doc.key_marks.setdefault(tuple(parts[: i + 1]), Mark("--set", n, 1))
+            doc.key_marks[path] = Mark("--set", n, 1)
     return problems

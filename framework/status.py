@@ -149,10 +149,14 @@ class Progress:
 
 def summary_lines(snapshot: dict) -> list[str]:
     elapsed = snapshot["elapsed_s"] or 0.0
-    total = sum(s["received"] for s in snapshot["streams"].values())
+    total = sum(s["received"] for s in snapshot["streams"].values() if not s.get("derived_from"))
     lines = [f"ran {elapsed:.1f}s: {total:,} messages received ({total / elapsed if elapsed else 0:,.0f}/s)"]
     for name, s in snapshot["streams"].items():
         written = ", ".join(f"{_int(n)} to {sink}" for sink, n in s["written"].items()) or "no sink"
+        if s.get("derived_from"):
+            lines.append(f"  {name}: derived from {s['derived_from']} ({_int(s['received'])} records in), "
+                         f"row updates written {written}")
+            continue
         lines.append(
             f"  {name}: {_int(s['received'])} received, committed {written}, {_int(s['invalid'])} invalid, "
             f"{_int(s['dead_letters'])} dead letters"

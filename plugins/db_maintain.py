@@ -51,6 +51,9 @@ def maintain_postgres(conn: psycopg.Connection, config, now: datetime, days_ahea
 def maintain_sqlite(path: Path, streams, now: datetime, report) -> dict[str, int]:
     """Delete expired rows of ``streams`` from the SQLite file at ``path``, in bounded batches."""
     deleted = {}
+    if not expiring_streams(streams):
+        report(f"sqlite {path}: no stream has a `retention:`, nothing to delete")
+        return deleted
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout=5000")

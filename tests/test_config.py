@@ -84,6 +84,12 @@ def test_set_with_a_bad_value_names_the_flag(project, manager):
     assert problem == "--set:1:19: engine.batch_size: 'lots' is not of type 'integer'"
 
 
+def test_set_of_an_unknown_field_names_the_flag_not_the_file(project, manager):
+    problems = problems_of(project / "streams.yaml", manager, overrides=["engine.batch_size=7", "engine.nope=1", "foo=1"])
+    assert "--set:2:1: engine.nope: unknown field 'nope' (allowed: " in problems[0], problems
+    assert problems[1].startswith("--set:3:1: foo: unknown field 'foo'"), problems
+
+
 def test_relative_paths_resolve_against_the_config_folder(project, manager, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     config = load_config(project / "streams.yaml", manager)

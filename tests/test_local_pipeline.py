@@ -86,3 +86,18 @@ def test_drops_shutdowns_and_invalid_events_lose_nothing_valid(simulator, tmp_pa
     assert any("malformed JSON" in l["reason"] for l in by_plugin["binance-source"])
     assert any("binary frame" in l["reason"] for l in by_plugin["binance-source"])
     assert rows(db, "select count(*) from dead_letters") == [(0,)]  # the local profile keeps them in JSON lines
+
+
+def test_a_hangup_stops_the_run_as_cleanly_as_sigterm(simulator, tmp_path):
+    """The terminal closed or the SSH session dropped: SIGHUP flushes and commits like SIGTERM,
+    where it used to kill the run with its buffers."""
+    sim = simulator(rate=300)
+    proc = start_run(sim, tmp_path)
+    db = tmp_path / "tickwire.db"
+    wait_for_trades(db, proc, 300)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGHUP: stopping" in err and '"summary"' in err, err[-3000:]
+    for symbol, low, high, count in rows(db, "select symbol, min(trade_id), max(trade_id), count(*) from trades group by symbol"):
+        assert high - low + 1 == count, f"{symbol}: {high - low + 1 - count} trade ids missing"

@@ -184,6 +184,16 @@ def test_maintain_every_touches_its_heartbeat_after_a_successful_run(tmp_path):
         proc.kill()
 
 
+def test_maintain_says_so_when_no_stream_has_a_retention(tmp_path):
+    config = project_with_retention(tmp_path)
+    config.write_text(config.read_text().replace("    retention: 30 days\n", ""))
+    (tmp_path / "data").mkdir()
+    sqlite_trades(tmp_path / "data" / "tickwire.db", TRADE, [(TODAY, 3)])
+    result = tickwire(config, "db", "maintain", env={"TICKWIRE_PG_ADMIN_DSN": "", "TICKWIRE_SQLITE_PATH": ""})
+    assert result.exit_code == 0, result.output
+    assert "tickwire.db: no stream has a `retention:`, nothing to delete" in result.output
+
+
 def test_maintain_without_any_database_is_a_usage_error(tmp_path):
     result = tickwire(project_with_retention(tmp_path), "db", "maintain", env={"TICKWIRE_PG_ADMIN_DSN": ""})
     assert result.exit_code == 2 and "nothing to maintain" in result.output

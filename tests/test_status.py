@@ -12,7 +12,7 @@ from rich.console import Console
 from tickwire.framework.config import load_config
 from tickwire.framework.metrics import Metrics
 from tickwire.framework.plugins import PluginManager
-from tickwire.framework.status import Progress, StatusView
+from tickwire.framework.status import Progress, StatusView, summary_lines
 from tickwire.framework.timestamps import iso_ms
 
 
@@ -104,3 +104,17 @@ def test_progress_lines_carry_the_same_quantiles(trade_stream_and_metrics):
     trade = events[0]["streams"]["trade"]
     assert 2 <= trade["commit_p50_ms"] <= trade["commit_p99_ms"] <= 5
     assert events[0]["streams"]["ticker"]["commit_p99_ms"] is None
+
+
+def test_the_exit_summary_counts_messages_once_and_says_what_a_derived_stream_is():
+    """Candles receive the trade stream's records: the total is the messages that arrived, not
+    twice the trades."""
+    stream = {"written": {"sqlite": 3}, "invalid": 0, "dead_letters": 0, "last_price": None, "lag_s": None}
+    snapshot = {
+        "elapsed_s": 10.0, "sources": {}, "sinks": {}, "dead_letters_unrouted": 0,
+        "streams": {"trade": {**stream, "received": 3000, "written": {"sqlite": 3000}, "derived_from": None},
+                    "candles_1m": {**stream, "received": 3000, "derived_from": "trade"}},
+    }
+    lines = summary_lines(snapshot)
+    assert lines[0] == "ran 10.0s: 3,000 messages received (300/s)"
+    assert lines[2] == "  candles_1m: derived from trade (3,000 records in), row updates written 3 to sqlite"

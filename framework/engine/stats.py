@@ -58,6 +58,8 @@ class Stats:
                 "dead_letters": dead.get(name, 0),
                 "last_price": last.get("price", last.get("last_price")),
                 "lag_s": route.lag,
+                # a derived stream (candles) receives its source's records: not messages of its own
+                "derived_from": getattr(route.stream, "source_stream", "") or None,
             }
         sources = {
             sid: {
