@@ -58,6 +58,9 @@ class App:
         return load_config(self.config_path, self.manager, overrides=self.overrides)
 
 
+MAX_PROBLEMS_SHOWN = 100
+
+
 class TickwireGroup(click.Group):
     """Reports config and plugin problems as plain messages with exit code 2, no traceback."""
 
@@ -65,9 +68,12 @@ class TickwireGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DocumentError as exc:
-            for problem in exc.problems:
+            # a broken file can hold tens of thousands of problems: the first ones are what to fix
+            for problem in exc.problems[:MAX_PROBLEMS_SHOWN]:
                 click.echo(str(problem), err=True)
             n = len(exc.problems)
+            if n > MAX_PROBLEMS_SHOWN:
+                click.echo(f"… and {n - MAX_PROBLEMS_SHOWN:,} more (`tickwire validate --format json` lists them all)", err=True)
             app = ctx.find_object(App)
             if app is not None and app.manager.skipped:
                 click.echo("tickwire: a plugin that was skipped may provide what is missing: "

@@ -144,8 +144,10 @@ def load_config(
 ) -> Config:
     path = Path(path)
     name = display_name or (os.path.relpath(path) if not Path(os.path.relpath(path)).parts[:1] == ("..",) else str(path))
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError([Problem(Mark(name, 0, 0), "", f"config file not found (looked for {path.resolve()}; use -c/--config)")])
+    if not path.is_file():  # a folder, a FIFO, a device: nothing to read a config from (or a read that never ends)
+        raise ConfigError([Problem(Mark(name, 0, 0), "", f"not a regular file ({path.resolve()}); give the path of a streams.yaml")])
     try:
         doc = documents.load(path, environ=environ, display_name=name)
     except OSError as exc:

@@ -12,8 +12,9 @@ the table's, or first in Spark within ``--dedup-window``; :mod:`tickwire.spark.d
 with :class:`~tickwire.spark.postgres_writer.PostgresWriter` in foreachBatch, checkpoints under
 ``<checkpoint-dir>/<query>``, and runs in a FAIR pool of its own name. One more query copies the
 Kafka sink's dead-letter topic into ``dead_letters`` and ``trade_gaps``
-(:mod:`tickwire.spark.dead_letter_topic`). A query that fails (PostgreSQL down past the writer's retry budget, a broker gone) is
-restarted from its checkpoint with backoff; SIGTERM/SIGINT stop all queries and exit.
+(:mod:`tickwire.spark.dead_letter_topic`). A query that fails (PostgreSQL down past the writer's
+retry budget, a broker gone) is restarted from its checkpoint with backoff; SIGTERM/SIGINT stop
+all queries and exit.
 """
 
 from __future__ import annotations

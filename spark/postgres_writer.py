@@ -15,8 +15,9 @@ For each batch of a query (on the driver):
 
 After the commit, every row's commit time − event time is observed
 (:meth:`tickwire.spark.job_metrics.SparkMetrics.observe_commit`): for an event table, of the
-rows the insert added (``RETURNING`` their event time), not of the copies the key dropped. A batch with nothing to write
-(every row a duplicate, or a no-data batch that only advances a watermark) skips PostgreSQL.
+rows the insert added (``RETURNING`` their event time), not of the copies the key dropped. A
+batch with nothing to write (every row a duplicate, or a no-data batch that only advances a
+watermark) skips PostgreSQL.
 """
 
 from __future__ import annotations

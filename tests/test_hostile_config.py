@@ -78,7 +78,7 @@ def refused(result: subprocess.CompletedProcess, *expected: str) -> list[str]:
     problems = result.stderr.splitlines()[:-1]
     assert problems and result.stderr.splitlines()[-1].startswith("tickwire: "), result.stderr
     for line in problems:
-        assert POSITION.match(line) or line.startswith("--profile: "), line
+        assert POSITION.match(line) or line.startswith(("--profile: ", "… and ")), line
     for text in expected:
         assert any(text in line for line in problems), (text, problems)
     return problems
@@ -141,6 +141,23 @@ def test_a_nul_byte_is_reported_at_its_line_and_column(project):
 def test_a_config_over_one_mib_is_not_read(tmp_path):
     (tmp_path / "streams.yaml").write_text("# padding\n" * 120_000)
     refused(tickwire("validate", cwd=tmp_path)[0], "streams.yaml:1:1: file is larger than 1 MiB; refusing to read it")
+
+
+def test_a_fifo_given_as_the_config_is_refused_without_reading_it(tmp_path):
+    os.mkfifo(tmp_path / "streams.yaml")  # a read would wait for a writer forever
+    result, seconds, _ = tickwire("validate", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("streams.yaml: not a regular file ("), result.stderr
+    assert seconds < 10
+
+
+def test_thousands_of_problems_print_the_first_hundred_and_a_count(project):
+    text = (project / "streams.yaml").read_text()
+    (project / "streams.yaml").write_text(text + "".join(f"unknown_{i}: 1\n" for i in range(250)))
+    result, _, _ = tickwire("validate", cwd=project)
+    problems = refused(result)
+    assert len(problems) == 101 and problems[-1].startswith("… and 150 more"), problems[-3:]
+    assert result.stderr.splitlines()[-1] == "tickwire: 250 problems found; nothing was run."
 
 
 def test_unsupported_yaml_tags_are_errors(project, manager):
