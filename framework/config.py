@@ -121,6 +121,9 @@ def _options(block: dict) -> dict:
 def plugin_settings(path: Path, environ: Mapping[str, str] | None = None) -> tuple[list[Path], list[str]]:
     """The ``plugins:`` section, read before plugins load (their schemas validate the rest)."""
     try:
+        with path.open("rb") as head:  # at most the size limit: a larger file is refused anyway
+            if b"plugins" not in head.read(documents.DEFAULT_LIMITS.max_bytes + 1):
+                return [], []  # no such section: spare a large file its second parse (load_config's)
         doc = documents.load(path, environ=environ)
     except (DocumentError, OSError):
         return [], []  # reported properly by load_config

@@ -25,8 +25,9 @@ _STORE, _DROP, _MERGE = "store", "drop", "merge"
 @dataclass(frozen=True)
 class Limits:
     """Bounds on one document. The defaults are far above any real config or stream schema
-    (streams.yaml: ~150 values, depth 5) and far below what hurts: a file at every limit
-    loads in well under a second and a few tens of MB."""
+    (streams.yaml: ~150 values, depth 5) and far below what hurts: the worst file within them
+    (1 MiB of 100,000 one-line keys) is refused in ~3 s and ~150 MB on the 2-core dev box; the
+    nesting, alias and byte limits stop in well under a second."""
 
     max_bytes: int = 1 << 20  # 1 MiB
     max_depth: int = 32  # nested mappings/sequences
