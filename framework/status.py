@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -88,14 +89,10 @@ class StatusView:
         snap = self.engine.snapshot()
         rates = self.rates.update(snap)
         latency = self.latency.update() if self.latency is not None else {}
-        table = Table(title=f"{self.title} — {snap['elapsed_s']:.0f}s", title_justify="left", expand=False)
-        for col, justify in (("stream", "left"), ("msg/s", "right"), ("received", "right"), ("committed", "right"),
-                             ("last price", "right"), ("lag", "right"), ("commit p50", "right"), ("commit p99", "right"),
-                             ("invalid", "right"), ("dead letters", "right")):
-            table.add_column(col, justify=justify)
+        rows = []
         for name, s in snap["streams"].items():
             committed = min(s["written"].values()) if s["written"] else 0
-            table.add_row(
+            rows.append((
                 name,
                 _rate(rates.get(name, 0.0)),
                 _int(s["received"]),
@@ -105,7 +102,7 @@ class StatusView:
                 *(_ms(q) for q in latency.get(name, (None, None))),
                 Text(_int(s["invalid"]), style="yellow" if s["invalid"] else ""),
                 Text(_int(s["dead_letters"]), style="yellow" if s["dead_letters"] else ""),
-            )
+            ))
         parts = []
         for sid, s in snap["sources"].items():
             style = "green" if s["connections"] else "red"
@@ -113,7 +110,38 @@ class StatusView:
         for sid, s in snap["sinks"].items():
             mean = s["commit_seconds"] / s["commits"] * 1000 if s["commits"] else 0.0
             parts.append(Text(f"sink {sid}: {_int(s['pending'])} queued, {_int(s['commits'])} commits, {mean:.1f} ms/commit"))
-        return Group(table, *parts)
+        return Group(_StreamTable(f"{self.title} — {snap['elapsed_s']:.0f}s", rows), *parts)
+
+
+# (header, short header, justify, kept on a narrow terminal)
+_COLUMNS = (
+    ("stream", "stream", "left", True), ("msg/s", "msg/s", "right", True), ("received", "recv", "right", False),
+    ("committed", "stored", "right", True), ("last price", "price", "right", True), ("lag", "lag", "right", True),
+    ("commit p50", "p50", "right", True), ("commit p99", "p99", "right", True), ("invalid", "bad", "right", False),
+    ("dead letters", "dead", "right", True),
+)
+WIDE_TERMINAL = 120  # every column with its full header fits from here
+
+
+class _StreamTable:
+    """The stream table, laid out for the terminal's width when it is drawn: on a narrow one,
+    short headers and no received/invalid columns, so stream names and numbers are never cut."""
+
+    def __init__(self, title: str, rows: list[tuple]):
+        self.title = title
+        self.rows = rows
+
+    def __rich_console__(self, console, options):
+        wide = options.max_width >= WIDE_TERMINAL
+        kept = [i for i, column in enumerate(_COLUMNS) if wide or column[3]]
+        table = Table(title=self.title, title_justify="left", expand=False,
+                      **({} if wide else {"box": box.SIMPLE_HEAD, "padding": 0}))
+        for i in kept:
+            header, short, justify, _ = _COLUMNS[i]
+            table.add_column(header if wide else short, justify=justify, no_wrap=True)
+        for row in self.rows:
+            table.add_row(*(row[i] for i in kept))
+        yield table
 
 
 class Progress:

@@ -118,3 +118,16 @@ def test_the_exit_summary_counts_messages_once_and_says_what_a_derived_stream_is
     lines = summary_lines(snapshot)
     assert lines[0] == "ran 10.0s: 3,000 messages received (300/s)"
     assert lines[2] == "  candles_1m: derived from trade (3,000 records in), row updates written 3 to sqlite"
+
+
+def test_on_an_80_column_terminal_names_and_numbers_are_not_cut(monkeypatch):
+    engine = SnapshotEngine()
+    engine.received = 3
+    console = Console(width=80, record=True, color_system=None)
+    console.print(StatusView(engine, title="tickwire run (local)").render())
+    text = console.export_text()
+    assert "…" not in text, text
+    header = next(line for line in text.splitlines() if "stream" in line)
+    assert all(name in header for name in ("msg/s", "stored", "price", "p50", "p99", "dead")), text
+    assert "43012.57000000" in text and "1,200" in text and "ticker" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
