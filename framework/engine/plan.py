@@ -99,6 +99,7 @@ def build_derived(derived: list[tuple[str, dict, DerivedSpec]], routes: dict[str
         stream = deriver.stream
         stream.sinks = [sid for sid in source_route.stream.sinks if sid in runners and runners[sid].spec.stores_derived]
         route = routes[stream.name] = build_route(stream, transforms, runners, settings, metrics)
+        route.derived_from = source_route.name
         source_route.taps.append((deriver, route))
         for lane in source_route.lanes:
             lane.before += [d for d in route.lanes if d.runner is lane.runner]

@@ -37,7 +37,7 @@ class Route:
 
     __slots__ = (
         "stream", "name", "chain", "chain_names", "fused", "lanes", "received", "invalid", "written",
-        "last", "lag", "lag_field", "lag_mask", "pushed", "lag_hist", "crashed", "taps",
+        "last", "lag", "lag_field", "lag_mask", "pushed", "lag_hist", "crashed", "taps", "derived_from",
     )
 
     def __init__(self, stream: StreamSpec, chain: list[Transform], chain_names: list[str], fused: Transform | None,
@@ -59,6 +59,7 @@ class Route:
         self.lag_hist = lag_hist
         self.crashed: set[int] = set()  # transforms whose crash was logged (once each)
         self.taps: list[tuple[Any, Route]] = []  # derived streams computed from this one (Deriver, its route)
+        self.derived_from: str | None = None  # a derived stream's source: its records are not messages
 
 
 async def hand_over(lane: Lane) -> None:

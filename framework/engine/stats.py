@@ -59,7 +59,7 @@ class Stats:
                 "last_price": last.get("price", last.get("last_price")),
                 "lag_s": route.lag,
                 # a derived stream (candles) receives its source's records: not messages of its own
-                "derived_from": getattr(route.stream, "source_stream", "") or None,
+                "derived_from": route.derived_from,
             }
         sources = {
             sid: {
