@@ -5,6 +5,7 @@ converted, and SQLite retention in bounded batches."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
@@ -140,33 +141,34 @@ def test_maintain_keeps_only_the_recent_rows_of_the_spark_batch_ledger(tmp_path,
     assert kept == {"trade": 500, "candles_1m": 0}  # the newest 1,000 of the old; every recent one
 
 
-def maintain_every(config: Path, *args: str) -> tuple[subprocess.Popen, list[str]]:
-    """`tickwire db maintain --every 60 …` started, and its output up to its first wait."""
+@contextlib.contextmanager
+def maintain_every(config: Path, *args: str):
+    """`tickwire db maintain --every 60 …` running: yields (the process, its output up to its first
+    wait); then SIGTERM must stop it with exit 0."""
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "tickwire"), "-c", str(config), "db", "maintain", "--every", "60", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TICKWIRE_PG_ADMIN_DSN": ""})
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "next run in 60 s" in line:
-            break
-    return proc, lines
-
-
-def test_maintain_every_keeps_running_through_a_failed_run_and_stops_on_sigterm(tmp_path):
-    config = project_with_retention(tmp_path)
-    heartbeat = tmp_path / "maintained"
-    proc, lines = maintain_every(config, "--heartbeat", str(heartbeat),
-                                 "--dsn", "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
     try:
-        assert any("PostgreSQL refused" in line for line in lines), lines
-        assert "failed; next run in 60 s" in lines[-1]
-        assert not heartbeat.exists()  # the health check sees the failure
-        assert proc.poll() is None  # still running, waiting for the next run
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "next run in 60 s" in line:
+                break
+        yield proc, lines
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
+
+
+def test_maintain_every_keeps_running_through_a_failed_run_and_stops_on_sigterm(tmp_path):
+    heartbeat = tmp_path / "maintained"
+    with maintain_every(project_with_retention(tmp_path), "--heartbeat", str(heartbeat),
+                        "--dsn", "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2") as (proc, lines):
+        assert any("PostgreSQL refused" in line for line in lines), lines
+        assert "failed; next run in 60 s" in lines[-1]
+        assert not heartbeat.exists()  # the health check sees the failure
+        assert proc.poll() is None  # still running, waiting for the next run
 
 
 def test_maintain_every_touches_its_heartbeat_after_a_successful_run(tmp_path):
@@ -174,14 +176,9 @@ def test_maintain_every_touches_its_heartbeat_after_a_successful_run(tmp_path):
     (tmp_path / "data").mkdir()
     sqlite_trades(tmp_path / "data" / "tickwire.db", dataclasses.replace(TRADE, retention_days=30), [(TODAY, 3)])
     heartbeat = tmp_path / "maintained"
-    proc, lines = maintain_every(config, "--heartbeat", str(heartbeat))
-    try:
+    with maintain_every(config, "--heartbeat", str(heartbeat)) as (_, lines):
         assert "done; next run in 60 s" in lines[-1], lines
         assert heartbeat.exists()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        proc.kill()
 
 
 def test_maintain_says_so_when_no_stream_has_a_retention(tmp_path):
