@@ -122,8 +122,13 @@ def die_with_parent() -> None:
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding, never starting with
+    "-" (one id in 64 did, and `kafka-storage format -t -…` took it for an option; Kafka's own
+    Uuid.randomUuid() skips those too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,3 +88,14 @@ def test_the_kill_command_sigkills_the_recorded_broker_process(tmp_path):
         assert not (tmp_path / STATE_FILE).exists()
     finally:
         stand_in.kill()
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch):
+    """`kafka-storage format -t <id>` takes an id starting with "-" for an option: one in 64 of
+    random ids did, and the cluster could not start."""
+    from tickwire.devservices import kafka_broker
+
+    dashed, plain = uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" + bytes(15))
+    ids = iter([dashed, plain])
+    monkeypatch.setattr(kafka_broker.uuid, "uuid4", lambda: next(ids))
+    assert kafka_broker.new_cluster_id() == "EAAAAAAAAAAAAAAAAAAAAA"
