@@ -256,6 +256,11 @@ def fmt(v, spec=".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _variant(result: dict) -> str:
+    """The variant's settings after a space, for a row's label; nothing for the defaults."""
+    return f" {result['variant']}" if result.get("variant") else ""
+
+
 def report(results: list[dict]) -> str:
     lines = ["| rate (trades/s) | path | trigger (candles) | shuffle partitions | committed rows/s | E→commit p50 (s) | p99 (s) "
              "| max (s) | rows | drained after stop (s) | trade batches (mean rows, Spark s, PostgreSQL s); cold start |",
@@ -266,8 +271,7 @@ def report(results: list[dict]) -> str:
             setting, drained, batches = "| | |", "", ""
             if path == "spark":
                 b = r["batches"]
-                variant = f" {r['variant']}" if r.get("variant") else ""
-                setting = f"| {r['trigger']} ({r['derived_trigger']}){variant} | {r['shuffle_partitions']} |"
+                setting = f"| {r['trigger']} ({r['derived_trigger']}){_variant(r)} | {r['shuffle_partitions']} |"
                 drained = fmt(r["spark_drained_s"], ".1f")
                 batches = (f"{b['batches']} ({fmt(b['rows_per_batch'], '.0f')}, {fmt(b['spark_s'], '.2f')}, "
                            f"{fmt(b['postgres_s'], '.2f')}); live after {fmt(r['cold_start_s'], '.0f')} s")
@@ -277,7 +281,7 @@ def report(results: list[dict]) -> str:
     for r in results:  # where a trade batch's time goes, by Spark's own account
         phases = ", ".join(f"{k} {v}" for k, v in sorted(r["batches"]["phases_ms"].items(), key=lambda kv: -kv[1]))
         lines.append(f"{r['rate']:,}/s, trigger {r['trigger']} (candles {r['derived_trigger']}), "
-                     f"{r['shuffle_partitions']} partitions{' ' + r['variant'] if r.get('variant') else ''} — trade batch phases, mean ms: {phases}")
+                     f"{r['shuffle_partitions']} partitions{_variant(r)} — trade batch phases, mean ms: {phases}")
     return "\n".join(lines)
 
 

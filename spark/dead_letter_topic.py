@@ -20,9 +20,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from tickwire.spark import records
+from tickwire.spark.mapping import DEAD_LETTER_QUERY
 from tickwire.spark.postgres_writer import PostgresWriter, TableTarget
 
-QUERY = "dead-letters"  # a hyphen: never the name of a stream (an identifier)
+QUERY = DEAD_LETTER_QUERY
 GAP_REASON_PREFIX = "trade gap:"  # framework/resume.py, gap_reason_text
 GAP_FIELDS = ("stream", "symbol", "first_id", "last_id", "count", "reason", "detected_at")
 ISO_UTC = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"

@@ -79,6 +79,10 @@ class DerivedMapping:
     time_column: str | None = None
 
 
+# the query of the dead-letter topic (spark/dead_letter_topic.py); a hyphen: never a stream's name
+DEAD_LETTER_QUERY = "dead-letters"
+
+
 @dataclass(frozen=True)
 class Mapping:
     streams: tuple[StreamMapping, ...]
@@ -97,8 +101,6 @@ class Mapping:
 
     @property
     def query_names(self) -> list[str]:
-        from tickwire.spark.dead_letter_topic import QUERY as DEAD_LETTER_QUERY
-
         return ([s.name for s in self.streams] + [d.name for d in self.derived]
                 + ([DEAD_LETTER_QUERY] if self.dead_letter_topic else []))
 
